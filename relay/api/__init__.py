@@ -1,0 +1,1 @@
+"""The admin API: app factory, middleware and routes by resource."""

@@ -1,0 +1,198 @@
+"""The `relay` command: one entry point for every process Relay runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from relay.errors import ConfigError, ServiceUnavailable
+from relay.logs import configure_logging
+from relay.settings import Settings
+
+# `relay worker` runs the arq worker that lives in the `workers` package. It is named by string,
+# as arq's own CLI does, so that `relay` never imports `workers` (the dependency points one way).
+WORKER_MODULE = "workers.main"
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.db import migrate
+
+    result = asyncio.run(migrate(settings))
+    what = "created the database and applied" if result["database_created"] else "applied"
+    print(f"relay: {what} schema.sql (digest {result['digest']})")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.vault import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.api.app import run_api
+
+    run_api(settings, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import importlib
+
+    run: Callable[..., int] = importlib.import_module(WORKER_MODULE).run_worker
+    return run(settings, burst=args.burst)
+
+
+def _cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.sandbox.server import SandboxOptions, run_sandbox
+
+    options = SandboxOptions(
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        clients=args.clients,
+        items=args.items,
+        rate_limit=args.rate_limit,
+        speed=args.speed,
+        provider=args.provider,
+    )
+    run_sandbox(options)
+    return 0
+
+
+def _cmd_receiver(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.receiver import ReceiverOptions, run_receiver
+
+    run_receiver(
+        ReceiverOptions(
+            host=args.host,
+            port=args.port,
+            secret=args.secret,
+            fail=args.fail,
+            delay=args.delay,
+            status=args.status,
+        )
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.demo import run_demo
+
+    return run_demo(settings, minutes=args.minutes)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay",
+        description="Webhook relay and change-detection daemon for Dext and InvoiceXT. "
+        "Settings come from the environment: DATABASE_URL, REDIS_URL, RELAY_ADMIN_TOKEN, "
+        "RELAY_SECRET_KEY, RELAY_ALLOW_PRIVATE_TARGETS, RELAY_LOG_FORMAT, "
+        "RELAY_RETRY_SCHEDULE, RELAY_DELIVERY_TIMEOUT.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="create the database if missing and apply schema.sql")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("keygen", help="print a new RELAY_SECRET_KEY")
+    p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("api", help="serve the admin API")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.set_defaults(func=_cmd_api)
+
+    p = sub.add_parser("worker", help="run a worker: polling, diffing, delivery, sweeping")
+    p.add_argument(
+        "--burst",
+        action="store_true",
+        help="run the jobs that are due now, then exit (for cron and tests)",
+    )
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("sandbox", help="serve a simulated upstream whose data changes over time")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated practice (default 1)")
+    p.add_argument("--clients", type=int, default=5, help="number of clients (default 5)")
+    p.add_argument(
+        "--items", type=int, default=200, help="documents per client at the start (default 200)"
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=int,
+        default=60,
+        help="requests per minute per token, in simulated minutes (default 60)",
+    )
+    p.add_argument(
+        "--speed",
+        type=_positive_float,
+        default=1.0,
+        help="how many simulated seconds pass per real second (default 1)",
+    )
+    p.add_argument(
+        "--provider",
+        choices=["dext", "invoicext"],
+        default="dext",
+        help="which upstream to simulate (default dext)",
+    )
+    p.set_defaults(func=_cmd_sandbox)
+
+    p = sub.add_parser("receiver", help="a development webhook endpoint that verifies and prints")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9000, help="port to listen on (default 9000)")
+    p.add_argument("--secret", required=True, help="the subscription's whsec_... secret")
+    p.add_argument(
+        "--fail",
+        type=int,
+        default=0,
+        help="answer the first N requests with a failure status (default 0)",
+    )
+    p.add_argument(
+        "--status", type=int, default=500, help="the status used by --fail (default 500)"
+    )
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="seconds to wait before answering each request (default 0)",
+    )
+    p.set_defaults(func=_cmd_receiver)
+
+    p = sub.add_parser("demo", help="sandbox, worker, API and receiver in one process tree")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="stop after this many minutes (default: run until Ctrl-C)",
+    )
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_format, settings.log_level)
+        func: Command = args.func
+        return int(func(args, settings))
+    except (ConfigError, ServiceUnavailable) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,85 @@
+"""Relay's exceptions: few classes, each carrying the data needed to act on it.
+
+    RelayError
+    ├── ConfigError            bad settings; the CLI prints it as one line
+    ├── ServiceUnavailable     Postgres or Redis cannot be reached (.service, .url)
+    └── UpstreamError          anything an upstream API did wrong (.url, .status)
+        ├── UpstreamAuthError      the token is revoked or invalid (.code); the account is broken
+        ├── UpstreamForbidden      access to one client was removed
+        ├── UpstreamNotFound       the object does not exist (any more)
+        ├── UpstreamRateLimited    429 after retries (.retry_after)
+        ├── UpstreamUnavailable    5xx, timeouts, dropped connections after retries
+        └── UpstreamProtocolError  malformed JSON, wrong types, missing fields (.detail)
+
+Errors are raised `from` their cause so the original exception stays in the log.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error Relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """A setting is missing or malformed."""
+
+
+class ServiceUnavailable(RelayError):
+    """Postgres or Redis could not be reached."""
+
+    def __init__(self, service: str, url: str, reason: str) -> None:
+        self.service = service
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            f"cannot reach {service} at {url} ({reason}); "
+            "start it, e.g. `docker compose up -d postgres redis`"
+        )
+
+
+class UpstreamError(RelayError):
+    """An upstream API call failed; `status` is the HTTP status when there was a response."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        self.url = url
+        self.status = status
+        super().__init__(message)
+
+
+class UpstreamAuthError(UpstreamError):
+    """The upstream token is invalid or revoked: stop polling, mark the account broken."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = 401, code: str) -> None:
+        self.code = code
+        super().__init__(message, url=url, status=status)
+
+
+class UpstreamForbidden(UpstreamError):
+    """Access to one client was removed upstream."""
+
+
+class UpstreamNotFound(UpstreamError):
+    """The requested object does not exist upstream."""
+
+
+class UpstreamRateLimited(UpstreamError):
+    """Still rate limited after waiting; `retry_after` is seconds until the next window."""
+
+    def __init__(self, message: str, *, url: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, url=url, status=429)
+
+
+class UpstreamUnavailable(UpstreamError):
+    """5xx, a timeout or a dropped connection persisted through every retry."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered with something that breaks its contract (bad JSON, wrong types)."""
+
+    def __init__(
+        self, message: str, *, url: str, status: int | None = None, detail: str = ""
+    ) -> None:
+        self.detail = detail
+        super().__init__(message, url=url, status=status)

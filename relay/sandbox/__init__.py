@@ -1,0 +1,1 @@
+"""A simulated upstream (Dext, InvoiceXT) whose practice changes over time."""

@@ -1,0 +1,1 @@
+"""Upstream connectors, one module per service."""

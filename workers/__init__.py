@@ -1,0 +1,1 @@
+"""arq worker settings and thin job functions that call into `relay`."""
