@@ -83,3 +83,23 @@ class UpstreamProtocolError(UpstreamError):
     ) -> None:
         self.detail = detail
         super().__init__(message, url=url, status=status)
+
+
+class NotFound(RelayError):
+    """A resource asked for by id does not exist (or was deleted); the admin API answers 404."""
+
+    def __init__(self, kind: str, id: str) -> None:
+        self.kind = kind
+        self.id = id
+        super().__init__(f"no {kind} with id {id!r}")
+
+
+class InvalidInput(RelayError):
+    """Input from a caller breaks the contract (bad value, bad cursor); the admin API answers 400.
+
+    `field` names the offending field or query parameter when there is one.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
