@@ -32,6 +32,8 @@ class Settings:
     delivery_timeout: float = 10.0
     # Name of the arq queue; tests give every run its own so parallel runs never share jobs.
     queue_name: str = "relay:queue"
+    # Where the operator commands (`relay accounts ...`) find the admin API.
+    api_url: str = "http://127.0.0.1:8080"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,6 +54,7 @@ class Settings:
             retry_schedule=_parse_schedule(env.get("RELAY_RETRY_SCHEDULE")),
             delivery_timeout=_parse_positive(env, "RELAY_DELIVERY_TIMEOUT", 10.0),
             queue_name=env.get("RELAY_QUEUE_NAME") or "relay:queue",
+            api_url=(env.get("RELAY_API_URL") or "http://127.0.0.1:8080").rstrip("/"),
         )
 
     def with_changes(self, **changes: Any) -> Settings:
