@@ -103,3 +103,11 @@ class InvalidInput(RelayError):
     def __init__(self, message: str, field: str | None = None) -> None:
         self.field = field
         super().__init__(message)
+
+
+class SignatureError(RelayError):
+    """A webhook's Standard Webhooks signature headers are missing, stale or do not verify."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
