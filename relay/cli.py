@@ -87,6 +87,12 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, minutes=args.minutes)
 
 
+def _cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.console import run_operator_command
+
+    return run_operator_command(args, settings)
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -180,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many minutes (default: run until Ctrl-C)",
     )
     p.set_defaults(func=_cmd_demo)
+
+    from relay.console import add_operator_commands
+
+    add_operator_commands(sub, _cmd_operator)
     return parser
 
 
