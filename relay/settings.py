@@ -34,6 +34,15 @@ class Settings:
     queue_name: str = "relay:queue"
     # Where the operator commands (`relay accounts ...`) find the admin API.
     api_url: str = "http://127.0.0.1:8080"
+    # Delivery dispatcher: in-flight requests per worker process, per endpoint (subscription),
+    # deliveries claimed per query, how long a claim lasts before another worker may take the
+    # delivery over (a crashed worker's claims expire), and how often to look for due work
+    # when nothing wakes the dispatcher.
+    delivery_concurrency: int = 256
+    delivery_endpoint_concurrency: int = 64
+    delivery_batch_size: int = 256
+    delivery_lease: float = 60.0
+    delivery_poll_interval: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,6 +63,12 @@ class Settings:
             retry_schedule=_parse_schedule(env.get("RELAY_RETRY_SCHEDULE")),
             delivery_timeout=_parse_positive(env, "RELAY_DELIVERY_TIMEOUT", 10.0),
             queue_name=env.get("RELAY_QUEUE_NAME") or "relay:queue",
+            delivery_concurrency=int(_parse_positive(env, "RELAY_DELIVERY_CONCURRENCY", 256)),
+            delivery_endpoint_concurrency=int(
+                _parse_positive(env, "RELAY_DELIVERY_ENDPOINT_CONCURRENCY", 64)
+            ),
+            delivery_lease=_parse_positive(env, "RELAY_DELIVERY_LEASE", 60.0),
+            delivery_poll_interval=_parse_positive(env, "RELAY_DELIVERY_POLL_INTERVAL", 1.0),
             api_url=(env.get("RELAY_API_URL") or "http://127.0.0.1:8080").rstrip("/"),
         )
 
