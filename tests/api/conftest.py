@@ -1,0 +1,65 @@
+"""Fixtures for the admin API tests: the real app on loopback, over real Postgres and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from relay.api.app import create_app
+from relay.settings import Settings
+from tests.conftest import TEST_ADMIN_TOKEN
+
+AUTH = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def app(settings: Settings, pool: asyncpg.Pool, redis_client: aioredis.Redis) -> web.Application:
+    """The admin API app; depending on `pool` and `redis_client` empties both stores first."""
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, app: web.Application) -> TestClient[Any, Any]:
+    """A client of the served app that sends the admin token on every request."""
+    return await aiohttp_client(app, headers=AUTH)
+
+
+@pytest.fixture
+async def anon(client: TestClient[Any, Any]) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session with no admin token, for the same server (use `client.make_url`)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def create_account(client: TestClient[Any, Any], **overrides: Any) -> dict[str, Any]:
+    body = {
+        "provider": "dext",
+        "name": "Practice",
+        "base_url": "https://api.dext.example/v1",
+        "api_token": "upstream-secret-token",
+        **overrides,
+    }
+    response = await client.post("/v1/accounts", json=body)
+    assert response.status == 201, await response.text()
+    data: dict[str, Any] = await response.json()
+    return data
+
+
+async def error_of(response: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
+    """Assert the status and the error envelope; return the inner error object."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) >= {"error"}
+    error: dict[str, Any] = body["error"]
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    return error
