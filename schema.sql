@@ -59,3 +59,11 @@ CREATE INDEX IF NOT EXISTS events_account ON events (account_id, seq DESC);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, seq DESC);
 CREATE INDEX IF NOT EXISTS events_object ON events (object_id, seq DESC);
 CREATE INDEX IF NOT EXISTS events_created ON events (created_at DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Admin API (accounts): "poll now" requests are recorded here, durably, for the scheduler; the
+-- second index serves the keyset pagination of GET /v1/accounts on (created_at, id).
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS poll_requested_at timestamptz;
+CREATE INDEX IF NOT EXISTS accounts_live_page ON accounts (created_at DESC, id DESC)
+    WHERE deleted_at IS NULL;
