@@ -1,0 +1,479 @@
+"""The poll planner: which (client, task kind) to poll next within an account's request budget.
+
+Dext offers no `updated_since` and allows 60 requests a minute per token, so every request is
+spent on purpose. Work is cut into tasks, one per (account, client, kind); the account-level
+`/clients` list has client_id "". Each task has an adaptive interval, a due time and a cost
+estimate in requests, all kept in Postgres (`poll_tasks`) so a restart resumes where it was.
+
+Policy (seconds of real time; `Policy.scaled(k)` divides every duration for a sandbox that runs
+k times faster than real time):
+
+| kind | what one run fetches | interval start [min, max] | weight |
+| --- | --- | --- | --- |
+| baseline | `/costs` + `/sales` every page (first pass; emits nothing) | once | 50 |
+| head | `/documents` page 1 (per_page 100), on while its tail is unseen | 60 [20, 300] | 8 |
+| hot | `/documents?status=` processing, review, ready (per_page 100) | 120 [45, 600] | 5 |
+| clients | `/clients` every page | 600 [300, 3600] | 2 |
+| expense_reports | `/expense_reports` every page | 600 [300, 3600] | 2 |
+| suppliers | `/suppliers` every page | 900 [600, 3600] | 1 |
+| connections | `/connections` | 1800 [900, 7200] | 1 |
+| sweep | all `/documents` pages, detail refresh, deletions; sliced | 1800 [1800, 21600] | 1 |
+
+Documents are read as cheap summaries; the full `/costs|/sales` item is fetched only for ids
+that are new or whose summary changed (and, on a sweep, for items whose detail-only fields may
+still change). `head`, `hot` and `sweep` of a client wait for its `baseline`.
+
+Choosing: a task is eligible once due. Its score is `weight * (1 + lateness / interval)`, so a
+late task climbs steadily and nothing starves; a forced task (`POST /v1/accounts/{id}/poll`)
+gets 100x. `plan_window` fills one rate-limit window (limit minus `safety_margin`) greedily by
+score with each task's estimated cost, reserving `cold_share` of the window for cold kinds
+(sweep, suppliers, connections, clients, expense reports) whenever any is due, so a busy
+practice whose head polls could eat the whole budget still sweeps. A run that found changes
+halves the interval (down to min); a quiet run multiplies it by 1.5 (up to max): busy clients
+are polled sooner, quiet ones back off, within bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+
+class TaskKind(StrEnum):
+    BASELINE = "baseline"
+    HEAD = "head"
+    HOT = "hot"
+    CLIENTS = "clients"
+    EXPENSE_REPORTS = "expense_reports"
+    SUPPLIERS = "suppliers"
+    CONNECTIONS = "connections"
+    SWEEP = "sweep"
+
+
+# The account-level task lives under this client id (Postgres primary keys cannot hold NULL).
+ACCOUNT_LEVEL = ""
+# Kinds that read a client's documents after its baseline (documents snapshots must exist).
+DOCUMENT_KINDS = frozenset({TaskKind.HEAD, TaskKind.HOT, TaskKind.SWEEP})
+COLD_KINDS = frozenset(
+    {
+        TaskKind.SWEEP,
+        TaskKind.SUPPLIERS,
+        TaskKind.CONNECTIONS,
+        TaskKind.CLIENTS,
+        TaskKind.EXPENSE_REPORTS,
+    }
+)
+CLIENT_KINDS = (
+    TaskKind.BASELINE,
+    TaskKind.HEAD,
+    TaskKind.HOT,
+    TaskKind.EXPENSE_REPORTS,
+    TaskKind.SUPPLIERS,
+    TaskKind.CONNECTIONS,
+    TaskKind.SWEEP,
+)
+FORCED_BOOST = 100.0
+
+
+@dataclass(frozen=True)
+class KindPolicy:
+    """How often one kind of task runs: a start interval, its bounds and its relative value."""
+
+    interval: float
+    min_interval: float
+    max_interval: float
+    weight: float
+    cost: float  # initial estimate of requests per run, refined from what runs really cost
+
+
+DEFAULT_KINDS: Mapping[TaskKind, KindPolicy] = {
+    TaskKind.BASELINE: KindPolicy(0.0, 0.0, 0.0, 50.0, 10.0),
+    TaskKind.HEAD: KindPolicy(60.0, 20.0, 300.0, 8.0, 1.0),
+    TaskKind.HOT: KindPolicy(120.0, 45.0, 600.0, 5.0, 3.0),
+    TaskKind.CLIENTS: KindPolicy(600.0, 300.0, 3600.0, 2.0, 1.0),
+    TaskKind.EXPENSE_REPORTS: KindPolicy(600.0, 300.0, 3600.0, 2.0, 1.0),
+    TaskKind.SUPPLIERS: KindPolicy(900.0, 600.0, 3600.0, 1.0, 1.0),
+    TaskKind.CONNECTIONS: KindPolicy(1800.0, 900.0, 7200.0, 1.0, 1.0),
+    TaskKind.SWEEP: KindPolicy(1800.0, 1800.0, 21600.0, 1.0, 5.0),
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The planner's numbers; see the module docstring for what each one means."""
+
+    kinds: Mapping[TaskKind, KindPolicy] = field(default_factory=lambda: dict(DEFAULT_KINDS))
+    speedup: float = 0.5  # interval factor after a run that found changes
+    backoff: float = 1.5  # interval factor after a quiet run
+    safety_margin: int = 2  # requests per window left unused, for other tools on the token
+    cold_share: float = 0.2  # share of a window kept for cold kinds when any is due
+    window_seconds: float = 60.0
+    rate_limit: int = 60
+    broken_retry: float = 900.0  # a broken account is tried again at most this often
+    lease_seconds: float = 60.0  # a worker that dies frees its account after this
+    run_seconds: float = 120.0  # one poll job works this long, then lets the cron re-enqueue
+    sweep_pages: int = 5  # /documents pages per sweep slice
+    detail_batch: int = 3  # changed ids of one (workspace, status) fetched as a filtered page
+
+    def scaled(self, factor: float) -> Policy:
+        """This policy for a clock running `factor` times faster (the time-compressed sandbox)."""
+        kinds = {
+            kind: replace(
+                p,
+                interval=p.interval / factor,
+                min_interval=p.min_interval / factor,
+                max_interval=p.max_interval / factor,
+            )
+            for kind, p in self.kinds.items()
+        }
+        return replace(
+            self,
+            kinds=kinds,
+            window_seconds=self.window_seconds / factor,
+            broken_retry=self.broken_retry / factor,
+        )
+
+    @property
+    def budget(self) -> int:
+        """Requests the scheduler plans per window."""
+        return max(1, self.rate_limit - self.safety_margin)
+
+
+@dataclass
+class Task:
+    """One unit of polling work and its adaptive schedule (a row of `poll_tasks`)."""
+
+    account_id: str
+    client_id: str
+    kind: TaskKind
+    interval: float
+    due_at: float  # unix seconds
+    est_cost: float
+    last_run_at: float | None = None
+    baselined: bool = False
+    forced: bool = False
+    cursor: dict[str, Any] = field(default_factory=dict)
+    runs: int = 0
+    changes: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, TaskKind]:
+        return (self.account_id, self.client_id, self.kind)
+
+
+def new_task(account_id: str, client_id: str, kind: TaskKind, now: float, policy: Policy) -> Task:
+    """A task never run: due at once (its first run is its baseline)."""
+    p = policy.kinds[kind]
+    return Task(account_id, client_id, kind, p.interval, now, p.cost)
+
+
+def eligible(task: Task, now: float, baselined_clients: set[str]) -> bool:
+    """Due, and (for document kinds) its client's documents baseline is done."""
+    if task.kind is TaskKind.BASELINE and task.baselined:
+        return False
+    if task.kind in DOCUMENT_KINDS and task.client_id not in baselined_clients:
+        return False
+    return task.forced or task.due_at <= now
+
+
+def score(task: Task, now: float, policy: Policy) -> float:
+    """Staleness-weighted value: weight * (1 + lateness / interval), boosted when forced."""
+    p = policy.kinds[task.kind]
+    lateness = max(0.0, now - task.due_at)
+    value = p.weight * (1.0 + lateness / max(task.interval, 1e-9))
+    return value * FORCED_BOOST if task.forced else value
+
+
+def baselined_clients(tasks: Iterable[Task]) -> set[str]:
+    return {t.client_id for t in tasks if t.kind is TaskKind.BASELINE and t.baselined}
+
+
+def rank(tasks: Sequence[Task], now: float, policy: Policy) -> list[Task]:
+    """Eligible tasks, best first (ties broken by due time, then key, so the order is stable)."""
+    ready = baselined_clients(tasks)
+    due = [t for t in tasks if eligible(t, now, ready)]
+    return sorted(due, key=lambda t: (-score(t, now, policy), t.due_at, t.client_id, t.kind))
+
+
+def plan_window(tasks: Sequence[Task], now: float, policy: Policy, budget: int) -> list[Task]:
+    """The tasks to run in one window of `budget` requests, in order.
+
+    Greedy by score with estimated costs. `cold_share` of the budget is first offered to cold
+    kinds (best first) so they are never starved by hot ones; then every task by score. A task
+    whose estimate exceeds what is left is skipped for a cheaper one, except that a task bigger
+    than a whole window runs alone in a fresh one (the limiter spreads it over the next).
+    """
+    if budget <= 0:
+        return []
+    ranked = rank(tasks, now, policy)
+    if ranked and ranked[0].est_cost > policy.budget:
+        # Bigger than any window (a large baseline slice): it runs alone in a fresh window.
+        return ranked[:1] if budget >= policy.budget else []
+    chosen: list[Task] = []
+    left = float(budget)
+    cold_budget = math.floor(budget * policy.cold_share)
+    for task in ranked:
+        if task.kind in COLD_KINDS and task.est_cost <= cold_budget:
+            chosen.append(task)
+            cold_budget -= math.ceil(task.est_cost)
+            left -= math.ceil(task.est_cost)
+    for task in ranked:
+        if task in chosen:
+            continue
+        cost = math.ceil(task.est_cost)
+        if cost <= left:
+            chosen.append(task)
+            left -= cost
+        if left <= 0:
+            break
+    chosen.sort(key=lambda t: -score(t, now, policy))
+    return chosen
+
+
+@dataclass
+class WindowBudget:
+    """The requests this scheduler may still plan in the current rate-limit window.
+
+    Windows are aligned to multiples of `window_seconds` since the epoch, like Dext's. A task
+    that spent more than planned (estimates are estimates) leaves a debt the next window pays,
+    so the spend averaged over windows stays within the budget; the shared limiter enforces
+    the hard cap per request.
+    """
+
+    budget: int
+    window_seconds: float
+    window_start: float = 0.0
+    spent: int = 0
+
+    def roll(self, now: float) -> None:
+        start = math.floor(now / self.window_seconds) * self.window_seconds
+        if start > self.window_start:
+            self.spent = max(0, self.spent - self.budget) if self.window_start else 0
+            self.window_start = start
+
+    def left(self, now: float) -> int:
+        self.roll(now)
+        return self.budget - self.spent
+
+    def spend(self, requests: int) -> None:
+        self.spent += requests
+
+    def next_window(self) -> float:
+        return self.window_start + self.window_seconds
+
+
+def after_run(
+    task: Task, now: float, policy: Policy, *, changed: int, cost: int, finished: bool = True
+) -> Task:
+    """The task's schedule after a run that found `changed` objects and spent `cost` requests.
+
+    `finished` is False for a sliced run (sweep, baseline) with pages still to go: it stays due
+    (at its normal weight) and keeps its cursor.
+    """
+    p = policy.kinds[task.kind]
+    est = cost if task.runs == 0 else 0.5 * task.est_cost + 0.5 * cost
+    if not finished:
+        return replace(task, est_cost=max(est, 1.0), last_run_at=now, runs=task.runs + 1)
+    if changed:
+        interval = max(p.min_interval, task.interval * policy.speedup)
+    else:
+        interval = min(p.max_interval, task.interval * policy.backoff)
+    if task.kind is TaskKind.SWEEP:
+        interval = p.interval  # sweeps run on a fixed cadence: their job is the cold data
+    return replace(
+        task,
+        interval=interval,
+        due_at=now + interval,
+        est_cost=max(est, 1.0),
+        last_run_at=now,
+        baselined=True,
+        forced=False,
+        cursor={},
+        runs=task.runs + 1,
+        changes=task.changes + changed,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Postgres state: poll_tasks (schedule per task) and poll_state (lease and account flags).
+# ----------------------------------------------------------------------------------------------
+
+_TASK_COLUMNS = (
+    "account_id, client_id, kind, interval_s, due_at, est_cost, last_run_at, baselined_at, "
+    "forced, cursor, runs, changes"
+)
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _task_from_row(row: asyncpg.Record) -> Task:
+    return Task(
+        account_id=row["account_id"],
+        client_id=row["client_id"],
+        kind=TaskKind(row["kind"]),
+        interval=row["interval_s"],
+        due_at=row["due_at"].timestamp(),
+        est_cost=row["est_cost"],
+        last_run_at=row["last_run_at"].timestamp() if row["last_run_at"] else None,
+        baselined=row["baselined_at"] is not None,
+        forced=row["forced"],
+        cursor=dict(row["cursor"] or {}),
+        runs=row["runs"],
+        changes=row["changes"],
+    )
+
+
+async def load_tasks(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> list[Task]:
+    rows = await conn.fetch(
+        f"SELECT {_TASK_COLUMNS} FROM poll_tasks WHERE account_id = $1", account_id
+    )
+    return [_task_from_row(r) for r in rows]
+
+
+async def ensure_tasks(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: str,
+    client_ids: Iterable[str],
+    now: float,
+    policy: Policy,
+) -> None:
+    """Create the tasks an account needs (the /clients task plus every kind per client).
+
+    Set-based and idempotent: existing tasks keep their schedule. Tasks of clients that are
+    no longer listed are removed (their snapshots stay).
+    """
+    clients = sorted(set(client_ids))
+    keys: list[tuple[str, str]] = [(ACCOUNT_LEVEL, TaskKind.CLIENTS.value)]
+    keys += [(c, k.value) for c in clients for k in CLIENT_KINDS]
+    fresh = [new_task(account_id, c, TaskKind(k), now, policy) for c, k in keys]
+    await conn.execute(
+        "INSERT INTO poll_tasks (account_id, client_id, kind, interval_s, due_at, est_cost) "
+        "SELECT $1, c, k, i, $5, e FROM unnest($2::text[], $3::text[], $4::float8[], "
+        "$6::float8[]) AS t(c, k, i, e) ON CONFLICT DO NOTHING",
+        account_id,
+        [t.client_id for t in fresh],
+        [t.kind.value for t in fresh],
+        [t.interval for t in fresh],
+        _ts(now),
+        [t.est_cost for t in fresh],
+    )
+    await conn.execute(
+        "DELETE FROM poll_tasks WHERE account_id = $1 AND client_id <> '' "
+        "AND NOT (client_id = ANY($2::text[]))",
+        account_id,
+        clients,
+    )
+
+
+async def save_task(conn: asyncpg.Connection | asyncpg.Pool, task: Task) -> None:
+    """Write back a task's schedule after a run (the row exists: ensure_tasks made it)."""
+    await conn.execute(
+        "UPDATE poll_tasks SET interval_s = $4, due_at = $5, est_cost = $6, last_run_at = $7, "
+        "baselined_at = CASE WHEN $8 THEN coalesce(baselined_at, now()) END, forced = $9, "
+        "cursor = $10, runs = $11, changes = $12 "
+        "WHERE account_id = $1 AND client_id = $2 AND kind = $3",
+        task.account_id,
+        task.client_id,
+        task.kind.value,
+        task.interval,
+        _ts(task.due_at),
+        task.est_cost,
+        _ts(task.last_run_at),
+        task.baselined,
+        task.forced,
+        task.cursor,
+        task.runs,
+        task.changes,
+    )
+
+
+async def force_full_pass(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> int:
+    """Make every task of the account due now with top priority; a sweep restarts from page 1.
+
+    Returns how many tasks were forced.
+    """
+    status = await conn.execute(
+        "UPDATE poll_tasks SET forced = true, "
+        "cursor = CASE WHEN kind = 'sweep' THEN '{}'::jsonb ELSE cursor END "
+        "WHERE account_id = $1 AND NOT (kind = 'baseline' AND baselined_at IS NOT NULL)",
+        account_id,
+    )
+    return int(status.split()[-1])
+
+
+async def next_due_at(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> float | None:
+    """When the account's earliest task is due (unix seconds; 0 when one is forced), or None."""
+    row = await conn.fetchrow(
+        "SELECT bool_or(forced) AS forced, min(due_at) AS due FROM poll_tasks "
+        "WHERE account_id = $1 AND NOT (kind = 'baseline' AND baselined_at IS NOT NULL)",
+        account_id,
+    )
+    if row is None or row["due"] is None:
+        return None
+    return 0.0 if row["forced"] else float(row["due"].timestamp())
+
+
+async def all_baselined(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> bool:
+    """True once every task of the account has completed a first run (its baseline)."""
+    value = await conn.fetchval(
+        "SELECT count(*) > 0 AND bool_and(baselined_at IS NOT NULL) FROM poll_tasks "
+        "WHERE account_id = $1",
+        account_id,
+    )
+    return bool(value)
+
+
+# Leases: one worker polls an account at a time. The claim is one UPDATE whose WHERE only
+# matches a free or expired lease (or our own), so concurrent claimers serialise on the row lock
+# and exactly one wins; a worker that dies frees the account when its lease expires.
+
+
+async def claim_lease(
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: str, holder: str, seconds: float
+) -> bool:
+    await conn.execute(
+        "INSERT INTO poll_state (account_id) VALUES ($1) ON CONFLICT DO NOTHING", account_id
+    )
+    row = await conn.fetchrow(
+        "UPDATE poll_state SET lease_holder = $2, "
+        "leased_until = now() + make_interval(secs => $3) "
+        "WHERE account_id = $1 AND (leased_until IS NULL OR leased_until < now() "
+        "OR lease_holder = $2) RETURNING account_id",
+        account_id,
+        holder,
+        seconds,
+    )
+    return row is not None
+
+
+async def renew_lease(
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: str, holder: str, seconds: float
+) -> bool:
+    """Extend our lease; False when it was lost (expired and taken by another worker)."""
+    row = await conn.fetchrow(
+        "UPDATE poll_state SET leased_until = now() + make_interval(secs => $3) "
+        "WHERE account_id = $1 AND lease_holder = $2 RETURNING account_id",
+        account_id,
+        holder,
+        seconds,
+    )
+    return row is not None
+
+
+async def release_lease(
+    conn: asyncpg.Connection | asyncpg.Pool, account_id: str, holder: str
+) -> None:
+    await conn.execute(
+        "UPDATE poll_state SET lease_holder = NULL, leased_until = NULL "
+        "WHERE account_id = $1 AND lease_holder = $2",
+        account_id,
+        holder,
+    )
