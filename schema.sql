@@ -67,3 +67,81 @@ CREATE INDEX IF NOT EXISTS events_created ON events (created_at DESC);
 ALTER TABLE accounts ADD COLUMN IF NOT EXISTS poll_requested_at timestamptz;
 CREATE INDEX IF NOT EXISTS accounts_live_page ON accounts (created_at DESC, id DESC)
     WHERE deleted_at IS NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Poll scheduler (relay/scheduling.py): the schedule of every poll task and one lease per
+-- account. Postgres holds it so a restart or a Redis flush resumes where polling was: what ran
+-- when, the adaptive interval, sweep/baseline cursors, and which first runs (baselines) are done.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS poll_tasks (
+    account_id text NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    client_id text NOT NULL,                  -- '' for the account-level /clients task
+    kind text NOT NULL,                       -- baseline, head, hot, clients, sweep, ...
+    interval_s double precision NOT NULL,     -- current adaptive interval
+    due_at timestamptz NOT NULL,
+    est_cost double precision NOT NULL,       -- requests per run, smoothed
+    last_run_at timestamptz,
+    baselined_at timestamptz,                 -- first complete run done: later runs emit
+    forced boolean NOT NULL DEFAULT false,    -- POST /v1/accounts/{id}/poll: run before all else
+    cursor jsonb NOT NULL DEFAULT '{}',       -- sliced runs: where the sweep/baseline is
+    runs integer NOT NULL DEFAULT 0,
+    changes integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, client_id, kind)
+);
+CREATE INDEX IF NOT EXISTS poll_tasks_due ON poll_tasks (account_id, due_at);
+
+CREATE TABLE IF NOT EXISTS poll_state (
+    account_id text PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+    lease_holder text,                        -- the worker polling this account now
+    leased_until timestamptz,                 -- expired: any worker may take the account
+    poll_request_seen_at timestamptz,         -- the accounts.poll_requested_at last honoured
+    auth_failed_at timestamptz,               -- account.auth_failed reported, not yet recovered
+    auth_tried_at timestamptz,                -- last attempt on a broken account
+    token_digest text                         -- digest of the token that failed (replaced: retry)
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- Snapshots (relay/snapshots.py): the last version seen of every upstream object, per account,
+-- object type and client, with a hash of its canonical form (volatile fields left out) so a
+-- diff compares 16 bytes, not documents. `summary_hash` (documents) hashes the fields a
+-- /documents summary shows, so "which summaries changed" is one COPY and a join.
+-- `last_seen_at` is when a poll last wrote the row (new, changed, back after deletion): an
+-- unchanged re-poll deliberately writes nothing. Complete scans record the ids of each page in
+-- snapshot_scan_pages, so deletion detection rewrites no snapshot either.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS snapshots (
+    account_id text NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    object_type text NOT NULL,                -- client, connection, document, supplier, ...
+    client_id text NOT NULL,                  -- for a client object, its own id
+    object_id text NOT NULL,                  -- the upstream id; a connection's is its client's
+    data jsonb NOT NULL,
+    hash bytea NOT NULL,
+    summary_hash bytea,
+    first_seen_at timestamptz NOT NULL DEFAULT now(),
+    last_seen_at timestamptz NOT NULL DEFAULT now(),
+    deleted_at timestamptz,                   -- reported gone after a complete scan
+    PRIMARY KEY (account_id, object_type, client_id, object_id)
+);
+
+CREATE TABLE IF NOT EXISTS snapshot_scans (
+    id bigserial PRIMARY KEY,
+    account_id text NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    object_type text NOT NULL,
+    client_id text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    partial_reason text                       -- set: the scan had a gap, it deletes nothing
+);
+CREATE INDEX IF NOT EXISTS snapshot_scans_client
+    ON snapshot_scans (account_id, object_type, client_id, started_at DESC);
+
+CREATE TABLE IF NOT EXISTS snapshot_scan_pages (
+    scan_id bigint NOT NULL REFERENCES snapshot_scans (id) ON DELETE CASCADE,
+    page text NOT NULL,                       -- the caller's page key, e.g. "costs:3"
+    object_ids text[] NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scan_id, page)
+);
+
+CREATE INDEX IF NOT EXISTS events_client ON events (client_id, seq DESC);
+-- end of the snapshots section
