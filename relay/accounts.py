@@ -17,7 +17,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 import orjson
@@ -38,7 +38,13 @@ POLL_CHANNEL = "relay:poll-requested"
 BROKEN_RETRY = timedelta(minutes=15)
 _RATE_LIMIT_KEYS = ("limit", "remaining", "reset_at", "throttled_last_hour")
 
-Executor = asyncpg.Pool | asyncpg.Connection
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # Anything that runs a query: a pool, a connection, or one acquired from a pool.
+    Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
+else:
+    Executor = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _COLUMNS = (
     "id, provider, name, base_url, api_token_enc, backfill, status, baseline_completed_at, "
