@@ -61,6 +61,78 @@ CREATE INDEX IF NOT EXISTS events_object ON events (object_id, seq DESC);
 CREATE INDEX IF NOT EXISTS events_created ON events (created_at DESC);
 
 -- ---------------------------------------------------------------------------------------------
+-- Delivery (relay/subscriptions.py, relay/delivery.py): subscriptions, one delivery per
+-- (event, subscription, generation) and every attempt. Postgres holds each delivery and its
+-- `next_attempt_at`; Redis only wakes workers, so flushing it loses nothing.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id text PRIMARY KEY DEFAULT relay_id('sub'),
+    url text NOT NULL,
+    kind text NOT NULL DEFAULT 'webhook' CHECK (kind IN ('webhook', 'slack')),
+    event_types text[] NOT NULL,
+    account_ids text[],                       -- null: any account
+    client_ids text[],                        -- null: any client
+    filter text,                              -- JMESPath on the event body, compiled at create
+    description text,
+    enabled boolean NOT NULL DEFAULT true,
+    disabled_reason text,
+    secret_enc text NOT NULL,                 -- Fernet token of whsec_..., never plain
+    previous_secret_enc text,                 -- still signs until previous_secret_expires_at
+    previous_secret_expires_at timestamptz,
+    deleted_at timestamptz,                   -- soft delete: its deliveries stay readable
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS subscriptions_live ON subscriptions (id DESC) WHERE deleted_at IS NULL;
+
+-- Fan-out marker: a pending flag, not a "last seq seen" cursor, because seq values commit out of
+-- order and a cursor would skip the late ones.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS fanned_out_at timestamptz;
+CREATE INDEX IF NOT EXISTS events_fan_out_pending ON events (seq) WHERE fanned_out_at IS NULL;
+
+-- Stored events wake the dispatchers at once through LISTEN/NOTIFY (works with Redis flushed).
+CREATE OR REPLACE FUNCTION relay_notify_events() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('relay_wake', 'events');
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS events_notify ON events;
+CREATE TRIGGER events_notify AFTER INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION relay_notify_events();
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    id text PRIMARY KEY DEFAULT relay_id('dlv'),
+    event_id text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    subscription_id text NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    generation integer NOT NULL DEFAULT 0,    -- replays add a generation
+    status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'succeeded', 'failed')),
+    attempt_count integer NOT NULL DEFAULT 0,
+    -- While claimed, next_attempt_at is the lease's end, so an expired lease is simply due again.
+    next_attempt_at timestamptz,
+    lease_token uuid,
+    last_error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (event_id, subscription_id, generation)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status, id DESC);
+CREATE INDEX IF NOT EXISTS deliveries_subscription ON deliveries (subscription_id, id DESC);
+
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    delivery_id text NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    attempt integer NOT NULL,                 -- 1-based
+    at timestamptz NOT NULL,
+    status_code integer,
+    latency_ms integer,
+    error text,
+    response_excerpt text,
+    PRIMARY KEY (delivery_id, attempt)
+);
+
+-- ---------------------------------------------------------------------------------------------
 -- Admin API (accounts): "poll now" requests are recorded here, durably, for the scheduler; the
 -- second index serves the keyset pagination of GET /v1/accounts on (created_at, id).
 -- ---------------------------------------------------------------------------------------------

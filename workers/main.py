@@ -10,6 +10,13 @@ from arq.worker import Worker
 
 from relay.db import create_pool, create_redis
 from relay.settings import Settings
+from workers.delivery import (
+    delivery_cron_jobs,
+    start_delivery,
+    stop_delivery,
+    sweep_deliveries,
+    wake_dispatcher,
+)
 
 log = structlog.get_logger("workers.main")
 
@@ -18,10 +25,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["pool"] = await create_pool(settings)
     ctx["redis_client"] = await create_redis(settings)
+    await start_delivery(ctx)
     log.info("worker_started", queue=settings.queue_name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await stop_delivery(ctx)  # first: its sends in flight are recorded through the pool
     for key in ("pool",):
         if key in ctx:
             await ctx[key].close()
@@ -32,13 +41,19 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 def worker_functions() -> list[Any]:
     """Every job this worker runs; each takes ids, loads state from Postgres, calls `relay`."""
-    return []
+    return [wake_dispatcher, sweep_deliveries]
+
+
+def cron_jobs() -> list[Any]:
+    """Periodic jobs (arq runs each once across all workers per tick)."""
+    return [*delivery_cron_jobs()]
 
 
 def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
     """An arq Worker for these settings (tests call this with `burst=True`)."""
     options: dict[str, Any] = {
         "functions": worker_functions(),
+        "cron_jobs": cron_jobs(),
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "queue_name": settings.queue_name,
         "on_startup": startup,

@@ -1,0 +1,441 @@
+"""The dispatcher: claims due deliveries in batches, sends them concurrently, records in batches.
+
+One long-running `Dispatcher.run()` per worker process. Its cycle:
+1. fan out newly stored events (woken by `NOTIFY relay_wake` from the events trigger, by the
+   sweeper, or by its own poll timer, so a flushed Redis only ever delays nothing);
+2. claim due deliveries with one `UPDATE ... FOR UPDATE SKIP LOCKED ... RETURNING` that also
+   returns each event body and subscription. A claim moves `next_attempt_at` to the end of a
+   lease, so a delivery held by a worker that died is simply due again when the lease ends;
+   no two live workers ever hold the same delivery;
+3. send each claimed delivery in its own task, at most `delivery_endpoint_concurrency` at once
+   per subscription and `delivery_concurrency` in all; a saturated endpoint is left out of the
+   next claims, so a slow or dead endpoint never holds back healthy ones;
+4. record outcomes in batches: one statement updates the deliveries and inserts their attempts,
+   fenced by the claim's lease token so a late result never overwrites a newer claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+import structlog
+
+from relay.delivery.policy import retry_delay
+from relay.delivery.sender import AttemptResult, post, request_body, request_headers
+from relay.delivery.store import WAKE_CHANNEL, fail_pending_deliveries, fan_out_events
+from relay.settings import Settings
+from relay.subscriptions import disable_subscription, signing_keys
+from relay.vault import Vault
+
+log = structlog.get_logger("relay.delivery")
+
+# Postgres or the network failing must slow the dispatcher down, never stop it.
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_RECORD_BATCH = 500
+
+_CLAIM = """
+WITH cand AS (
+    SELECT id, subscription_id, next_attempt_at,
+           row_number() OVER (PARTITION BY subscription_id ORDER BY next_attempt_at) AS rn
+    FROM (
+        SELECT id, subscription_id, next_attempt_at FROM deliveries
+        WHERE status = 'pending' AND next_attempt_at <= now()
+          AND NOT (subscription_id = ANY($3::text[]))
+        ORDER BY next_attempt_at LIMIT $4
+    ) AS scan
+), picked AS (
+    SELECT cand.id FROM cand
+    LEFT JOIN unnest($5::text[], $6::int[]) AS room(subscription_id, free) USING (subscription_id)
+    WHERE cand.rn <= coalesce(room.free, $7)
+    ORDER BY cand.next_attempt_at LIMIT $1
+), locked AS (
+    SELECT d.id FROM deliveries AS d JOIN picked USING (id)
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+    FOR UPDATE OF d SKIP LOCKED
+), claimed AS (
+    UPDATE deliveries AS d
+    SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $8
+    FROM locked WHERE d.id = locked.id
+    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count
+)
+SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, e.body,
+       s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
+       s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at
+FROM claimed AS c
+JOIN events AS e ON e.id = c.event_id
+JOIN subscriptions AS s ON s.id = c.subscription_id
+"""
+
+_RECORD = """
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::bool[], $4::timestamptz[], $5::int[],
+                         $6::int[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+        AS r(id, token, attempted, at, status_code, latency_ms, error, excerpt, outcome, next_at)
+), u AS (
+    UPDATE deliveries AS d
+    SET attempt_count = d.attempt_count + r.attempted::int, status = r.outcome,
+        next_attempt_at = r.next_at, lease_token = NULL, last_error = r.error, updated_at = now()
+    FROM r WHERE d.id = r.id AND d.lease_token = r.token AND d.status = 'pending'
+    RETURNING d.id, d.attempt_count
+)
+INSERT INTO delivery_attempts
+    (delivery_id, attempt, at, status_code, latency_ms, error, response_excerpt)
+SELECT u.id, u.attempt_count, r.at, r.status_code, r.latency_ms, r.error, r.excerpt
+FROM u JOIN r ON r.id = u.id
+WHERE r.attempted
+ON CONFLICT DO NOTHING
+"""
+
+
+@dataclass(slots=True)
+class Job:
+    """One claimed delivery, ready to send."""
+
+    id: str
+    event_id: str
+    subscription_id: str
+    attempt_count: int
+    token: uuid.UUID
+    url: str
+    kind: str
+    body: bytes
+    keys: list[bytes]
+    live: bool
+    disabled_reason: str | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    job: Job
+    result: AttemptResult
+    status: str
+    next_at: datetime | None
+
+
+class Dispatcher:
+    """Delivers due webhooks until stopped; see the module docstring for the cycle."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        vault: Vault,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._session = session
+        self._vault = vault
+        self._capacity = max(1, settings.delivery_concurrency)
+        self._endpoint_cap = max(1, min(settings.delivery_endpoint_concurrency, self._capacity))
+        self._batch = max(1, settings.delivery_batch_size)
+        self._lease = max(settings.delivery_lease, settings.delivery_timeout + 5.0)
+        self._check_host = not settings.allow_private_targets
+        # Claim again once this many sends finished, so one completion is not one query.
+        self._claim_threshold = max(1, self._endpoint_cap // 4)
+        self._inflight: dict[str, int] = {}
+        self._inflight_total = 0
+        self._freed = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outcomes: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._recorded = asyncio.Event()
+        self._record_wake = asyncio.Event()
+        self._stopping = False
+        self._fan_out_due = True
+        self._next_due: float | None = None
+        self._keys: dict[tuple[Any, ...], list[bytes]] = {}
+        self._listener: asyncpg.Connection | None = None
+        self._listener_retry_at = 0.0
+
+    # ---- control ----------------------------------------------------------------------------
+
+    def wake(self, *, fan_out: bool = True) -> None:
+        """Look for work now (the sweeper, arq wake-up jobs and NOTIFY all land here)."""
+        if fan_out:
+            self._fan_out_due = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask `run()` to finish: stop claiming, let sends in flight end, record them, return."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until `stop()` (or cancellation); in-flight sends are finished and recorded."""
+        recorder = asyncio.create_task(self._record_loop(), name="delivery-recorder")
+        log.info("dispatcher_started", capacity=self._capacity, endpoint_cap=self._endpoint_cap)
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                await self._ensure_listener()
+                try:
+                    await self.step()
+                except _DB_ERRORS as exc:
+                    log.warning("dispatcher_step_failed", error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(self._settings.delivery_poll_interval)
+                    continue
+                await self._idle()
+        finally:
+            await self._drain(recorder)
+            log.info("dispatcher_stopped")
+
+    async def step(self) -> int:
+        """One pass: fan out pending events, then claim and start as much as there is room for."""
+        if self._fan_out_due:
+            self._fan_out_due = False
+            await fan_out_events(self._pool)
+        started = 0
+        while not self._stopping:
+            room = min(self._batch, self._capacity - self._inflight_total)
+            if room <= 0:
+                break
+            jobs = await self._claim(room)
+            for job in jobs:
+                self._start(job)
+            started += len(jobs)
+            if len(jobs) < room:
+                break
+        return started
+
+    # ---- waiting ----------------------------------------------------------------------------
+
+    async def _idle(self) -> None:
+        timeout = self._settings.delivery_poll_interval
+        if self._next_due is not None:
+            timeout = min(timeout, max(0.0, self._next_due - time.monotonic()))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            # The safety net: look for stored-but-unsent events and deliveries due elsewhere.
+            self._fan_out_due = True
+        if self._next_due is not None and self._next_due <= time.monotonic():
+            self._next_due = None
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        if time.monotonic() < self._listener_retry_at:
+            return
+        try:
+            conn = await asyncpg.connect(self._settings.database_url, timeout=5)
+            await conn.add_listener(WAKE_CHANNEL, self._on_notify)
+        except _DB_ERRORS as exc:
+            self._listener_retry_at = time.monotonic() + 5.0
+            log.warning("dispatcher_listen_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._listener = conn
+        self._fan_out_due = True  # anything stored while we were not listening
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        self.wake(fan_out=payload == "events")
+
+    # ---- claiming and sending ---------------------------------------------------------------
+
+    async def _claim(self, room: int) -> list[Job]:
+        saturated = [s for s, n in self._inflight.items() if n >= self._endpoint_cap]
+        partial = [(s, self._endpoint_cap - n) for s, n in self._inflight.items() if n > 0]
+        partial = [(s, free) for s, free in partial if free > 0]
+        token = uuid.uuid4()
+        rows = await self._pool.fetch(
+            _CLAIM,
+            room,
+            self._lease,
+            saturated,
+            room * 4,
+            [s for s, _ in partial],
+            [free for _, free in partial],
+            self._endpoint_cap,
+            token,
+        )
+        now = datetime.now(UTC)
+        return [self._job(row, token, now) for row in rows]
+
+    def _job(self, row: asyncpg.Record, token: uuid.UUID, now: datetime) -> Job:
+        keys: list[bytes] = []
+        if row["live"] and row["kind"] == "webhook":
+            cache_key = (
+                row["secret_enc"],
+                row["previous_secret_enc"],
+                row["previous_secret_expires_at"],
+            )
+            expires = row["previous_secret_expires_at"]
+            cached = self._keys.get(cache_key)
+            if cached is None or (expires is not None and expires <= now and len(cached) > 1):
+                cached = signing_keys(
+                    self._vault, row["secret_enc"], row["previous_secret_enc"], expires, now
+                )
+                if len(self._keys) > 10_000:
+                    self._keys.clear()
+                self._keys[cache_key] = cached
+            keys = cached
+        return Job(
+            id=row["id"],
+            event_id=row["event_id"],
+            subscription_id=row["subscription_id"],
+            attempt_count=row["attempt_count"],
+            token=token,
+            url=row["url"],
+            kind=row["kind"],
+            body=request_body(row["kind"], row["body"]) if row["live"] else b"",
+            keys=keys,
+            live=row["live"],
+            disabled_reason=row["disabled_reason"],
+        )
+
+    def _start(self, job: Job) -> None:
+        self._inflight[job.subscription_id] = self._inflight.get(job.subscription_id, 0) + 1
+        self._inflight_total += 1
+        task = asyncio.create_task(self._send(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, job: Job) -> None:
+        try:
+            if not job.live:
+                result = AttemptResult(
+                    delivery_id=job.id,
+                    at=datetime.now(UTC),
+                    error=f"not sent: subscription disabled ({job.disabled_reason or 'disabled'})",
+                    attempted=False,
+                )
+            else:
+                headers = request_headers(job.kind, job.keys, job.event_id, job.body)
+                result = await post(
+                    self._session, job.id, job.url, job.body, headers, check_host=self._check_host
+                )
+        finally:
+            left = self._inflight[job.subscription_id] - 1
+            if left:
+                self._inflight[job.subscription_id] = left
+            else:
+                del self._inflight[job.subscription_id]
+            self._inflight_total -= 1
+            self._freed += 1
+            if self._freed >= self._claim_threshold or self._inflight_total == 0:
+                self._freed = 0
+                self._wake.set()
+        self._outcomes.append(self._decide(job, result))
+        self._record_wake.set()
+
+    def _decide(self, job: Job, result: AttemptResult) -> Outcome:
+        if result.ok:
+            return Outcome(job, result, "succeeded", None)
+        if not result.attempted or result.status_code == 410:
+            return Outcome(job, result, "failed", None)
+        delay = retry_delay(
+            job.attempt_count + 1, self._settings.retry_schedule, result.retry_after
+        )
+        if delay is None:
+            return Outcome(job, result, "failed", None)
+        due = time.monotonic() + delay
+        if self._next_due is None or due < self._next_due:
+            self._next_due = due
+        return Outcome(job, result, "pending", result.at + timedelta(seconds=delay))
+
+    # ---- recording --------------------------------------------------------------------------
+
+    async def _record_loop(self) -> None:
+        while True:
+            await self._record_wake.wait()
+            self._record_wake.clear()
+            await asyncio.sleep(0.002)  # let a few more outcomes join this batch
+            while self._outcomes:
+                batch = self._outcomes[:_RECORD_BATCH]
+                try:
+                    await self._record(batch)
+                except _DB_ERRORS as exc:
+                    # Kept for the next try; if this process dies first, the lease expires and
+                    # the deliveries are sent again under the same webhook-id (at-least-once).
+                    log.warning("delivery_record_failed", error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(self._settings.delivery_poll_interval)
+                    continue
+                del self._outcomes[: len(batch)]
+            self._recorded.set()
+
+    async def _record(self, batch: list[Outcome]) -> None:
+        columns: list[list[Any]] = [[] for _ in range(10)]
+        for o in batch:
+            r = o.result
+            values = (
+                o.job.id,
+                o.job.token,
+                r.attempted,
+                r.at,
+                r.status_code,
+                r.latency_ms,
+                r.error,
+                r.response_excerpt,
+                o.status,
+                o.next_at,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        gone = {o.job.subscription_id for o in batch if o.result.status_code == 410}
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_RECORD, *columns)
+            for subscription_id in gone:
+                reason = f"endpoint answered 410 Gone at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+                if await disable_subscription(conn, subscription_id, reason):
+                    stopped = await fail_pending_deliveries(
+                        conn, subscription_id, f"not sent: subscription disabled ({reason})"
+                    )
+                    log.warning(
+                        "subscription_disabled",
+                        subscription_id=subscription_id,
+                        reason=reason,
+                        pending_failed=stopped,
+                    )
+        for o in batch:
+            self._log(o)
+
+    def _log(self, o: Outcome) -> None:
+        r = o.result
+        data = {
+            "delivery_id": o.job.id,
+            "event_id": o.job.event_id,
+            "subscription_id": o.job.subscription_id,
+            "attempt": o.job.attempt_count + (1 if r.attempted else 0),
+            "status_code": r.status_code,
+            "latency_ms": r.latency_ms,
+        }
+        if o.status == "succeeded":
+            log.info("delivery_succeeded", **data)
+        elif o.status == "pending":
+            log.info("delivery_retry_scheduled", error=r.error, next_attempt_at=o.next_at, **data)
+        else:
+            log.warning("delivery_failed", error=r.error, **data)
+
+    async def _drain(self, recorder: asyncio.Task[None]) -> None:
+        """Finish sends in flight (each is bounded by the delivery timeout), record, clean up."""
+        self._stopping = True
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self._settings.delivery_timeout + 1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self._outcomes:
+            self._recorded.clear()
+            self._record_wake.set()
+            try:
+                await asyncio.wait_for(self._recorded.wait(), timeout=5.0)
+            except TimeoutError:
+                log.warning("delivery_record_abandoned", outcomes=len(self._outcomes))
+        recorder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recorder
+        if self._listener is not None:
+            try:
+                await self._listener.close(timeout=2)
+            except _DB_ERRORS:
+                self._listener.terminate()
+            self._listener = None

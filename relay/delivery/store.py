@@ -1,0 +1,304 @@
+"""Deliveries in Postgres: fan-out of stored events, and the store behind /v1/deliveries.
+
+Fan-out turns each event with `fanned_out_at IS NULL` into one delivery per matching
+subscription, in `FOR UPDATE SKIP LOCKED` batches, inserting with `ON CONFLICT DO NOTHING` on
+(event_id, subscription_id, generation): concurrent or repeated fan-outs never duplicate. A
+pending marker rather than a "last seq seen" cursor, because `seq` values commit out of order.
+
+Every function that makes work due sends `NOTIFY relay_wake` so dispatchers start at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from relay.errors import InvalidInput, NotFound
+from relay.ids import new_id
+from relay.subscriptions import (
+    Matcher,
+    Querier,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    get_subscription,
+    load_matchers,
+)
+
+WAKE_CHANNEL = "relay_wake"
+FAN_OUT_BATCH = 500
+STATUSES = ("pending", "succeeded", "failed")
+
+_DELIVERY_COLUMNS = (
+    "id, event_id, subscription_id, generation, status, attempt_count, next_attempt_at, "
+    "last_error, created_at, updated_at"
+)
+
+
+async def notify_wake(conn: Querier, what: str = "deliveries") -> None:
+    """Wake every dispatcher (delivered at commit when inside a transaction)."""
+    await conn.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, what)
+
+
+def _matching(
+    matchers: Sequence[Matcher], events: Sequence[asyncpg.Record]
+) -> tuple[list[str], list[str]]:
+    event_ids: list[str] = []
+    subscription_ids: list[str] = []
+    for event in events:
+        for matcher in matchers:
+            if matcher.matches(
+                event["type"], event["account_id"], event["client_id"], event["body"]
+            ):
+                event_ids.append(event["id"])
+                subscription_ids.append(matcher.id)
+    return event_ids, subscription_ids
+
+
+async def fan_out_events(pool: asyncpg.Pool, *, batch_size: int = FAN_OUT_BATCH) -> int:
+    """Create the deliveries of every event not yet fanned out; returns how many were created.
+
+    Safe to call from any number of processes at once, and again after a crash: each event is
+    marked in the same transaction as its deliveries are inserted.
+    """
+    created = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            events = await conn.fetch(
+                "SELECT id, type, account_id, client_id, body FROM events "
+                "WHERE fanned_out_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                batch_size,
+            )
+            if not events:
+                return created
+            event_ids, subscription_ids = _matching(await load_matchers(conn), events)
+            if event_ids:
+                status = await conn.execute(
+                    "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
+                    "SELECT e, s, now() FROM unnest($1::text[], $2::text[]) AS t(e, s) "
+                    "ON CONFLICT (event_id, subscription_id, generation) DO NOTHING",
+                    event_ids,
+                    subscription_ids,
+                )
+                created += int(status.rsplit(" ", 1)[1])
+            await conn.execute(
+                "UPDATE events SET fanned_out_at = now() WHERE id = ANY($1::text[])",
+                [e["id"] for e in events],
+            )
+        if len(events) < batch_size:
+            return created
+
+
+async def _attempts(conn: Querier, ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    rows = await conn.fetch(
+        "SELECT delivery_id, at, status_code, latency_ms, error, response_excerpt "
+        "FROM delivery_attempts WHERE delivery_id = ANY($1::text[]) ORDER BY delivery_id, attempt",
+        list(ids),
+    )
+    found: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+    for r in rows:
+        found[r["delivery_id"]].append(
+            {
+                "at": r["at"],
+                "status_code": r["status_code"],
+                "latency_ms": r["latency_ms"],
+                "error": r["error"],
+                "response_excerpt": r["response_excerpt"],
+            }
+        )
+    return found
+
+
+def _record(row: asyncpg.Record, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The public shape of a delivery; `next_attempt_at` is null unless it is pending."""
+    return {
+        "id": row["id"],
+        "event_id": row["event_id"],
+        "subscription_id": row["subscription_id"],
+        "status": row["status"],
+        "attempt_count": row["attempt_count"],
+        "next_attempt_at": row["next_attempt_at"] if row["status"] == "pending" else None,
+        "generation": row["generation"],
+        "last_error": row["last_error"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "attempts": attempts,
+    }
+
+
+async def get_delivery(pool: Querier, id: str) -> dict[str, Any]:
+    """One delivery with every attempt (time, status code, latency, error, response excerpt)."""
+    row = await pool.fetchrow(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = $1", id)
+    if row is None:
+        raise NotFound("delivery", id)
+    return _record(row, (await _attempts(pool, [id]))[id])
+
+
+async def list_deliveries(
+    pool: asyncpg.Pool,
+    *,
+    status: str | None = None,
+    subscription_id: str | None = None,
+    event_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Deliveries newest first, filtered; (page with attempts, next_cursor or None)."""
+    if status is not None and status not in STATUSES:
+        raise InvalidInput("status must be pending, succeeded or failed", "status")
+    after = decode_cursor(cursor)
+    rows = await pool.fetch(
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
+        "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR subscription_id = $2) "
+        "AND ($3::text IS NULL OR event_id = $3) AND ($4::text IS NULL OR id < $4) "
+        "ORDER BY id DESC LIMIT $5",
+        status,
+        subscription_id,
+        event_id,
+        after,
+        check_limit(limit) + 1,
+    )
+    page_rows = rows[:limit]
+    attempts = await _attempts(pool, [r["id"] for r in page_rows])
+    page = [_record(r, attempts[r["id"]]) for r in page_rows]
+    return page, encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+
+
+async def retry_delivery(pool: asyncpg.Pool, id: str) -> dict[str, Any]:
+    """Make one delivery due now, whatever its status (same event, same `webhook-id`).
+
+    A manual retry is one more attempt: if it fails the delivery is `failed` again. A delivery
+    being sent right now is left to finish.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), "
+            "updated_at = now() WHERE id = $1 AND lease_token IS NULL RETURNING id",
+            id,
+        )
+        if row is None and not await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", id):
+            raise NotFound("delivery", id)
+        await notify_wake(conn)
+    return await get_delivery(pool, id)
+
+
+async def retry_failed(
+    pool: asyncpg.Pool,
+    *,
+    subscription_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """Make every `failed` delivery (optionally of one subscription, created in [since, until))
+    due now; returns how many were queued."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), updated_at = now() "
+            "WHERE status = 'failed' AND ($1::text IS NULL OR subscription_id = $1) "
+            "AND ($2::timestamptz IS NULL OR created_at >= $2) "
+            "AND ($3::timestamptz IS NULL OR created_at < $3)",
+            subscription_id,
+            since,
+            until,
+        )
+        count = int(status.rsplit(" ", 1)[1])
+        if count:
+            await notify_wake(conn)
+    return count
+
+
+async def replay_event(
+    pool: asyncpg.Pool, event_id: str, subscription_ids: Sequence[str] | None = None
+) -> int:
+    """Deliver an event again to every matching enabled subscription (or only to those of
+    `subscription_ids` that match); returns how many deliveries were created.
+
+    Each replay is a new generation of the (event, subscription) delivery, sent under the same
+    `webhook-id` (the event id). NotFound for an unknown event or subscription id.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        event = await conn.fetchrow(
+            "SELECT id, type, account_id, client_id, body FROM events WHERE id = $1", event_id
+        )
+        if event is None:
+            raise NotFound("event", event_id)
+        if subscription_ids is not None:
+            for sid in subscription_ids:
+                await get_subscription(conn, sid)
+        matchers = await load_matchers(conn, subscription_ids)
+        _, targets = _matching(matchers, [event])
+        if not targets:
+            return 0
+        status = await conn.execute(
+            "INSERT INTO deliveries (event_id, subscription_id, generation, next_attempt_at) "
+            "SELECT $1, s, coalesce((SELECT max(generation) + 1 FROM deliveries "
+            "WHERE event_id = $1 AND subscription_id = s), 0), now() "
+            "FROM unnest($2::text[]) AS s ON CONFLICT DO NOTHING",
+            event_id,
+            targets,
+        )
+        await notify_wake(conn)
+    return int(status.rsplit(" ", 1)[1])
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def send_test_event(pool: asyncpg.Pool, subscription_id: str) -> dict[str, Any]:
+    """Store a `relay.ping` event and queue it for this one subscription; returns the delivery.
+
+    The ping is delivered even when the subscription's `event_types` would not match it, and
+    goes to no other subscription.
+    """
+    subscription = await get_subscription(pool, subscription_id)
+    event_id = new_id("evt")
+    now = datetime.now(UTC)
+    body = {
+        "id": event_id,
+        "type": "relay.ping",
+        "created_at": _rfc3339(now),
+        "account_id": None,
+        "client_id": None,
+        "object_type": "relay",
+        "object_id": subscription["id"],
+        "data": {
+            "object": {"message": "Test event from Relay", "subscription_id": subscription["id"]},
+            "previous": {},
+        },
+    }
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO events (id, type, object_type, object_id, body, created_at, "
+            "fanned_out_at) VALUES ($1, 'relay.ping', 'relay', $2, $3, $4, $4)",
+            event_id,
+            subscription["id"],
+            body,
+            now,
+        )
+        delivery_id = await conn.fetchval(
+            "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
+            "VALUES ($1, $2, now()) RETURNING id",
+            event_id,
+            subscription["id"],
+        )
+        await notify_wake(conn)
+    return await get_delivery(pool, delivery_id)
+
+
+async def fail_pending_deliveries(conn: Querier, subscription_id: str, reason: str) -> int:
+    """Stop every pending delivery of a subscription (410 Gone): `failed` with `reason`.
+
+    Deliveries being sent at this moment are included; their outcome, if it arrives, is not
+    recorded over this. They can be retried by hand once the subscription is enabled again.
+    """
+    status = await conn.execute(
+        "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, lease_token = NULL, "
+        "last_error = $2, updated_at = now() WHERE subscription_id = $1 AND status = 'pending'",
+        subscription_id,
+        reason,
+    )
+    return int(status.rsplit(" ", 1)[1])

@@ -1,0 +1,88 @@
+"""Standard Webhooks signatures (standardwebhooks.com): secrets, signing and verification."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+
+from relay.errors import SignatureError
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the public prefix of every secret, not a secret
+SECRET_BYTES = 32
+# Receivers reject timestamps further than this from their clock, which stops replayed requests.
+DEFAULT_TOLERANCE = 300
+
+
+def generate_secret() -> str:
+    """A new signing secret: `whsec_` and the base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a `whsec_...` secret (the base64 part, decoded)."""
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError("the secret must be whsec_ followed by base64") from exc
+
+
+def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One `v1,<base64>` signature of `{id}.{timestamp}.{body}`."""
+    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: one signature per key, space-separated (rotation overlap)."""
+    return " ".join(signature(key, msg_id, timestamp, body) for key in keys)
+
+
+def webhook_headers(
+    keys: Sequence[bytes], msg_id: str, body: bytes, *, timestamp: int | None = None
+) -> dict[str, str]:
+    """Every header of one webhook request; `timestamp` defaults to now (per attempt)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(keys, msg_id, ts, body),
+    }
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    tolerance: int = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> str:
+    """Check a received webhook; returns its `webhook-id` or raises SignatureError saying why.
+
+    `headers` must look names up case-insensitively (aiohttp's and multidict's do).
+    """
+    msg_id = headers.get("webhook-id")
+    raw_ts = headers.get("webhook-timestamp")
+    raw_sig = headers.get("webhook-signature")
+    if not msg_id or not raw_ts or not raw_sig:
+        raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature header")
+    try:
+        timestamp = int(raw_ts)
+    except ValueError:
+        raise SignatureError(f"webhook-timestamp is not unix seconds: {raw_ts[:40]!r}") from None
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance:
+        raise SignatureError(f"webhook-timestamp is more than {tolerance} s from now")
+    expected = signature(secret_key(secret), msg_id, timestamp, body).encode()
+    for candidate in raw_sig.split(" "):
+        if candidate.startswith("v1,") and hmac.compare_digest(candidate.encode(), expected):
+            return msg_id
+    raise SignatureError("no signature in webhook-signature matches the secret")

@@ -1,0 +1,379 @@
+"""Subscriptions: the store behind /v1/subscriptions, secrets at rest, and event matching.
+
+A subscription is a target URL (`kind` webhook or slack) plus what it wants: `event_types`
+(exact types, `prefix.*` or `*`), optional `account_ids` / `client_ids` (null means any), and an
+optional JMESPath `filter` evaluated on the event body. Secrets are Fernet-encrypted with the
+vault; after a rotation the previous secret keeps signing for `ROTATION_OVERLAP`.
+
+Store functions return plain dicts in the public shape (datetimes left as `datetime`, the API
+renders them) and raise `NotFound` / `InvalidInput` for the API to map to 404 / 400. Deleting
+is soft (`deleted_at`) so the delivery history of a deleted subscription stays readable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import asyncpg
+import asyncpg.pool
+import jmespath
+import jmespath.exceptions
+import jmespath.parser
+
+from relay.errors import InvalidInput, NotFound
+from relay.settings import Settings
+from relay.signing import generate_secret, secret_key
+from relay.targets import validate_target_url
+from relay.vault import Vault
+
+# Anything SQL can be run on: the pool, a connection, or a connection borrowed from the pool.
+Querier = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+KINDS = ("webhook", "slack")
+ROTATION_OVERLAP = timedelta(hours=24)
+MAX_LIMIT = 200
+MAX_EVENT_TYPES = 100
+MAX_IDS = 1000
+MAX_FILTER_LENGTH = 2000
+MAX_DESCRIPTION_LENGTH = 1000
+_EVENT_TYPE = re.compile(r"^(\*|[a-z][a-z_]*\.\*|[a-z][a-z_]*\.[a-z][a-z_]*)$")
+_UPDATABLE = frozenset(
+    {"url", "kind", "event_types", "account_ids", "client_ids", "filter", "description", "enabled"}
+)
+
+_COLUMNS = (
+    "id, url, kind, event_types, account_ids, client_ids, filter, description, enabled, "
+    "disabled_reason, created_at, updated_at, secret_enc, previous_secret_enc, "
+    "previous_secret_expires_at"
+)
+
+
+# ---- cursors: shared by every list this module family serves ----------------------------------
+
+
+def encode_cursor(last_id: str) -> str:
+    """An opaque cursor after `last_id` (ids are time-ordered, so id order is newest first)."""
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    """The id a cursor points after; InvalidInput(field="cursor") when it was not ours."""
+    if cursor is None or cursor == "":
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is not a cursor this API returned", "cursor") from None
+    if not re.fullmatch(r"[a-z]{2,5}_[0-9a-f]{28}", raw):
+        raise InvalidInput("cursor is not a cursor this API returned", "cursor")
+    return raw
+
+
+def check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
+    return limit
+
+
+# ---- validation and matching -------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1024)
+def compile_filter(expression: str) -> jmespath.parser.ParsedResult:
+    """The compiled JMESPath filter; InvalidInput(field="filter") when it does not parse."""
+    try:
+        return jmespath.compile(expression)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise InvalidInput(f"filter is not a valid JMESPath expression: {exc}", "filter") from None
+
+
+def _check_event_types(value: object) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise InvalidInput("event_types must be a non-empty list of event types", "event_types")
+    if len(value) > MAX_EVENT_TYPES:
+        raise InvalidInput(f"event_types takes at most {MAX_EVENT_TYPES} entries", "event_types")
+    for item in value:
+        if not isinstance(item, str) or not _EVENT_TYPE.match(item):
+            raise InvalidInput(
+                f"event_types entry {item!r} must be a type like 'document.created', "
+                "a prefix wildcard like 'document.*', or '*'",
+                "event_types",
+            )
+    return sorted(set(value))
+
+
+def _check_ids(value: object, name: str) -> list[str] | None:
+    """None or [] mean any; otherwise a list of id strings."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidInput(f"{name} must be a list of non-empty id strings, or null", name)
+    if len(value) > MAX_IDS:
+        raise InvalidInput(f"{name} takes at most {MAX_IDS} ids", name)
+    return sorted(set(value)) or None
+
+
+def _check_text(value: object, name: str, max_length: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_length or "\x00" in value:
+        raise InvalidInput(f"{name} must be text of at most {max_length} characters", name)
+    return value
+
+
+def _check_filter(value: object) -> str | None:
+    text = _check_text(value, "filter", MAX_FILTER_LENGTH)
+    if text is None or not text.strip():
+        return None
+    compile_filter(text)
+    return text
+
+
+def _check_kind(value: object) -> str:
+    if value not in KINDS:
+        raise InvalidInput("kind must be 'webhook' or 'slack'", "kind")
+    return str(value)
+
+
+def type_matches(patterns: Sequence[str], event_type: str) -> bool:
+    """True when `event_type` is one of `patterns` (exact, `prefix.*` or `*`)."""
+    prefix = event_type.split(".", 1)[0] + ".*"
+    return any(p in ("*", event_type, prefix) for p in patterns)
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """What fan-out needs to decide whether one subscription wants one event."""
+
+    id: str
+    event_types: tuple[str, ...]
+    account_ids: frozenset[str] | None
+    client_ids: frozenset[str] | None
+    filter: str | None
+
+    def matches(
+        self, event_type: str, account_id: str | None, client_id: str | None, body: Any
+    ) -> bool:
+        if not type_matches(self.event_types, event_type):
+            return False
+        if self.account_ids is not None and account_id not in self.account_ids:
+            return False
+        if self.client_ids is not None and client_id not in self.client_ids:
+            return False
+        if self.filter is None:
+            return True
+        try:
+            return bool(compile_filter(self.filter).search(body))
+        except jmespath.exceptions.JMESPathError:
+            # A filter that errors on this body (e.g. a type error) simply does not match.
+            return False
+
+
+async def load_matchers(conn: Querier, ids: Sequence[str] | None = None) -> list[Matcher]:
+    """Matchers of the enabled, live subscriptions (all, or only `ids`)."""
+    rows = await conn.fetch(
+        "SELECT id, event_types, account_ids, client_ids, filter FROM subscriptions "
+        "WHERE enabled AND deleted_at IS NULL AND ($1::text[] IS NULL OR id = ANY($1))",
+        None if ids is None else list(ids),
+    )
+    return [
+        Matcher(
+            id=r["id"],
+            event_types=tuple(r["event_types"]),
+            account_ids=frozenset(r["account_ids"]) if r["account_ids"] is not None else None,
+            client_ids=frozenset(r["client_ids"]) if r["client_ids"] is not None else None,
+            filter=r["filter"],
+        )
+        for r in rows
+    ]
+
+
+# ---- the store ---------------------------------------------------------------------------------
+
+
+def _record(row: asyncpg.Record) -> dict[str, Any]:
+    """The public shape of a subscription (never its secret)."""
+    return {
+        "id": row["id"],
+        "url": row["url"],
+        "kind": row["kind"],
+        "event_types": list(row["event_types"]),
+        "account_ids": list(row["account_ids"]) if row["account_ids"] is not None else None,
+        "client_ids": list(row["client_ids"]) if row["client_ids"] is not None else None,
+        "filter": row["filter"],
+        "description": row["description"],
+        "enabled": row["enabled"],
+        "disabled_reason": row["disabled_reason"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+async def create_subscription(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    settings: Settings,
+    *,
+    url: str,
+    kind: str = "webhook",
+    event_types: list[str],
+    account_ids: list[str] | None = None,
+    client_ids: list[str] | None = None,
+    filter: str | None = None,
+    description: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Create a subscription; returns (record, secret). The secret is shown only here.
+
+    Raises InvalidInput for a bad URL (including internal targets unless
+    `settings.allow_private_targets`), kind, event type, id list or JMESPath filter.
+    """
+    checked_url = validate_target_url(url, allow_private=settings.allow_private_targets)
+    secret = generate_secret()
+    row = await pool.fetchrow(
+        f"INSERT INTO subscriptions (url, kind, event_types, account_ids, client_ids, filter, "
+        f"description, secret_enc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
+        checked_url,
+        _check_kind(kind),
+        _check_event_types(event_types),
+        _check_ids(account_ids, "account_ids"),
+        _check_ids(client_ids, "client_ids"),
+        _check_filter(filter),
+        _check_text(description, "description", MAX_DESCRIPTION_LENGTH),
+        vault.encrypt(secret),
+    )
+    assert row is not None
+    return _record(row), secret
+
+
+async def get_subscription(pool: Querier, id: str) -> dict[str, Any]:
+    """One live subscription; NotFound when it does not exist or was deleted."""
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM subscriptions WHERE id = $1 AND deleted_at IS NULL", id
+    )
+    if row is None:
+        raise NotFound("subscription", id)
+    return _record(row)
+
+
+async def list_subscriptions(
+    pool: asyncpg.Pool, *, limit: int = 50, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Live subscriptions newest first: (page, next_cursor or None)."""
+    after = decode_cursor(cursor)
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM subscriptions WHERE deleted_at IS NULL "
+        "AND ($1::text IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        after,
+        check_limit(limit) + 1,
+    )
+    page = [_record(r) for r in rows[:limit]]
+    return page, encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+
+
+async def update_subscription(
+    pool: asyncpg.Pool, settings: Settings, id: str, changes: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Apply a PATCH: any of url, kind, event_types, account_ids, client_ids, filter,
+    description, enabled. Enabling clears `disabled_reason`; disabling sets it to
+    "disabled by an operator". Pending deliveries of a disabled subscription are failed
+    when they come due (and can be retried once it is enabled again).
+    """
+    unknown = set(changes) - _UPDATABLE
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidInput(f"{name} cannot be changed", name)
+    values: dict[str, Any] = {}
+    if "url" in changes:
+        values["url"] = validate_target_url(
+            changes["url"], allow_private=settings.allow_private_targets
+        )
+    if "kind" in changes:
+        values["kind"] = _check_kind(changes["kind"])
+    if "event_types" in changes:
+        values["event_types"] = _check_event_types(changes["event_types"])
+    for name in ("account_ids", "client_ids"):
+        if name in changes:
+            values[name] = _check_ids(changes[name], name)
+    if "filter" in changes:
+        values["filter"] = _check_filter(changes["filter"])
+    if "description" in changes:
+        values["description"] = _check_text(
+            changes["description"], "description", MAX_DESCRIPTION_LENGTH
+        )
+    if "enabled" in changes:
+        if not isinstance(changes["enabled"], bool):
+            raise InvalidInput("enabled must be true or false", "enabled")
+        values["enabled"] = changes["enabled"]
+        values["disabled_reason"] = None if changes["enabled"] else "disabled by an operator"
+    if not values:
+        return await get_subscription(pool, id)
+    names = list(values)
+    assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
+    row = await pool.fetchrow(
+        f"UPDATE subscriptions SET {assignments}, updated_at = now() "
+        f"WHERE id = $1 AND deleted_at IS NULL RETURNING {_COLUMNS}",
+        id,
+        *(values[name] for name in names),
+    )
+    if row is None:
+        raise NotFound("subscription", id)
+    return _record(row)
+
+
+async def delete_subscription(pool: asyncpg.Pool, id: str) -> None:
+    """Soft-delete: nothing more is sent to it; its deliveries stay readable."""
+    done = await pool.fetchval(
+        "UPDATE subscriptions SET deleted_at = now(), enabled = false, "
+        "disabled_reason = 'deleted', updated_at = now() "
+        "WHERE id = $1 AND deleted_at IS NULL RETURNING id",
+        id,
+    )
+    if done is None:
+        raise NotFound("subscription", id)
+
+
+async def rotate_secret(pool: asyncpg.Pool, vault: Vault, id: str) -> tuple[dict[str, Any], str]:
+    """A new secret; the current one keeps signing alongside it for 24 hours."""
+    secret = generate_secret()
+    row = await pool.fetchrow(
+        "UPDATE subscriptions SET previous_secret_enc = secret_enc, "
+        "previous_secret_expires_at = now() + $3::interval, secret_enc = $2, updated_at = now() "
+        f"WHERE id = $1 AND deleted_at IS NULL RETURNING {_COLUMNS}",
+        id,
+        vault.encrypt(secret),
+        ROTATION_OVERLAP,
+    )
+    if row is None:
+        raise NotFound("subscription", id)
+    return _record(row), secret
+
+
+def signing_keys(
+    vault: Vault,
+    secret_enc: str,
+    previous_secret_enc: str | None,
+    previous_expires_at: datetime | None,
+    now: datetime,
+) -> list[bytes]:
+    """HMAC keys to sign with: the current secret, plus the previous one during its overlap."""
+    keys = [secret_key(vault.decrypt(secret_enc))]
+    if previous_secret_enc and previous_expires_at is not None and previous_expires_at > now:
+        keys.append(secret_key(vault.decrypt(previous_secret_enc)))
+    return keys
+
+
+async def disable_subscription(conn: Querier, id: str, reason: str) -> bool:
+    """Turn a subscription off with a reason (e.g. its endpoint answered 410 Gone)."""
+    done = await conn.fetchval(
+        "UPDATE subscriptions SET enabled = false, disabled_reason = $2, updated_at = now() "
+        "WHERE id = $1 AND enabled RETURNING id",
+        id,
+        reason,
+    )
+    return done is not None
