@@ -1,0 +1,134 @@
+"""The event-rule table: which change of which upstream object becomes which event type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jmespath
+from jmespath.parser import ParsedResult
+
+Trigger = Literal["created", "changed", "deleted"]
+
+# A rule watching ANY_FIELD fires when any top-level field other than `id` changed.
+ANY_FIELD = "*"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the table: `trigger` on an `object_type` emits `event_type`.
+
+    `fields` are what a "changed" rule watches: top-level names or JMESPath sub-field paths
+    (`approval.status`, `additional[].status`). A rule fires once per object and diff when the
+    value at any of its paths differs between the stored and the new version, so several rules
+    can fire for one object, but one rule never fires twice.
+    """
+
+    object_type: str
+    event_type: str
+    trigger: Trigger
+    fields: tuple[str, ...] = ()
+    _compiled: tuple[ParsedResult, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        paths = tuple(jmespath.compile(f) for f in self.fields if f != ANY_FIELD)
+        object.__setattr__(self, "_compiled", paths)
+
+    def fires_on_change(
+        self, before: Mapping[str, Any], after: Mapping[str, Any], changed: Mapping[str, Any]
+    ) -> bool:
+        """True when a watched field differs; `changed` is the top-level `previous` mapping."""
+        if self.trigger != "changed":
+            return False
+        if ANY_FIELD in self.fields and any(key != "id" for key in changed):
+            return True
+        return any(path.search(before) != path.search(after) for path in self._compiled)
+
+
+# The table itself, from relay.md "Events". Summary mirrors (`category_code`, `supplier_name`,
+# `approval_status`, `publish_status`) are watched alongside the full fields so that either
+# form of an item triggers the rule. Clients and connections seen for the first time emit
+# nothing: the contract has no event type for that.
+RULES: tuple[Rule, ...] = (
+    Rule("document", "document.created", "created"),
+    Rule(
+        "document",
+        "document.categorized",
+        "changed",
+        (
+            "category.code",
+            "category_code",
+            "supplier",
+            "customer",  # sales items name their counterparty `customer`
+            "supplier_name",
+            "tax_rate",
+        ),
+    ),
+    Rule("document", "document.status_changed", "changed", ("status",)),
+    Rule(
+        "document",
+        "document.approval_changed",
+        "changed",
+        ("approval.status", "approval.stage", "approval_status"),
+    ),
+    Rule(
+        "document",
+        "document.sync_status_changed",
+        "changed",
+        ("publish.status", "publish.external_id", "integration", "publish_status"),
+    ),
+    Rule("document", "document.deleted", "deleted"),
+    Rule("expense_report", "expense_report.created", "created"),
+    Rule("expense_report", "expense_report.status_changed", "changed", ("status",)),
+    Rule("supplier", "supplier.created", "created"),
+    Rule("supplier", "supplier.updated", "changed", (ANY_FIELD,)),
+    Rule("client", "client.health_changed", "changed", ("health_score", "alert_level")),
+    # Adding or removing an additional integration changes the list of statuses too: the
+    # client's set of connection states changed, which is what this event reports.
+    Rule(
+        "connection", "connection.status_changed", "changed", ("main.status", "additional[].status")
+    ),
+)
+
+OBJECT_TYPES: tuple[str, ...] = ("client", "connection", "document", "supplier", "expense_report")
+
+
+def previous_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """Every top-level field whose value differs, with its whole old value (absent: None)."""
+    keys = [*before, *(key for key in after if key not in before)]
+    return {
+        key: before.get(key)
+        for key in keys
+        if before.get(key, _MISSING) != after.get(key, _MISSING)
+    }
+
+
+def changed_event_types(
+    object_type: str, before: Mapping[str, Any], after: Mapping[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """The event types a change fires, in table order, and the `previous` mapping for them."""
+    previous = previous_fields(before, after)
+    if not previous:
+        return [], previous
+    fired = [
+        rule.event_type
+        for rule in RULES
+        if rule.object_type == object_type and rule.fires_on_change(before, after, previous)
+    ]
+    return fired, previous
+
+
+def event_type_for(object_type: str, trigger: Trigger) -> str | None:
+    """The event type of a `created` or `deleted` trigger for this object type, if it has one."""
+    for rule in RULES:
+        if rule.object_type == object_type and rule.trigger == trigger:
+            return rule.event_type
+    return None
+
+
+class _Missing:
+    __slots__ = ()
+
+
+_MISSING = _Missing()

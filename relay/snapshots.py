@@ -1,0 +1,572 @@
+"""Snapshots of upstream objects and the set-based diff that turns their changes into events.
+
+Dext has no `updated_at`: a change is only visible as a difference between what a poll sees
+now and what was stored before. Each object is stored with a hash of its canonical form, so a
+page is diffed by COPYing (id, hash) into a temporary table and letting Postgres find the new
+and changed ids; only those objects' data travels to the server. The changed rows are written
+and their events stored in the same transaction (the outbox), so an event exists exactly when
+its snapshot change does.
+
+Concurrency: new objects are inserted with `ON CONFLICT DO NOTHING` (a concurrent insert of the
+same object waits for the other transaction and then conflicts), existing ones are locked with
+`SELECT ... FOR UPDATE` in key order before their old version is read, and the update applies
+only `WHERE hash IS DISTINCT FROM` the new one. Under READ COMMITTED a second transaction
+diffing the same page therefore sees the first one's committed rows and writes (and emits)
+nothing; the `previous` values it reports are always those of the row it replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+
+from relay.errors import InvalidInput, NotFound
+from relay.events import build_event, insert_events
+from relay.rules import OBJECT_TYPES, changed_event_types, event_type_for
+
+log = structlog.get_logger("relay.snapshots")
+
+# Fields left out of the content hash, per object type. They still land in `data` (and in an
+# event's `previous`) whenever the object has a real change, but never rewrite a snapshot alone.
+VOLATILE_FIELDS: dict[str, tuple[str, ...]] = {
+    # Dext stamps `last_sync_at` on every ledger sync, many times a day per client: hashing it
+    # would rewrite every client and connection snapshot on every poll for no event.
+    "client": ("last_sync_at",),
+    "connection": ("main.last_sync_at", "additional[].last_sync_at"),
+    # Documents, suppliers and expense reports carry no field that moves without a real change
+    # (`publish.published_at` and `approval.decided_at` change only together with a status).
+    "document": (),
+    "supplier": (),
+    "expense_report": (),
+}
+
+# The fields of a /documents summary; a stored full item projected on these hashes the same as
+# the summary of the same item, which is how `changed_summary_ids` finds what to re-fetch.
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "id",
+    "client_id",
+    "workspace",
+    "type",
+    "source",
+    "status",
+    "supplier_name",
+    "category_code",
+    "total_amount",
+    "currency",
+    "date",
+    "integration",
+    "publish_status",
+    "approval_status",
+    "created_at",
+)
+
+_VOLATILE_PATHS = {kind: [p.split(".") for p in paths] for kind, paths in VOLATILE_FIELDS.items()}
+
+# Temporary tables live as long as the pooled connection and are emptied at each commit; a
+# second diff in the same transaction empties them itself.
+_TEMP_TABLES = """
+CREATE TEMP TABLE IF NOT EXISTS relay_diff_keys (
+    n integer, client_id text, object_id text, hash bytea, summary_hash bytea
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS relay_diff_rows (
+    n integer, client_id text, object_id text, hash bytea, summary_hash bytea, data jsonb,
+    created boolean NOT NULL DEFAULT false
+) ON COMMIT DELETE ROWS;
+DELETE FROM relay_diff_keys;
+DELETE FROM relay_diff_rows;
+"""
+
+_FIND_CANDIDATES = """
+SELECT k.n FROM relay_diff_keys k
+WHERE NOT EXISTS (
+    SELECT 1 FROM snapshots s
+    WHERE s.account_id = $1 AND s.object_type = $2 AND s.client_id = k.client_id
+      AND s.object_id = k.object_id AND s.hash = k.hash AND s.deleted_at IS NULL)
+"""
+
+_INSERT_NEW = """
+WITH inserted AS (
+    INSERT INTO snapshots AS s (account_id, object_type, client_id, object_id, data, hash,
+                                summary_hash)
+    SELECT $1, $2, r.client_id, r.object_id, r.data, r.hash, r.summary_hash
+    FROM relay_diff_rows r
+    WHERE NOT EXISTS (
+        SELECT 1 FROM snapshots o
+        WHERE o.account_id = $1 AND o.object_type = $2 AND o.client_id = r.client_id
+          AND o.object_id = r.object_id)
+    ORDER BY r.client_id, r.object_id
+    ON CONFLICT DO NOTHING
+    RETURNING s.client_id, s.object_id
+)
+UPDATE relay_diff_rows r SET created = true
+FROM inserted i WHERE r.client_id = i.client_id AND r.object_id = i.object_id
+RETURNING r.n
+"""
+
+# Key order, so two diffs of overlapping pages lock in the same order and cannot deadlock.
+_LOCK_EXISTING = """
+SELECT r.n, s.data, s.deleted_at IS NOT NULL AS was_deleted
+FROM relay_diff_rows r
+JOIN snapshots s ON s.account_id = $1 AND s.object_type = $2 AND s.client_id = r.client_id
+                AND s.object_id = r.object_id
+WHERE NOT r.created
+ORDER BY s.client_id, s.object_id
+FOR UPDATE OF s
+"""
+
+_UPDATE_CHANGED = """
+UPDATE snapshots s
+SET data = r.data, hash = r.hash, summary_hash = r.summary_hash, last_seen_at = now(),
+    deleted_at = NULL
+FROM relay_diff_rows r
+WHERE s.account_id = $1 AND s.object_type = $2 AND s.client_id = r.client_id
+  AND s.object_id = r.object_id AND NOT r.created
+  AND (s.hash IS DISTINCT FROM r.hash OR s.deleted_at IS NOT NULL)
+RETURNING r.n
+"""
+
+
+def _strip(value: Any, path: Sequence[str]) -> Any:
+    """`value` without the field at `path` (`a.b`, `list[].b`), copying only along the path."""
+    head, rest = path[0], path[1:]
+    if not isinstance(value, dict):
+        return value
+    if head.endswith("[]"):
+        key = head[:-2]
+        items = value.get(key)
+        if not isinstance(items, list) or not rest:
+            return value
+        return {**value, key: [_strip(item, rest) for item in items]}
+    if head not in value:
+        return value
+    if not rest:
+        return {k: v for k, v in value.items() if k != head}
+    return {**value, head: _strip(value[head], rest)}
+
+
+def _digest(value: Any, *, sort: bool) -> bytes:
+    try:
+        raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort else 0)
+    except TypeError as exc:  # orjson.JSONEncodeError: not JSON (e.g. an int beyond 64 bits)
+        raise InvalidInput(f"object is not representable as JSON: {exc}", field="objects") from exc
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def content_hash(object_type: str, obj: Mapping[str, Any]) -> bytes:
+    """A stable 16-byte hash of the object's canonical form: sorted keys, volatile fields out."""
+    canonical: Any = obj
+    for path in _VOLATILE_PATHS[object_type]:
+        canonical = _strip(canonical, path)
+    return _digest(canonical, sort=True)
+
+
+def summary_hash(obj: Mapping[str, Any]) -> bytes:
+    """A hash of the /documents summary fields of a summary or of a full /costs|/sales item."""
+    return _digest([obj.get(name) for name in SUMMARY_FIELDS], sort=True)
+
+
+@dataclass
+class DiffResult:
+    """What one diff did: ids stored for the first time (or back after a deletion), ids
+    changed, and the event bodies stored with them (empty when `emit` was False)."""
+
+    seen: int
+    created: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Incoming:
+    client_id: str
+    object_id: str
+    hash: bytes
+    summary_hash: bytes | None
+    data: Mapping[str, Any]
+
+
+def _object_id(raw: Any, what: str) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, str | int) or raw == "":
+        raise InvalidInput(f"{what} has no usable id: {raw!r}", field="id")
+    return str(raw)
+
+
+def _prepare(
+    object_type: str, objects: Iterable[Mapping[str, Any]], client_id: str | None
+) -> list[_Incoming]:
+    """Validate and hash the incoming objects; a later duplicate of an id replaces an earlier
+    one (a shifted page can show an item twice)."""
+    if object_type not in OBJECT_TYPES:
+        raise InvalidInput(f"unknown object type {object_type!r}", field="object_type")
+    if object_type != "client" and not client_id:
+        raise InvalidInput(f"a {object_type} diff needs the client_id", field="client_id")
+    by_key: dict[tuple[str, str], _Incoming] = {}
+    for obj in objects:
+        if not isinstance(obj, Mapping):
+            raise InvalidInput(f"a {object_type} must be a JSON object", field="objects")
+        if object_type == "connection":
+            oid = str(client_id)  # one connection object per client, named by it
+        else:
+            oid = _object_id(obj.get("id"), f"a {object_type}")
+        cid = oid if object_type == "client" else str(client_id)
+        by_key[(cid, oid)] = _Incoming(
+            client_id=cid,
+            object_id=oid,
+            hash=content_hash(object_type, obj),
+            summary_hash=summary_hash(obj) if object_type == "document" else None,
+            data=obj,
+        )
+    return list(by_key.values())
+
+
+async def _temp_tables(conn: asyncpg.Connection) -> None:
+    await conn.execute(_TEMP_TABLES)
+
+
+async def diff_objects(
+    conn: asyncpg.Connection,
+    *,
+    account_id: str,
+    object_type: str,
+    objects: Iterable[Mapping[str, Any]],
+    client_id: str | None,
+    emit: bool,
+    scan_id: int | None = None,
+    page: str | int | None = None,
+) -> DiffResult:
+    """Diff a page (or a whole scan) of upstream objects against their snapshots, store what is
+    new or changed and, when `emit`, the events it causes, all in one transaction.
+
+    `objects` are raw upstream dicts of one `object_type` (`client`, `connection`, `document`,
+    `supplier`, `expense_report`) of one client (`client_id`; for `client` objects leave it
+    None: each is its own client). Re-diffing unchanged data writes nothing. `emit` is False
+    for an account's baseline scan (unless it has `backfill`): snapshots are stored, no events.
+    An object seen again after it was reported deleted counts as created. With `scan_id` and
+    `page`, the page's ids are recorded for that complete scan in the same transaction.
+    Runs in its own transaction, or in a savepoint of the caller's.
+    """
+    incoming = _prepare(object_type, objects, client_id)
+    result = DiffResult(seen=len(incoming))
+    async with conn.transaction():
+        if scan_id is not None and page is not None:
+            await record_scan_page(conn, scan_id, page, [row.object_id for row in incoming])
+        if not incoming:
+            return result
+        await _temp_tables(conn)
+        await conn.copy_records_to_table(
+            "relay_diff_keys",
+            records=[
+                (n, row.client_id, row.object_id, row.hash, row.summary_hash)
+                for n, row in enumerate(incoming)
+            ],
+            columns=("n", "client_id", "object_id", "hash", "summary_hash"),
+        )
+        candidates = await conn.fetch(_FIND_CANDIDATES, account_id, object_type)
+        if not candidates:
+            return result
+        # Only new and changed objects travel as documents; the rest stayed hashes.
+        await conn.copy_records_to_table(
+            "relay_diff_rows",
+            records=[
+                (
+                    row["n"],
+                    incoming[row["n"]].client_id,
+                    incoming[row["n"]].object_id,
+                    incoming[row["n"]].hash,
+                    incoming[row["n"]].summary_hash,
+                    incoming[row["n"]].data,
+                )
+                for row in candidates
+            ],
+            columns=("n", "client_id", "object_id", "hash", "summary_hash", "data"),
+        )
+        created = {row["n"] for row in await conn.fetch(_INSERT_NEW, account_id, object_type)}
+        old = {
+            row["n"]: (row["data"], row["was_deleted"])
+            for row in await conn.fetch(_LOCK_EXISTING, account_id, object_type)
+        }
+        updated = [row["n"] for row in await conn.fetch(_UPDATE_CHANGED, account_id, object_type)]
+        bodies: list[dict[str, Any]] = []
+        at = datetime.now(UTC)
+        created_type = event_type_for(object_type, "created")
+        for n in sorted([*created, *updated]):
+            row = incoming[n]
+            before, was_deleted = old.get(n, (None, False))
+            types: list[str] = []
+            previous: dict[str, Any] = {}
+            if n in created or was_deleted:
+                result.created.append(row.object_id)
+                types = [created_type] if created_type else []
+            else:
+                result.changed.append(row.object_id)
+                types, previous = changed_event_types(object_type, before, row.data)
+            if emit:
+                bodies.extend(
+                    build_event(
+                        event_type,
+                        account_id=account_id,
+                        client_id=row.client_id,
+                        object_id=row.object_id,
+                        object=row.data,
+                        previous=previous,
+                        at=at,
+                    )
+                    for event_type in types
+                )
+        await insert_events(conn, bodies)
+        result.events = bodies
+    log.debug(
+        "objects_diffed",
+        account_id=account_id,
+        object_type=object_type,
+        client_id=client_id,
+        seen=result.seen,
+        created=len(result.created),
+        changed=len(result.changed),
+        events=len(result.events),
+    )
+    return result
+
+
+async def changed_summary_ids(
+    conn: asyncpg.Connection,
+    *,
+    account_id: str,
+    client_id: str,
+    summaries: Iterable[Mapping[str, Any]],
+) -> list[str]:
+    """Ids (in page order) of /documents summaries that are new, back after a deletion, or
+    whose summary fields differ from the stored full item's: the items worth a detail fetch.
+
+    One COPY of (id, summary hash) and one anti-join against `snapshots.summary_hash`.
+    """
+    keys: dict[str, bytes] = {}
+    for obj in summaries:
+        if not isinstance(obj, Mapping):
+            raise InvalidInput("a document summary must be a JSON object", field="summaries")
+        keys[_object_id(obj.get("id"), "a document summary")] = summary_hash(obj)
+    if not keys:
+        return []
+    async with conn.transaction():
+        await _temp_tables(conn)
+        await conn.copy_records_to_table(
+            "relay_diff_keys",
+            records=[(n, client_id, oid, h) for n, (oid, h) in enumerate(keys.items())],
+            columns=("n", "client_id", "object_id", "summary_hash"),
+        )
+        rows = await conn.fetch(
+            "SELECT k.object_id FROM relay_diff_keys k WHERE NOT EXISTS ("
+            " SELECT 1 FROM snapshots s WHERE s.account_id = $1 AND s.object_type = 'document'"
+            " AND s.client_id = k.client_id AND s.object_id = k.object_id"
+            " AND s.summary_hash = k.summary_hash AND s.deleted_at IS NULL) ORDER BY k.n",
+            account_id,
+        )
+    return [row["object_id"] for row in rows]
+
+
+async def should_emit(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> bool:
+    """Whether diffs of this account emit events: after its baseline, or from the start when
+    it was created with `backfill`. (`relay.accounts.complete_baseline` ends the baseline.)"""
+    row = await conn.fetchrow(
+        "SELECT baseline_completed_at IS NOT NULL OR backfill AS emit FROM accounts WHERE id = $1",
+        account_id,
+    )
+    if row is None:
+        raise NotFound("account", account_id)
+    return bool(row["emit"])
+
+
+# ---- complete scans and deletions ------------------------------------------------------------
+
+SCANNABLE_TYPES = ("document", "supplier", "expense_report")
+
+_SEEN = (
+    "seen AS (SELECT DISTINCT unnest(object_ids) AS object_id FROM snapshot_scan_pages "
+    "WHERE scan_id = $1)"
+)
+
+# Stored, live, not seen anywhere in the scan, and not written since the scan began (an object
+# a poll stored while the scan ran was alive then, whatever the scan's pages show).
+_CANDIDATE_WHERE = """
+s.account_id = scan.account_id AND s.object_type = scan.object_type
+  AND s.client_id = scan.client_id AND s.deleted_at IS NULL AND s.last_seen_at < scan.started_at
+  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.object_id = s.object_id)
+"""
+
+_CANDIDATES = f"""
+WITH {_SEEN}
+SELECT s.object_id FROM snapshots s JOIN snapshot_scans scan ON scan.id = $1
+WHERE {_CANDIDATE_WHERE}
+ORDER BY s.object_id
+"""
+
+_MARK_DELETED = f"""
+WITH {_SEEN}
+UPDATE snapshots s SET deleted_at = now()
+FROM snapshot_scans scan
+WHERE scan.id = $1 AND s.object_id = ANY($2::text[]) AND {_CANDIDATE_WHERE}
+RETURNING s.object_id, s.client_id, s.data
+"""
+
+
+@dataclass
+class ScanOutcome:
+    """What finishing a complete scan found: the deletion candidates (stored, live, unseen in
+    the scan), the ids now reported deleted and their events; or why it refused (`refused`)."""
+
+    candidates: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    refused: str | None = None
+
+
+async def begin_complete_scan(
+    conn: asyncpg.Connection, *, account_id: str, object_type: str, client_id: str
+) -> int:
+    """Start a complete scan of one client's objects of one type and return its id.
+
+    Record every page it reads with `record_scan_page` (or `diff_objects(scan_id=, page=)`),
+    then call `finish_complete_scan`. Scans of the same client and type started more than a day
+    ago are pruned here with their pages: they can no longer vouch for anything.
+    """
+    if object_type not in SCANNABLE_TYPES:
+        raise InvalidInput(
+            f"complete scans cover {', '.join(SCANNABLE_TYPES)}, not {object_type!r}",
+            field="object_type",
+        )
+    async with conn.transaction():
+        await conn.execute(
+            "DELETE FROM snapshot_scans WHERE account_id = $1 AND object_type = $2"
+            " AND client_id = $3 AND started_at < now() - interval '1 day'",
+            account_id,
+            object_type,
+            client_id,
+        )
+        scan_id: int = await conn.fetchval(
+            "INSERT INTO snapshot_scans (account_id, object_type, client_id)"
+            " VALUES ($1, $2, $3) RETURNING id",
+            account_id,
+            object_type,
+            client_id,
+        )
+    return scan_id
+
+
+async def record_scan_page(
+    conn: asyncpg.Connection, scan_id: int, page: str | int, object_ids: Sequence[str]
+) -> None:
+    """Record the ids one page of a complete scan showed. Recording a page again (a retry, a
+    re-fetch) adds to its ids: an object seen at all during the scan is never a candidate."""
+    recorded = await conn.fetchval(
+        "INSERT INTO snapshot_scan_pages (scan_id, page, object_ids)"
+        " SELECT id, $2, $3 FROM snapshot_scans WHERE id = $1"
+        " ON CONFLICT (scan_id, page) DO UPDATE"
+        " SET object_ids = snapshot_scan_pages.object_ids || excluded.object_ids,"
+        " recorded_at = now()"
+        " RETURNING scan_id",
+        scan_id,
+        str(page),
+        [str(oid) for oid in object_ids],
+    )
+    if recorded is None:
+        raise NotFound("scan", str(scan_id))
+
+
+async def mark_scan_partial(conn: asyncpg.Connection, scan_id: int, reason: str) -> None:
+    """The scan missed something (a failed or malformed page, a 403): it will delete nothing."""
+    marked = await conn.fetchval(
+        "UPDATE snapshot_scans SET partial_reason = coalesce(partial_reason, $2)"
+        " WHERE id = $1 RETURNING id",
+        scan_id,
+        reason,
+    )
+    if marked is None:
+        raise NotFound("scan", str(scan_id))
+    log.info("scan_marked_partial", scan_id=scan_id, reason=reason)
+
+
+async def deletion_candidates(conn: asyncpg.Connection, scan_id: int) -> list[str]:
+    """Ids stored and live that this scan did not see (no side effects; see finish)."""
+    return [row["object_id"] for row in await conn.fetch(_CANDIDATES, scan_id)]
+
+
+async def finish_complete_scan(
+    conn: asyncpg.Connection,
+    scan_id: int,
+    *,
+    confirmed_gone: Collection[str] | None,
+    expected_pages: Iterable[str | int] | None = None,
+    emit: bool = True,
+) -> ScanOutcome:
+    """Finish a complete scan: return its deletion candidates and report deleted (one
+    `<type>.deleted` event each, `data.object` the last version seen, `previous` {}) exactly
+    those candidates the caller confirmed gone.
+
+    The rule: an object is reported deleted only when a scan covered the whole client without
+    gaps AND the caller confirmed it gone. Pages shift while a scan runs (an item created or
+    deleted upstream moves the rest by one), so an item missing from a scan is only a candidate:
+    the scheduler confirms each with `GET /costs/{id}` (or /sales, ...) -> 404 and passes those
+    ids as `confirmed_gone`. An item missing from a partial scan is never even a candidate: a scan
+    marked partial (`mark_scan_partial`), or with any of `expected_pages` never recorded, refuses
+    (`refused` says why) and deletes nothing. Call it first with `confirmed_gone=None` to get
+    the candidates, then again with the confirmed ones; repeating a call never repeats an event.
+    """
+    async with conn.transaction():
+        scan = await conn.fetchrow(
+            "SELECT account_id, object_type, partial_reason FROM snapshot_scans"
+            " WHERE id = $1 FOR UPDATE",
+            scan_id,
+        )
+        if scan is None:
+            raise NotFound("scan", str(scan_id))
+        reason: str | None = scan["partial_reason"]
+        if reason is None and expected_pages is not None:
+            rows = await conn.fetch(
+                "SELECT page FROM snapshot_scan_pages WHERE scan_id = $1", scan_id
+            )
+            recorded = {row["page"] for row in rows}
+            missing = [str(p) for p in expected_pages if str(p) not in recorded]
+            if missing:
+                reason = f"{len(missing)} page(s) never recorded: {', '.join(missing[:5])}"
+                await mark_scan_partial(conn, scan_id, reason)
+        if reason is not None:
+            log.info("deletions_refused", scan_id=scan_id, reason=reason)
+            return ScanOutcome(refused=reason)
+        outcome = ScanOutcome(candidates=await deletion_candidates(conn, scan_id))
+        gone = sorted(set(confirmed_gone or ()) & set(outcome.candidates))
+        if gone:
+            deleted = await conn.fetch(_MARK_DELETED, scan_id, gone)
+            outcome.deleted = [row["object_id"] for row in deleted]
+            deleted_type = event_type_for(scan["object_type"], "deleted")
+            if emit and deleted_type:
+                at = datetime.now(UTC)
+                outcome.events = [
+                    build_event(
+                        deleted_type,
+                        account_id=scan["account_id"],
+                        client_id=row["client_id"],
+                        object_id=row["object_id"],
+                        object=row["data"],
+                        at=at,
+                    )
+                    for row in deleted
+                ]
+                await insert_events(conn, outcome.events)
+        await conn.execute(
+            "UPDATE snapshot_scans SET finished_at = coalesce(finished_at, now()) WHERE id = $1",
+            scan_id,
+        )
+    log.info(
+        "complete_scan_finished",
+        scan_id=scan_id,
+        candidates=len(outcome.candidates),
+        deleted=len(outcome.deleted),
+    )
+    return outcome

@@ -1,0 +1,160 @@
+"""Upstream objects in the shapes of dext-api.md for the snapshot and event tests (no tests)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import asyncpg
+
+CLIENT = "cli_1"
+
+
+async def make_account(
+    pool: asyncpg.Pool, *, backfill: bool = False, baselined: bool = True
+) -> str:
+    """An account row as the accounts store would write it (the token is a dummy)."""
+    account_id: str = await pool.fetchval(
+        "INSERT INTO accounts (provider, name, base_url, api_token_enc, backfill,"
+        " baseline_completed_at) VALUES ('dext', 'Practice', 'http://127.0.0.1:1', 'x', $1,"
+        " CASE WHEN $2 THEN now() END) RETURNING id",
+        backfill,
+        baselined,
+    )
+    return account_id
+
+
+def cost(doc_id: str, **changes: Any) -> dict[str, Any]:
+    """A full /costs item; `changes` replace top-level fields."""
+    item: dict[str, Any] = {
+        "id": doc_id,
+        "client_id": CLIENT,
+        "workspace": "costs",
+        "type": "invoice",
+        "source": "email",
+        "status": "review",
+        "supplier_name": "Acme Ltd",
+        "category_code": "400",
+        "total_amount": "120.00",
+        "currency": "GBP",
+        "date": "2026-04-14",
+        "integration": "xero",
+        "publish_status": "unpublished",
+        "approval_status": "pending",
+        "created_at": "2026-04-14T12:30:00Z",
+        "supplier": {"id": "sup_1", "name": "Acme Ltd"},
+        "category": {"code": "400", "name": "Advertising"},
+        "tax_rate": {"code": "T1", "name": "Standard", "rate": "20.0"},
+        "invoice_number": "INV-1",
+        "due_date": "2026-05-14",
+        "net_amount": "100.00",
+        "tax_amount": "20.00",
+        "paid": False,
+        "payment_method": None,
+        "description": "Ads",
+        "project": None,
+        "line_items": [
+            {
+                "description": "Ads",
+                "quantity": "1",
+                "unit_price": "100.00",
+                "amount": "100.00",
+                "category_code": "400",
+                "tax_code": "T1",
+            }
+        ],
+        "publish": {
+            "status": "unpublished",
+            "external_id": None,
+            "published_at": None,
+            "error_message": None,
+        },
+        "approval": {"status": "pending", "stage": 1, "approver": "Sam", "decided_at": None},
+    }
+    item.update(copy.deepcopy(changes))
+    return item
+
+
+def summary(item: dict[str, Any]) -> dict[str, Any]:
+    """The /documents summary of a full item."""
+    keys = (
+        "id client_id workspace type source status supplier_name category_code total_amount "
+        "currency date integration publish_status approval_status created_at"
+    ).split()
+    return {key: item[key] for key in keys}
+
+
+def client(client_id: str, **changes: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": client_id,
+        "name": "Bakery",
+        "practice_code": "BAK01",
+        "organisation_type": "limited_company",
+        "health_score": 80,
+        "alert_level": "none",
+        "bank_reconciliation_gap": 3,
+        "debtor_days": 21.5,
+        "last_sync_at": "2026-04-14T12:00:00Z",
+    }
+    obj.update(changes)
+    return obj
+
+
+def connection(**changes: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "main": {
+            "software": "xero",
+            "status": "connected",
+            "organisation": "Bakery Ltd",
+            "last_sync_at": "2026-04-14T12:00:00Z",
+        },
+        "additional": [
+            {
+                "software": "approvalmax",
+                "status": "connected",
+                "organisation": "Bakery Ltd",
+                "last_sync_at": "2026-04-14T12:00:00Z",
+            }
+        ],
+        "default_publishing_integration": "xero",
+        "default_expense_claims_integration": None,
+    }
+    obj.update(copy.deepcopy(changes))
+    return obj
+
+
+def supplier(sup_id: str, **changes: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": sup_id,
+        "name": "Acme Ltd",
+        "type": "supplier",
+        "tax_number": "GB123",
+        "default_category_code": "400",
+        "default_tax_code": "T1",
+        "auto_publish": False,
+        "integration": "xero",
+        "email": "ap@acme.test",
+    }
+    obj.update(changes)
+    return obj
+
+
+def expense_report(report_id: str, **changes: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": report_id,
+        "client_id": CLIENT,
+        "title": "April travel",
+        "submitter": {"id": "u1", "name": "Alex"},
+        "status": "submitted",
+        "total_amount": "84.20",
+        "currency": "GBP",
+        "item_ids": ["d1", "d2"],
+        "mileage_claims": [
+            {"date": "2026-04-02", "from": "Leeds", "to": "York", "miles": 25, "amount": "11.25"}
+        ],
+        "submitted_at": "2026-04-10T09:00:00Z",
+        "approver": None,
+        "decided_at": None,
+    }
+    obj.update(copy.deepcopy(changes))
+    return obj
