@@ -19,13 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Union
 
 import asyncpg
 import asyncpg.pool
 import jmespath
 import jmespath.exceptions
 import jmespath.parser
+import structlog
 
 from relay.errors import InvalidInput, NotFound
 from relay.settings import Settings
@@ -33,8 +34,13 @@ from relay.signing import generate_secret, secret_key
 from relay.targets import validate_target_url
 from relay.vault import Vault
 
+log = structlog.get_logger("relay.subscriptions")
+
 # Anything SQL can be run on: the pool, a connection, or a connection borrowed from the pool.
-Querier = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+# (a Union with a string: the stubs' generic proxy is not subscriptable at runtime)
+Querier = Union[
+    asyncpg.Pool, asyncpg.Connection, "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+]
 KINDS = ("webhook", "slack")
 ROTATION_OVERLAP = timedelta(hours=24)
 MAX_LIMIT = 200
@@ -170,8 +176,15 @@ class Matcher:
             return True
         try:
             return bool(compile_filter(self.filter).search(body))
-        except jmespath.exceptions.JMESPathError:
-            # A filter that errors on this body (e.g. a type error) simply does not match.
+        except Exception as exc:
+            # A filter that errors on one body (jmespath raises TypeError comparing a string
+            # with a number, among others) does not match it. Letting it raise would stall the
+            # fan-out of every event behind this one.
+            log.warning(
+                "subscription_filter_failed",
+                subscription_id=self.id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return False
 
 

@@ -11,13 +11,13 @@ Every function that makes work due sends `NOTIFY relay_wake` so dispatchers star
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from relay.errors import InvalidInput, NotFound
-from relay.ids import new_id
+from relay.events import build_event
 from relay.subscriptions import (
     Matcher,
     Querier,
@@ -244,40 +244,28 @@ async def replay_event(
     return int(status.rsplit(" ", 1)[1])
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 async def send_test_event(pool: asyncpg.Pool, subscription_id: str) -> dict[str, Any]:
     """Store a `relay.ping` event and queue it for this one subscription; returns the delivery.
 
     The ping is delivered even when the subscription's `event_types` would not match it, and
-    goes to no other subscription.
+    goes to no other subscription (it is stored already marked as fanned out).
     """
     subscription = await get_subscription(pool, subscription_id)
-    event_id = new_id("evt")
-    now = datetime.now(UTC)
-    body = {
-        "id": event_id,
-        "type": "relay.ping",
-        "created_at": _rfc3339(now),
-        "account_id": None,
-        "client_id": None,
-        "object_type": "relay",
-        "object_id": subscription["id"],
-        "data": {
-            "object": {"message": "Test event from Relay", "subscription_id": subscription["id"]},
-            "previous": {},
-        },
-    }
+    body = build_event(
+        "relay.ping",
+        account_id=None,
+        client_id=None,
+        object_id=subscription["id"],
+        object={"message": "Test event from Relay", "subscription_id": subscription["id"]},
+    )
+    event_id = body["id"]
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            "INSERT INTO events (id, type, object_type, object_id, body, created_at, "
-            "fanned_out_at) VALUES ($1, 'relay.ping', 'relay', $2, $3, $4, $4)",
+            "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at) "
+            "VALUES ($1, 'relay.ping', 'relay', $2, $3, now())",
             event_id,
             subscription["id"],
             body,
-            now,
         )
         delivery_id = await conn.fetchval(
             "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
