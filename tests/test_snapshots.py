@@ -440,19 +440,21 @@ async def test_rolled_back_diff_leaves_nothing_and_rerun_emits_once(pool: asyncp
     class Crash(Exception):
         pass
 
-    async with pool.acquire() as conn:
-        with pytest.raises(Crash):
-            async with conn.transaction():
-                result = await diff_objects(
-                    conn,
-                    account_id=account,
-                    object_type="document",
-                    objects=changed,
-                    client_id=CLIENT,
-                    emit=True,
-                )
-                assert len(result.events) == 2
-                raise Crash  # the worker dies before its transaction commits
+    async def poll_that_dies() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            result = await diff_objects(
+                conn,
+                account_id=account,
+                object_type="document",
+                objects=changed,
+                client_id=CLIENT,
+                emit=True,
+            )
+            assert len(result.events) == 2
+            raise Crash  # the worker dies before its transaction commits
+
+    with pytest.raises(Crash):
+        await poll_that_dies()
     assert await stored_events(pool) == []
     assert await snapshot_versions(pool) == before
 

@@ -77,10 +77,23 @@ def cost(doc_id: str, **changes: Any) -> dict[str, Any]:
 
 def summary(item: dict[str, Any]) -> dict[str, Any]:
     """The /documents summary of a full item."""
-    keys = (
-        "id client_id workspace type source status supplier_name category_code total_amount "
-        "currency date integration publish_status approval_status created_at"
-    ).split()
+    keys = [
+        "id",
+        "client_id",
+        "workspace",
+        "type",
+        "source",
+        "status",
+        "supplier_name",
+        "category_code",
+        "total_amount",
+        "currency",
+        "date",
+        "integration",
+        "publish_status",
+        "approval_status",
+        "created_at",
+    ]
     return {key: item[key] for key in keys}
 
 
