@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -13,11 +13,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.api.app import create_app
+from relay.logs import configure_logging
 from relay.settings import Settings
 from tests.conftest import TEST_ADMIN_TOKEN
 
 AUTH = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def all_logs() -> Iterator[None]:
+    """Let every log level through for the test (the suite runs at `warning`), then restore."""
+    configure_logging("console", "debug", cache=False)
+    yield
+    configure_logging("console", "warning", cache=False)
 
 
 @pytest.fixture
@@ -60,6 +69,8 @@ async def error_of(response: aiohttp.ClientResponse, status: int) -> dict[str, A
     body = await response.json()
     assert set(body) >= {"error"}
     error: dict[str, Any] = body["error"]
-    assert isinstance(error["code"], str) and error["code"]
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["code"], str)
+    assert error["code"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
     return error

@@ -32,6 +32,7 @@ ACCOUNT_KEYS = {
 }
 
 
+@pytest.mark.usefixtures("all_logs")
 async def test_create_returns_the_account_without_its_token(
     client: TestClient[Any, Any], pool: asyncpg.Pool, settings: Settings
 ) -> None:
@@ -265,7 +266,8 @@ async def test_poll_now_is_recorded_durably_and_wakes_the_scheduler(
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
             if message:
                 break
-        assert message is not None and message["data"] == account["id"].encode()
+        assert message is not None
+        assert message["data"] == account["id"].encode()
     finally:
         await pubsub.aclose()
     requested = await pool.fetchval(
@@ -331,9 +333,11 @@ async def test_limit_boundaries_are_accepted(client: TestClient[Any, Any]) -> No
     await create_account(client)
     await create_account(client)
     one = await (await client.get("/v1/accounts?limit=1")).json()
-    assert len(one["data"]) == 1 and one["next_cursor"]
+    assert len(one["data"]) == 1
+    assert one["next_cursor"]
     most = await (await client.get("/v1/accounts?limit=200")).json()
-    assert len(most["data"]) == 2 and most["next_cursor"] is None
+    assert len(most["data"]) == 2
+    assert most["next_cursor"] is None
 
 
 async def test_scheduler_state_transitions(pool: asyncpg.Pool, settings: Settings) -> None:
@@ -349,11 +353,13 @@ async def test_scheduler_state_transitions(pool: asyncpg.Pool, settings: Setting
     assert (await accounts.get_account(pool, account.id)).last_error == "upstream_unavailable"
     await accounts.record_poll_success(pool, account.id)
     polled = await accounts.get_account(pool, account.id)
-    assert polled.last_error is None and polled.last_poll_at is not None
+    assert polled.last_error is None
+    assert polled.last_poll_at is not None
 
     await accounts.complete_baseline(pool, account.id)
     done = await accounts.get_account(pool, account.id)
-    assert done.status == "active" and done.baseline_completed_at is not None
+    assert done.status == "active"
+    assert done.baseline_completed_at is not None
 
     reset = datetime(2026, 11, 21, 10, 1, tzinfo=UTC)
     await accounts.record_rate_limit(
@@ -382,4 +388,5 @@ async def test_scheduler_state_transitions(pool: asyncpg.Pool, settings: Setting
     assert await accounts.mark_recovered(pool, account.id) is True
     assert await accounts.mark_recovered(pool, account.id) is False
     recovered = await accounts.get_account(pool, account.id)
-    assert recovered.status == "active" and recovered.last_error is None
+    assert recovered.status == "active"
+    assert recovered.last_error is None

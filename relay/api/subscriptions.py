@@ -1,0 +1,212 @@
+"""Admin routes for subscriptions: create, list, read, change, delete, rotate, test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from relay import subscriptions
+from relay.api.keys import POOL, SETTINGS, VAULT
+from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
+from relay.api.validation import Body, Boolean, String, StringList, Url
+from relay.delivery import store as deliveries
+
+_TIME = {"type": "string", "format": "date-time"}
+_IDS = {"type": ["array", "null"], "items": {"type": "string"}}
+
+SUBSCRIPTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "id",
+        "url",
+        "kind",
+        "event_types",
+        "account_ids",
+        "client_ids",
+        "filter",
+        "description",
+        "enabled",
+        "disabled_reason",
+        "created_at",
+    ],
+    "properties": {
+        "id": {"type": "string", "pattern": "^sub_"},
+        "url": {"type": "string"},
+        "kind": {"type": "string", "enum": list(subscriptions.KINDS)},
+        "event_types": {"type": "array", "items": {"type": "string"}},
+        "account_ids": _IDS,
+        "client_ids": _IDS,
+        "filter": {"type": ["string", "null"]},
+        "description": {"type": ["string", "null"]},
+        "enabled": {"type": "boolean"},
+        "disabled_reason": {"type": ["string", "null"]},
+        "created_at": _TIME,
+        "updated_at": _TIME,
+    },
+}
+WITH_SECRET_SCHEMA: dict[str, Any] = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Subscription"},
+        {
+            "type": "object",
+            "required": ["secret"],
+            "properties": {"secret": {"type": "string", "pattern": "^whsec_"}},
+        },
+    ]
+}
+
+_FIELDS = {
+    "url": Url(description="where webhooks are POSTed (http or https)"),
+    "kind": String(enum=subscriptions.KINDS, description="webhook (default) or slack"),
+    "event_types": StringList(
+        item=String(max_length=100),
+        min_items=1,
+        max_items=subscriptions.MAX_EVENT_TYPES,
+        description="exact types, prefix wildcards (`document.*`) or `*`",
+    ),
+    "account_ids": StringList(
+        item=String(max_length=100),
+        max_items=subscriptions.MAX_IDS,
+        nullable=True,
+        description="only events of these accounts (null: any)",
+    ),
+    "client_ids": StringList(
+        item=String(max_length=100),
+        max_items=subscriptions.MAX_IDS,
+        nullable=True,
+        description="only events of these clients (null: any)",
+    ),
+    "filter": String(
+        max_length=subscriptions.MAX_FILTER_LENGTH,
+        nullable=True,
+        description="a JMESPath expression on the event body; delivered only where truthy",
+    ),
+    "description": String(
+        min_length=0, max_length=subscriptions.MAX_DESCRIPTION_LENGTH, nullable=True
+    ),
+}
+CREATE_BODY = Body(
+    {
+        **_FIELDS,
+        "url": Url(required=True, description=_FIELDS["url"].description),
+        "event_types": StringList(
+            item=String(max_length=100),
+            min_items=1,
+            max_items=subscriptions.MAX_EVENT_TYPES,
+            required=True,
+            description=_FIELDS["event_types"].description,
+        ),
+    }
+)
+UPDATE_BODY = Body({**_FIELDS, "enabled": Boolean(description="false pauses deliveries")})
+
+
+async def create_subscription(request: web.Request, inp: Input) -> web.Response:
+    record, secret = await subscriptions.create_subscription(
+        request.app[POOL], request.app[VAULT], request.app[SETTINGS], **inp.body
+    )
+    return json_response({**record, "secret": secret}, status=201)
+
+
+async def list_subscriptions(request: web.Request, inp: Input) -> web.Response:
+    items, next_cursor = await subscriptions.list_subscriptions(request.app[POOL], **inp.query)
+    return page_response(items, next_cursor)
+
+
+async def get_subscription(request: web.Request, inp: Input) -> web.Response:
+    return json_response(await subscriptions.get_subscription(request.app[POOL], inp.path["id"]))
+
+
+async def update_subscription(request: web.Request, inp: Input) -> web.Response:
+    record = await subscriptions.update_subscription(
+        request.app[POOL], request.app[SETTINGS], inp.path["id"], inp.body
+    )
+    return json_response(record)
+
+
+async def delete_subscription(request: web.Request, inp: Input) -> web.Response:
+    await subscriptions.delete_subscription(request.app[POOL], inp.path["id"])
+    return web.Response(status=204)
+
+
+async def rotate_secret(request: web.Request, inp: Input) -> web.Response:
+    record, secret = await subscriptions.rotate_secret(
+        request.app[POOL], request.app[VAULT], inp.path["id"]
+    )
+    return json_response({**record, "secret": secret})
+
+
+async def test_subscription(request: web.Request, inp: Input) -> web.Response:
+    delivery = await deliveries.send_test_event(request.app[POOL], inp.path["id"])
+    return json_response(delivery, status=202)
+
+
+ROUTES = [
+    Route(
+        "POST",
+        "/v1/subscriptions",
+        create_subscription,
+        "Create a subscription",
+        "subscriptions",
+        {201: "SubscriptionWithSecret"},
+        body=CREATE_BODY,
+        description="The `secret` (`whsec_...`) is shown only here and by rotate-secret.",
+    ),
+    Route(
+        "GET",
+        "/v1/subscriptions",
+        list_subscriptions,
+        "List subscriptions, newest first",
+        "subscriptions",
+        {200: page_of("Subscription")},
+        query=list_query(),
+    ),
+    Route(
+        "GET",
+        "/v1/subscriptions/{id}",
+        get_subscription,
+        "Get a subscription",
+        "subscriptions",
+        {200: "Subscription"},
+        path_kind="subscription",
+    ),
+    Route(
+        "PATCH",
+        "/v1/subscriptions/{id}",
+        update_subscription,
+        "Change a subscription",
+        "subscriptions",
+        {200: "Subscription"},
+        body=UPDATE_BODY,
+        path_kind="subscription",
+    ),
+    Route(
+        "DELETE",
+        "/v1/subscriptions/{id}",
+        delete_subscription,
+        "Delete a subscription (its deliveries stay readable)",
+        "subscriptions",
+        {204: None},
+        path_kind="subscription",
+    ),
+    Route(
+        "POST",
+        "/v1/subscriptions/{id}/rotate-secret",
+        rotate_secret,
+        "Rotate the signing secret; the old one keeps signing for 24 h",
+        "subscriptions",
+        {200: "SubscriptionWithSecret"},
+        path_kind="subscription",
+    ),
+    Route(
+        "POST",
+        "/v1/subscriptions/{id}/test",
+        test_subscription,
+        "Send a relay.ping to this subscription",
+        "subscriptions",
+        {202: "Delivery"},
+        path_kind="subscription",
+    ),
+]
+SCHEMAS = {"Subscription": SUBSCRIPTION_SCHEMA, "SubscriptionWithSecret": WITH_SECRET_SCHEMA}
