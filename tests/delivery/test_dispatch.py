@@ -1,0 +1,424 @@
+"""The dispatcher end to end: real Postgres, real aiohttp endpoints on loopback, real sessions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import orjson
+from standardwebhooks.webhooks import Webhook
+
+from relay.delivery import (
+    fan_out_events,
+    get_delivery,
+    list_deliveries,
+    replay_event,
+    retry_delivery,
+    retry_failed,
+    send_test_event,
+)
+from relay.settings import Settings
+from relay.subscriptions import get_subscription, rotate_secret, update_subscription
+from relay.vault import Vault
+from tests.delivery.conftest import (
+    DispatcherFactory,
+    Endpoint,
+    all_settled,
+    delivery_rows,
+    event_body,
+    make_account,
+    store_events,
+    subscribe,
+    wait_until,
+)
+
+
+async def test_event_is_delivered_signed_and_recorded(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    sub, secret = await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    await start_dispatcher()
+    body = event_body()
+    [event_id] = await store_events(pool, body)
+    await wait_until(lambda: all_settled(pool, 1), what="delivery")
+    [hit] = endpoint.to("/ok")
+    assert hit.headers["webhook-id"] == event_id
+    assert hit.headers["content-type"] == "application/json"
+    # The bytes sent are the bytes signed; jsonb keeps the event, not its key order.
+    assert orjson.loads(hit.body) == body
+    assert Webhook(secret).verify(hit.body, hit.headers) == body
+    [row] = await delivery_rows(pool)
+    delivery = await get_delivery(pool, row["id"])
+    assert delivery["status"] == "succeeded"
+    assert delivery["attempt_count"] == 1
+    assert delivery["next_attempt_at"] is None
+    [attempt] = delivery["attempts"]
+    assert attempt["status_code"] == 200
+    assert attempt["error"] is None
+    assert attempt["response_excerpt"] == "ok"
+    assert attempt["latency_ms"] >= 0
+    assert sub["id"] == delivery["subscription_id"]
+
+
+async def test_fails_twice_then_succeeds_with_three_attempts(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    settings = dsettings.with_changes(retry_schedule=(0.3, 0.6, 5.0))
+    _, secret = await subscribe(pool, vault, settings, endpoint.url("/fail/2"))
+    await start_dispatcher(settings)
+    [event_id] = await store_events(pool, event_body())
+    await wait_until(lambda: all_settled(pool, 1), what="delivery")
+    hits = endpoint.to("/fail/2")
+    assert len(hits) == 3
+    assert {h.headers["webhook-id"] for h in hits} == {event_id}
+    for hit in hits:
+        Webhook(secret).verify(hit.body, hit.headers)
+    # The schedule is followed: waits of at least 0.3 s then 0.6 s, plus at most 10 % jitter.
+    first_wait = hits[1].at - hits[0].at
+    second_wait = hits[2].at - hits[1].at
+    assert 0.29 <= first_wait < 0.3 * 1.1 + 0.35
+    assert 0.59 <= second_wait < 0.6 * 1.1 + 0.35
+    [row] = await delivery_rows(pool)
+    delivery = await get_delivery(pool, row["id"])
+    assert (delivery["status"], delivery["attempt_count"]) == ("succeeded", 3)
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 500, 200]
+    assert delivery["attempts"][0]["error"] == "HTTP 500"
+    assert delivery["attempts"][0]["response_excerpt"] == "boom"
+
+
+async def test_exhausted_schedule_fails_then_manual_retry_sends_same_id(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    settings = dsettings.with_changes(retry_schedule=(0.05, 0.05))
+    await subscribe(pool, vault, settings, endpoint.url("/fail/3"))
+    await start_dispatcher(settings)
+    [event_id] = await store_events(pool, event_body())
+    await wait_until(lambda: all_settled(pool, 1), what="failure")
+    [row] = await delivery_rows(pool)
+    assert (row["status"], row["attempt_count"]) == ("failed", 3)
+    failed, _ = await list_deliveries(pool, status="failed")
+    assert [d["id"] for d in failed] == [row["id"]]
+    retried = await retry_delivery(pool, row["id"])
+    assert retried["status"] == "pending"
+    await wait_until(lambda: all_settled(pool, 1), what="manual retry")
+    delivery = await get_delivery(pool, row["id"])
+    assert (delivery["status"], delivery["attempt_count"]) == ("succeeded", 4)
+    assert {h.headers["webhook-id"] for h in endpoint.hits} == {event_id}
+
+
+async def test_gone_disables_the_subscription_and_stops_pending(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/gone"))
+    await store_events(pool, event_body())
+    await fan_out_events(pool)
+    await store_events(pool, event_body())
+    # The second event's delivery is not yet due when the first answers 410.
+    await pool.execute("UPDATE deliveries SET next_attempt_at = now() + interval '1 hour'")
+    await fan_out_events(pool)
+    await start_dispatcher()
+    await wait_until(lambda: all_settled(pool, 2), what="410 handling")
+    record = await get_subscription(pool, sub["id"])
+    assert record["enabled"] is False
+    assert "410" in record["disabled_reason"]
+    rows = await delivery_rows(pool)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert len(endpoint.hits) == 1
+    assert sorted(r["attempt_count"] for r in rows) == [0, 1]
+
+
+async def test_retry_after_is_honoured_within_the_schedule(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    settings = dsettings.with_changes(retry_schedule=(0.1, 1.5))
+    await subscribe(pool, vault, settings, endpoint.url("/retry-after/1"))
+    await start_dispatcher(settings)
+    await store_events(pool, event_body())
+    await wait_until(lambda: all_settled(pool, 1), what="delivery")
+    first, second = endpoint.hits
+    # Retry-After 1 s beats the 0.1 s step and stays under the 1.5 s cap.
+    assert 0.95 <= second.at - first.at < 1.5
+
+
+async def test_timeout_redirect_and_endless_body_are_bounded_failures(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    settings = dsettings.with_changes(delivery_timeout=0.5, retry_schedule=(30.0,))
+    for path in ("/slow/3", "/redirect", "/endless"):
+        await subscribe(pool, vault, settings, endpoint.url(path), description=path)
+    await start_dispatcher(settings)
+    await store_events(pool, event_body())
+    await wait_until(lambda: delivery_count_with_attempts(pool, 3), seconds=5, what="attempts")
+    by_path = {}
+    for row in await delivery_rows(pool):
+        sub = await get_subscription(pool, row["subscription_id"])
+        by_path[sub["description"]] = await get_delivery(pool, row["id"])
+    slow = by_path["/slow/3"]["attempts"][0]
+    assert slow["error"].startswith("timed out")
+    assert slow["status_code"] is None
+    redirect = by_path["/redirect"]["attempts"][0]
+    assert redirect["status_code"] == 302
+    assert "not followed" in redirect["error"]
+    assert endpoint.to("/ok") == []
+    endless = by_path["/endless"]
+    assert endless["status"] == "succeeded"
+    assert len(endless["attempts"][0]["response_excerpt"]) == 1024
+    assert by_path["/redirect"]["status"] == "pending"  # retried later per the schedule
+
+
+async def delivery_count_with_attempts(pool: asyncpg.Pool, count: int) -> bool:
+    done = await pool.fetchval("SELECT count(DISTINCT delivery_id) FROM delivery_attempts")
+    return bool(done == count)
+
+
+async def test_private_targets_are_refused_at_send_time(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    # Created while allowed, sent while not: the check after DNS must still refuse.
+    port = endpoint.base.rsplit(":", 1)[1]
+    for url in (endpoint.url("/ok"), f"http://localhost:{port}/ok", f"http://vm:{port}/ok"):
+        await subscribe(pool, vault, dsettings, url)
+    strict = dsettings.with_changes(allow_private_targets=False, retry_schedule=(30.0,))
+    await start_dispatcher(strict)
+    await store_events(pool, event_body())
+    await wait_until(lambda: delivery_count_with_attempts(pool, 3), what="refusals")
+    errors = await pool.fetch("SELECT error, status_code FROM delivery_attempts")
+    assert all(e["error"].startswith("target refused") for e in errors), errors
+    assert all(e["status_code"] is None for e in errors)
+    assert endpoint.hits == []
+
+
+async def test_matching_by_type_account_client_filter_and_enabled(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+) -> None:
+    account = await make_account(pool)
+    url = endpoint.url("/ok")
+    subs = {
+        "all": await subscribe(pool, vault, dsettings, url),
+        "docs": await subscribe(pool, vault, dsettings, url, event_types=["document.*"]),
+        "exact": await subscribe(pool, vault, dsettings, url, event_types=["supplier.created"]),
+        "account": await subscribe(pool, vault, dsettings, url, account_ids=[account]),
+        "client": await subscribe(pool, vault, dsettings, url, client_ids=["c2"]),
+        "filter": await subscribe(
+            pool,
+            vault,
+            dsettings,
+            url,
+            event_types=["client.health_changed"],
+            filter="data.object.alert_level == 'high' && data.previous.alert_level != 'high'",
+        ),
+        "off": await subscribe(pool, vault, dsettings, url),
+    }
+    await update_subscription(pool, dsettings, subs["off"][0]["id"], {"enabled": False})
+    events = {
+        "doc": event_body("document.created", account_id=account, client_id="c1"),
+        "supplier": event_body("supplier.created", client_id="c2"),
+        "high": event_body(
+            "client.health_changed",
+            client_id="c3",
+            obj={"alert_level": "high"},
+            previous={"alert_level": "medium"},
+        ),
+        "not_high": event_body(
+            "client.health_changed",
+            client_id="c3",
+            obj={"alert_level": "medium"},
+            previous={"alert_level": "none"},
+        ),
+    }
+    await store_events(pool, *events.values())
+    assert await fan_out_events(pool) > 0
+    rows = await pool.fetch("SELECT event_id, subscription_id FROM deliveries")
+    got = {(r["event_id"], r["subscription_id"]) for r in rows}
+    names = {v[0]["id"]: k for k, v in subs.items()}
+    evnames = {v["id"]: k for k, v in events.items()}
+    assert {(evnames[e], names[s]) for e, s in got} == {
+        ("doc", "all"),
+        ("doc", "docs"),
+        ("doc", "account"),
+        ("supplier", "all"),
+        ("supplier", "exact"),
+        ("supplier", "client"),
+        ("high", "all"),
+        ("high", "filter"),
+        ("not_high", "all"),
+    }
+
+
+async def test_fan_out_is_idempotent_under_concurrency(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+) -> None:
+    for _ in range(3):
+        await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    await store_events(pool, *[event_body() for _ in range(300)])
+    created = await asyncio.gather(*[fan_out_events(pool, batch_size=40) for _ in range(6)])
+    assert sum(created) == 900
+    assert await fan_out_events(pool) == 0
+    assert await pool.fetchval("SELECT count(*) FROM deliveries") == 900
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE fanned_out_at IS NULL") == 0
+    # A re-run after a crash between insert and mark: no duplicates either.
+    await pool.execute("UPDATE events SET fanned_out_at = NULL")
+    assert await fan_out_events(pool) == 0
+
+
+async def test_replay_and_bulk_retry_and_test_event(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    settings = dsettings.with_changes(retry_schedule=(0.05,))
+    good, secret = await subscribe(pool, vault, settings, endpoint.url("/ok"))
+    bad, _ = await subscribe(pool, vault, settings, endpoint.url("/fail/2"))
+    other, _ = await subscribe(pool, vault, settings, endpoint.url("/ok"), event_types=["x.*"])
+    await start_dispatcher(settings)
+    [event_id] = await store_events(pool, event_body())
+    await wait_until(lambda: all_settled(pool, 2), what="first round")
+    assert await replay_event(pool, event_id, [good["id"]]) == 1
+    assert await replay_event(pool, event_id, [other["id"]]) == 0  # does not match
+    await wait_until(lambda: all_settled(pool, 3), what="replay")
+    assert [h.headers["webhook-id"] for h in endpoint.to("/ok")] == [event_id, event_id]
+    failed, _ = await list_deliveries(pool, status="failed", subscription_id=bad["id"])
+    assert len(failed) == 1
+    assert await retry_failed(pool, subscription_id=bad["id"]) == 1
+    await wait_until(lambda: all_settled(pool, 3), what="bulk retry")
+    assert len(endpoint.to("/fail/2")) == 3
+    ping = await send_test_event(pool, good["id"])
+    await wait_until(lambda: all_settled(pool, 4), what="ping")
+    delivered = await get_delivery(pool, ping["id"])
+    assert delivered["status"] == "succeeded"
+    last = endpoint.to("/ok")[-1]
+    assert orjson.loads(Webhook(secret).verify(last.body, last.headers) and last.body)["type"] == (
+        "relay.ping"
+    )
+    by_event, _ = await list_deliveries(pool, event_id=event_id)
+    assert len(by_event) == 3
+
+
+async def test_rotation_signs_with_both_secrets(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    sub, old = await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    _, new = await rotate_secret(pool, vault, sub["id"])
+    await start_dispatcher()
+    await store_events(pool, event_body())
+    await wait_until(lambda: all_settled(pool, 1), what="delivery")
+    [hit] = endpoint.hits
+    assert len(hit.headers["webhook-signature"].split(" ")) == 2
+    Webhook(old).verify(hit.body, hit.headers)
+    Webhook(new).verify(hit.body, hit.headers)
+
+
+async def test_slack_subscription_gets_a_message(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    await subscribe(pool, vault, dsettings, endpoint.url("/ok"), kind="slack")
+    await start_dispatcher()
+    await store_events(
+        pool,
+        event_body(
+            "client.health_changed",
+            client_id="cli_42",
+            object_id="cli_42",
+            obj={"id": "cli_42", "name": "Acme & Co", "alert_level": "high", "health_score": 20},
+            previous={"alert_level": "medium", "health_score": 55},
+        ),
+    )
+    await wait_until(lambda: all_settled(pool, 1), what="slack")
+    [hit] = endpoint.hits
+    message = orjson.loads(hit.body)
+    assert "Acme &amp; Co" in message["blocks"][0]["text"]["text"]
+    assert "health changed" in message["text"]
+    changes = message["blocks"][2]["text"]["text"]
+    assert "*alert level*: medium → high" in changes
+    assert "*health score*: 55 → 20" in changes
+    assert "cli_42" in message["blocks"][1]["elements"][0]["text"]
+    assert "http" not in hit.body.decode()
+    assert "webhook-signature" not in hit.headers
+
+
+async def test_slow_endpoint_does_not_hold_back_healthy_ones(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    settings = dsettings.with_changes(
+        delivery_concurrency=8, delivery_endpoint_concurrency=4, delivery_timeout=5.0
+    )
+    await subscribe(pool, vault, settings, endpoint.url("/hold"))
+    await subscribe(pool, vault, settings, endpoint.url("/ok"))
+    await store_events(pool, *[event_body() for _ in range(30)])
+    await start_dispatcher(settings)
+    await wait_until(lambda: _count(endpoint, "/ok", 30), what="healthy endpoint")
+    assert len(endpoint.to("/hold")) == 4  # capped, while the healthy one got everything
+    endpoint.release.set()
+    await wait_until(lambda: all_settled(pool, 60), what="held deliveries")
+
+
+async def _count(endpoint: Endpoint, path: str, n: int) -> bool:
+    return len(endpoint.to(path)) >= n
+
+
+async def test_disabled_subscription_pending_deliveries_fail_without_sending(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    await store_events(pool, event_body())
+    await fan_out_events(pool)
+    await update_subscription(pool, dsettings, sub["id"], {"enabled": False})
+    await start_dispatcher()
+    await wait_until(lambda: all_settled(pool, 1), what="disabled")
+    [row] = await delivery_rows(pool)
+    assert row["status"] == "failed"
+    assert row["attempt_count"] == 0
+    assert "subscription disabled" in row["last_error"]
+    assert endpoint.hits == []
