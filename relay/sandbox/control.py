@@ -118,6 +118,12 @@ def _apply(sandbox: Sandbox, body: Any) -> list[JSON]:
             options["doc_type"] = body["type"]
         if options.get("workspace", "costs") not in catalog.WORKSPACES:
             raise ApiError(400, "validation_error", "workspace must be costs or sales")
+        if options.get("doc_type", "receipt") not in catalog.DOCUMENT_TYPES:
+            raise ApiError(400, "validation_error", f"type must be one of {catalog.DOCUMENT_TYPES}")
+        if options.get("source", "api") not in catalog.SOURCES:
+            raise ApiError(400, "validation_error", f"source must be one of {catalog.SOURCES}")
+        if not isinstance(body.get("processed", False), bool):
+            raise ApiError(400, "validation_error", "processed must be true or false")
         doc = make_capture(practice, sandbox.simulation.rng, client_id, now, **options)
         processed = body.get("processed", False)
         if processed:

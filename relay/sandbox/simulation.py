@@ -61,6 +61,8 @@ def poisson(rng: Random, lam: float) -> int:
 class Simulation:
     """Drives the practice forward in simulated time; see the module docstring."""
 
+    _FOLLOW_UPS: Final = ("finish_processing", "publish_result", "health_refresh")
+
     def __init__(
         self, practice: Practice, *, seed: int, start: float, paused: bool, change_rate: float
     ) -> None:
@@ -82,8 +84,6 @@ class Simulation:
             self.schedule(start + setup.uniform(0, DAY), "health_refresh", cid)
             for doc in self.p.select("document", cid, lambda d: d["status"] == "processing"):
                 self.schedule(start + setup.uniform(30, 600), "finish_processing", doc["id"])
-
-    _FOLLOW_UPS: Final = ("finish_processing", "publish_result", "health_refresh")
 
     def describe(self) -> dict[str, Any]:
         return {

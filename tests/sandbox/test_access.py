@@ -118,23 +118,27 @@ async def test_fixed_windows_count_everything_and_headers_are_on_every_answer(
         assert statuses == [200, 400, 404, 200, 429, 429, 429, 429]
         remaining = [int(a[2]["X-RateLimit-Remaining"]) for a in answers]
         assert remaining == [3, 2, 1, 0, 0, 0, 0, 0]
-        for _, body, headers in answers:
+        for _, _body, headers in answers:
             assert headers["X-RateLimit-Limit"] == "5"
             assert headers["X-RateLimit-Reset"] == str(math.ceil(start + WINDOW))
         limited = answers[4:]
         for _, body, _ in limited:
             assert body["error"]["code"] == "rate_limit_exceeded"
         retry_after = [h.get("Retry-After") for _, _, h in limited]
-        assert retry_after[0] is not None and retry_after[1] is None, "sometimes present"
-        assert retry_after[2] is not None and retry_after[3] is None
+        assert retry_after[0] is not None, "Retry-After is sometimes present..."
+        assert retry_after[1] is None, "... and sometimes not"
+        assert retry_after[2] is not None
+        assert retry_after[3] is None
         assert 1 <= int(retry_after[0]) <= math.ceil(WINDOW)
         # The next window starts afresh.
         await _next_window()
         status, _, headers = await dext.get("/clients")
-        assert status == 200 and headers["X-RateLimit-Remaining"] == "4"
+        assert status == 200
+        assert headers["X-RateLimit-Remaining"] == "4"
     summary = await box.requests_summary()
     stats = summary["tokens"]["tok_1"]
-    assert stats["total"] == 10 and stats["rate_limited"] == 4
+    assert stats["total"] == 10
+    assert stats["rate_limited"] == 4
     assert stats["max_in_window"] == 9
     assert [w["count"] for w in stats["windows"]] == [9, 1]
     assert stats["windows"][0]["start"] == start
@@ -157,7 +161,12 @@ async def test_request_log_never_holds_tokens(sandbox: SandboxHandle) -> None:
         async with http.get(f"{sandbox.url}/_sandbox/requests?since=1") as resp:
             body = await resp.json()
             text = await resp.text()
-    assert sandbox.token not in text and (dext.session or "") not in text
+    assert sandbox.token not in text
+    assert (dext.session or "") not in text
     [entry] = body["data"]
-    assert entry["n"] == 2 and entry["path"] == "/clients" and entry["query"] == "page=1"
-    assert entry["token_id"] == "tok_1" and entry["status"] == 200 and entry["window_count"] == 2
+    assert entry["n"] == 2
+    assert entry["path"] == "/clients"
+    assert entry["query"] == "page=1"
+    assert entry["token_id"] == "tok_1"
+    assert entry["status"] == 200
+    assert entry["window_count"] == 2

@@ -42,14 +42,17 @@ async def test_clients_have_the_contract_fields_and_bands(dext: Dext) -> None:
     body = await dext.ok("/clients")
     assert body["pagination"] == {"page": 1, "per_page": 25, "total": 3, "total_pages": 1}
     for client in body["data"]:
-        assert isinstance(client["health_score"], int) and 0 <= client["health_score"] <= 100
+        assert isinstance(client["health_score"], int)
+        assert 0 <= client["health_score"] <= 100
         score = client["health_score"]
         band = "none" if score >= 71 else "medium" if score >= 36 else "high"
         assert client["alert_level"] == band
         assert isinstance(client["bank_reconciliation_gap"], int)
         assert isinstance(client["debtor_days"], int | float)
         assert TIME.match(client["last_sync_at"])
-        assert client["name"] and client["practice_code"] and client["organisation_type"]
+        assert client["name"]
+        assert client["practice_code"]
+        assert client["organisation_type"]
 
 
 async def test_connections_is_one_object_per_client(dext: Dext) -> None:
@@ -236,7 +239,8 @@ async def test_pagination_shape_and_past_the_end(dext: Dext) -> None:
     last = await dext.ok("/documents", client_id=client_id, per_page=7, page=9)
     assert len(last["data"]) == 4
     beyond = await dext.ok("/documents", client_id=client_id, per_page=7, page=10)
-    assert beyond["data"] == [] and beyond["pagination"]["total"] == 60
+    assert beyond["data"] == []
+    assert beyond["pagination"]["total"] == 60
 
 
 async def test_pages_shift_when_items_arrive_between_requests(
@@ -258,7 +262,8 @@ async def test_pages_shift_when_items_arrive_between_requests(
     # Deleting an item of page 2 pulls page 3 up by one: its old first item is missed.
     assert [d["id"] for d in page3["data"]] == order[21:31]
     seen = {d["id"] for d in page1["data"] + page2["data"] + page3["data"]}
-    assert order[20] not in seen and order[20] != deleted
+    assert order[20] not in seen
+    assert order[20] != deleted
 
 
 async def test_forbidden_client(dext: Dext, sandbox: SandboxHandle) -> None:
@@ -297,16 +302,21 @@ async def test_create_document_and_idempotency_key(dext: Dext, sandbox: SandboxH
     client_id = (await _client_ids(dext))[0]
     status, first = await _create(dext, client_id, CAPTURE, key="k-1")
     assert status == 201
-    assert first["status"] == "processing" and first["source"] == "api"
-    assert first["supplier_name"] == "Café Nero" and first["workspace"] == "costs"
+    assert first["status"] == "processing"
+    assert first["source"] == "api"
+    assert first["supplier_name"] == "Café Nero"
+    assert first["workspace"] == "costs"
     status, again = await _create(dext, client_id, CAPTURE, key="k-1")
     assert (status, again) == (201, first)
     status, other = await _create(dext, client_id, CAPTURE, key="k-2")
-    assert status == 201 and other["id"] != first["id"]
+    assert status == 201
+    assert other["id"] != first["id"]
     status, plain = await _create(dext, client_id, CAPTURE)
-    assert status == 201 and plain["id"] not in (first["id"], other["id"])
+    assert status == 201
+    assert plain["id"] not in (first["id"], other["id"])
     docs = await dext.all_pages("/documents", per_page=100, client_id=client_id)
-    assert len(docs) == 63 and docs[0]["id"] in {first["id"], other["id"], plain["id"]}
+    assert len(docs) == 63
+    assert docs[0]["id"] in {first["id"], other["id"], plain["id"]}
     created = [c for c in await sandbox.changes() if c["kind"] == "created"]
     assert {c["object_id"] for c in created} == {first["id"], other["id"], plain["id"]}
 

@@ -1,4 +1,4 @@
-"""The simulation: every kind of change happens, and the change log is exactly what the API shows."""
+"""The simulation: every kind of change happens, and the log is exactly what the API shows."""
 
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ async def test_change_rate_zero_runs_only_follow_ups(sandbox_factory: SandboxFac
         result = await box.advance(2 * 86400)
         finished = await dext.ok(f"/costs/{created['id']}")
     mine = [c for c in result["changes"] if c["object_id"] == created["id"]]
-    assert len(mine) == 1 and mine[0]["changes"]["status"] == ["processing", finished["status"]]
+    assert len(mine) == 1
+    assert mine[0]["changes"]["status"] == ["processing", finished["status"]]
     assert finished["status"] in ("review", "ready")
     assert mine[0]["object"] == finished
     others = [c for c in result["changes"] if c["object_id"] != created["id"]]
