@@ -269,17 +269,33 @@ class WindowBudget:
 
 
 def after_run(
-    task: Task, now: float, policy: Policy, *, changed: int, cost: int, finished: bool = True
+    task: Task,
+    now: float,
+    policy: Policy,
+    *,
+    changed: int,
+    cost: int,
+    finished: bool = True,
+    cursor: dict[str, Any] | None = None,
 ) -> Task:
     """The task's schedule after a run that found `changed` objects and spent `cost` requests.
 
     `finished` is False for a sliced run (sweep, baseline) with pages still to go: it stays due
-    (at its normal weight) and keeps its cursor.
+    (at its normal weight) and keeps its cursor. `cursor` is what the task keeps for its next
+    run (where a sliced scan is; what a head poll last saw); a finished run without one starts
+    afresh.
     """
     p = policy.kinds[task.kind]
     est = cost if task.runs == 0 else 0.5 * task.est_cost + 0.5 * cost
     if not finished:
-        return replace(task, est_cost=max(est, 1.0), last_run_at=now, runs=task.runs + 1)
+        return replace(
+            task,
+            est_cost=max(est, 1.0),
+            last_run_at=now,
+            runs=task.runs + 1,
+            changes=task.changes + changed,
+            cursor=task.cursor if cursor is None else cursor,
+        )
     if changed:
         interval = max(p.min_interval, task.interval * policy.speedup)
     else:
@@ -294,7 +310,7 @@ def after_run(
         last_run_at=now,
         baselined=True,
         forced=False,
-        cursor={},
+        cursor=cursor or {},
         runs=task.runs + 1,
         changes=task.changes + changed,
     )
@@ -344,11 +360,14 @@ async def ensure_tasks(
     client_ids: Iterable[str],
     now: float,
     policy: Policy,
+    *,
+    prune: bool = True,
 ) -> None:
     """Create the tasks an account needs (the /clients task plus every kind per client).
 
-    Set-based and idempotent: existing tasks keep their schedule. Tasks of clients that are
-    no longer listed are removed (their snapshots stay).
+    Set-based and idempotent: existing tasks keep their schedule. With `prune` (pass it only
+    for a complete client list), tasks of clients no longer listed are removed (their
+    snapshots stay).
     """
     clients = sorted(set(client_ids))
     keys: list[tuple[str, str]] = [(ACCOUNT_LEVEL, TaskKind.CLIENTS.value)]
@@ -365,6 +384,8 @@ async def ensure_tasks(
         _ts(now),
         [t.est_cost for t in fresh],
     )
+    if not prune:
+        return
     await conn.execute(
         "DELETE FROM poll_tasks WHERE account_id = $1 AND client_id <> '' "
         "AND NOT (client_id = ANY($2::text[]))",
@@ -422,11 +443,14 @@ async def next_due_at(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) 
 
 
 async def all_baselined(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> bool:
-    """True once every task of the account has completed a first run (its baseline)."""
+    """True once every object set of the account has its baseline: the client list, each
+    client's documents (its baseline scan), suppliers, expense reports and connections.
+    (head, hot and sweep only ever run after their client's baseline.)"""
     value = await conn.fetchval(
         "SELECT count(*) > 0 AND bool_and(baselined_at IS NOT NULL) FROM poll_tasks "
-        "WHERE account_id = $1",
+        "WHERE account_id = $1 AND NOT (kind = ANY($2::text[]))",
         account_id,
+        [k.value for k in DOCUMENT_KINDS],
     )
     return bool(value)
 
@@ -476,4 +500,78 @@ async def release_lease(
         "WHERE account_id = $1 AND lease_holder = $2",
         account_id,
         holder,
+    )
+
+
+# Planner inputs read from the snapshots table, which relay.snapshots owns and does not offer
+# these reads for yet (what is stored per status; the workspace of deletion candidates).
+# Read-only; they belong in relay.snapshots once it grows them.
+
+
+async def stored_by_status(
+    pool: asyncpg.Pool, account_id: str, cid: str, statuses: Sequence[str]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """Stored live documents of a client in these statuses: (id, workspace, created_at)."""
+    rows = await pool.fetch(
+        "SELECT object_id, data->>'status' AS status, data->>'workspace' AS workspace, "
+        "data->>'created_at' AS created_at FROM snapshots WHERE account_id = $1 "
+        "AND object_type = 'document' AND client_id = $2 AND deleted_at IS NULL "
+        "AND data->>'status' = ANY($3::text[])",
+        account_id,
+        cid,
+        list(statuses),
+    )
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for row in rows:
+        out.setdefault(row["status"], []).append(
+            (row["object_id"], row["workspace"] or "costs", row["created_at"] or "")
+        )
+    return out
+
+
+async def stored_workspaces(
+    pool: asyncpg.Pool, account_id: str, cid: str, ids: Sequence[str]
+) -> dict[str, str]:
+    """The workspace (costs|sales) of stored documents, to know which detail URL to ask."""
+    rows = await pool.fetch(
+        "SELECT object_id, data->>'workspace' AS workspace FROM snapshots WHERE account_id = $1 "
+        "AND object_type = 'document' AND client_id = $2 AND object_id = ANY($3::text[])",
+        account_id,
+        cid,
+        list(ids),
+    )
+    return {row["object_id"]: row["workspace"] or "costs" for row in rows}
+
+
+async def head_floor(pool: asyncpg.Pool, account_id: str, cid: str) -> str | None:
+    """The created_at of the oldest item the client's last head poll saw on page 1."""
+    value = await pool.fetchval(
+        "SELECT cursor->>'floor' FROM poll_tasks WHERE account_id = $1 AND client_id = $2 "
+        "AND kind = 'head'",
+        account_id,
+        cid,
+    )
+    return None if value is None else str(value)
+
+
+async def hurry_sweep(pool: asyncpg.Pool, account_id: str, cid: str) -> None:
+    """Something seems deleted: bring the client's sweep forward (deletions need one)."""
+    if cid == ACCOUNT_LEVEL:
+        return
+    await pool.execute(
+        "UPDATE poll_tasks SET due_at = least(due_at, now()) WHERE account_id = $1 "
+        "AND client_id = $2 AND kind = 'sweep'",
+        account_id,
+        cid,
+    )
+
+
+async def defer_sweep(pool: asyncpg.Pool, account_id: str, cid: str, now: float) -> None:
+    """A complete scan just ran (the baseline): the client's next sweep is an interval away."""
+    await pool.execute(
+        "UPDATE poll_tasks SET due_at = $3::timestamptz + make_interval(secs => interval_s) "
+        "WHERE account_id = $1 AND client_id = $2 AND kind = 'sweep' AND NOT forced",
+        account_id,
+        cid,
+        _ts(now),
     )

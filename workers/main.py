@@ -17,6 +17,8 @@ from workers.delivery import (
     sweep_deliveries,
     wake_dispatcher,
 )
+from workers.polling import cron_jobs as polling_cron_jobs
+from workers.polling import functions as polling_functions
 
 log = structlog.get_logger("workers.main")
 
@@ -41,12 +43,12 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 def worker_functions() -> list[Any]:
     """Every job this worker runs; each takes ids, loads state from Postgres, calls `relay`."""
-    return [wake_dispatcher, sweep_deliveries]
+    return [wake_dispatcher, sweep_deliveries, *polling_functions()]
 
 
 def cron_jobs() -> list[Any]:
     """Periodic jobs (arq runs each once across all workers per tick)."""
-    return [*delivery_cron_jobs()]
+    return [*delivery_cron_jobs(), *polling_cron_jobs()]
 
 
 def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:

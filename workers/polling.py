@@ -1,0 +1,100 @@
+"""arq jobs for polling: one job per account (under its Postgres lease) and the seeding cron.
+
+`schedule_polls` runs every few seconds on one worker (arq cron, unique per tick). It reads
+Postgres, the source of truth, and enqueues `poll_account` for every pollable account with
+work due, under the deterministic job id `relay:poll:<account id>`: re-enqueueing is harmless
+while a job is queued or running, and after a Redis FLUSHDB the next tick seeds everything
+again. `poll_account` keeps no result (`keep_result=0`) so its id is free once it ends; the
+lease in `poll_state` keeps two workers off one account even if Redis forgets the job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from arq import cron, func
+from arq.connections import ArqRedis
+
+from relay import accounts
+from relay.http import create_client_session
+from relay.poller import Poller
+from relay.scheduling import Policy
+from relay.settings import Settings
+from relay.vault import Vault
+
+log = structlog.get_logger("workers.polling")
+
+JOB_PREFIX = "relay:poll:"
+# Accounts whose next task is due within this many seconds are enqueued now.
+LOOKAHEAD = 5.0
+
+
+def _policy(ctx: dict[str, Any]) -> Policy:
+    # Tests and benchmarks put a time-compressed policy in the worker's ctx.
+    policy = ctx.get("poll_policy")
+    return policy if isinstance(policy, Policy) else Policy()
+
+
+async def poll_account(ctx: dict[str, Any], account_id: str) -> str:
+    """Poll one account for a while (see `relay.poller`); returns the run's outcome."""
+    settings: Settings = ctx["settings"]
+    policy = _policy(ctx)
+    async with create_client_session() as http:
+        poller = Poller(
+            pool=ctx["pool"],
+            redis=ctx["redis_client"],
+            http=http,
+            vault=Vault(settings.secret_keys),
+            policy=policy,
+        )
+        report = await poller.run_account(account_id)
+    return report.outcome
+
+
+async def schedule_polls(ctx: dict[str, Any]) -> int:
+    """Enqueue a poll job for every pollable account with work due; returns how many."""
+    policy = _policy(ctx)
+    pool = ctx["pool"]
+    redis: ArqRedis = ctx["redis"]
+    pollable = await accounts.list_pollable_accounts(pool)
+    if not pollable:
+        return 0
+    due = await pool.fetch(
+        "SELECT a.id FROM unnest($1::text[]) AS a(id) WHERE NOT EXISTS ("
+        " SELECT 1 FROM poll_tasks t WHERE t.account_id = a.id)"
+        " OR EXISTS (SELECT 1 FROM poll_tasks t WHERE t.account_id = a.id AND (t.forced"
+        "  OR (t.due_at <= now() + make_interval(secs => $2)"
+        "      AND NOT (t.kind = 'baseline' AND t.baselined_at IS NOT NULL))))",
+        [a.id for a in pollable],
+        LOOKAHEAD * min(1.0, policy.window_seconds / 60.0),
+    )
+    wanted = {row["id"] for row in due}
+    # A poll request or a broken account's retry must not wait for a task to fall due.
+    wanted |= {a.id for a in pollable if a.poll_requested_at is not None or a.status == "broken"}
+    enqueued = 0
+    for account_id in sorted(wanted):
+        job = await redis.enqueue_job("poll_account", account_id, _job_id=JOB_PREFIX + account_id)
+        enqueued += job is not None
+    if enqueued:
+        log.info("polls_enqueued", accounts=enqueued)
+    return enqueued
+
+
+def functions(policy: Policy | None = None) -> list[Any]:
+    """The polling jobs for `worker_functions()`."""
+    run = (policy or Policy()).run_seconds
+    return [func(poll_account, name="poll_account", timeout=run + 180, keep_result=0, max_tries=1)]
+
+
+def cron_jobs() -> list[Any]:
+    """The seeding cron: every 2 seconds, and at worker startup."""
+    return [
+        cron(
+            schedule_polls,
+            name="schedule_polls",
+            second=set(range(0, 60, 2)),
+            run_at_startup=True,
+            timeout=30,
+        )
+    ]
