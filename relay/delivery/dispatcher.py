@@ -137,7 +137,8 @@ class Dispatcher:
         self._capacity = max(1, settings.delivery_concurrency)
         self._endpoint_cap = max(1, min(settings.delivery_endpoint_concurrency, self._capacity))
         self._batch = max(1, settings.delivery_batch_size)
-        self._lease = max(settings.delivery_lease, settings.delivery_timeout + 5.0)
+        # A claim must outlive the request it covers (bounded by the timeout) plus recording.
+        self._lease = max(settings.delivery_lease, settings.delivery_timeout + 1.0)
         self._check_host = not settings.allow_private_targets
         # Claim again once this many sends finished, so one completion is not one query.
         self._claim_threshold = max(1, self._endpoint_cap // 4)
