@@ -1,4 +1,10 @@
-"""The Dext contract's endpoints (dext-api.md), served from the simulated practice."""
+"""The Dext contract's endpoints (dext-api.md), served from the simulated practice.
+
+Choices where the contract leaves room: `per_page` over the maximum (100; 50 for /costs and
+/sales) is a 400 validation_error rather than clamped, so a client learns the limit instead of
+silently getting fewer items; a page past the end is an empty `data` with the true totals;
+unknown query parameters are ignored; every list object carries `created_at` (its sort key).
+"""
 
 from __future__ import annotations
 

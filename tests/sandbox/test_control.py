@@ -7,7 +7,6 @@ import contextlib
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,14 +14,6 @@ import pytest
 
 from tests.plugins.sandbox import SandboxHandle
 from tests.sandbox.helpers import Dext
-
-
-@pytest.fixture
-async def dext(sandbox: SandboxHandle) -> AsyncIterator[Dext]:
-    async with aiohttp.ClientSession() as http:
-        client = Dext(http, sandbox.url, sandbox.token)
-        await client.login()
-        yield client
 
 
 async def _first_cost(dext: Dext) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -24,14 +23,6 @@ FULL_EXTRA = {
 }  # fmt: skip
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 MONEY = re.compile(r"^-?\d+\.\d{2}$")
-
-
-@pytest.fixture
-async def dext(sandbox: SandboxHandle) -> AsyncIterator[Dext]:
-    async with aiohttp.ClientSession() as http:
-        client = Dext(http, sandbox.url, sandbox.token)
-        await client.login()
-        yield client
 
 
 async def _client_ids(dext: Dext) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -13,14 +12,6 @@ import pytest
 
 from tests.plugins.sandbox import SandboxFactory, SandboxHandle
 from tests.sandbox.helpers import Dext
-
-
-@pytest.fixture
-async def dext(sandbox: SandboxHandle) -> AsyncIterator[Dext]:
-    async with aiohttp.ClientSession() as http:
-        client = Dext(http, sandbox.url, sandbox.token)
-        await client.login()
-        yield client
 
 
 async def _raw(dext: Dext, path: str) -> tuple[int, str, str, dict[str, str]]:

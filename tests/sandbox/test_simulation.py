@@ -53,14 +53,14 @@ def _links(changes: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]
 async def test_simulation_makes_every_kind_of_change_exactly_as_logged(
     sandbox_factory: SandboxFactory,
 ) -> None:
-    # Lively enough that two simulated weeks show every kind of change on a small practice.
+    # Lively enough that a simulated week shows every kind of change on a small practice.
     box = await sandbox_factory(clients=4, items=40, change_rate=3.0)
     async with aiohttp.ClientSession() as http:
         dext = Dext(http, box.url, box.token)
         await dext.login()
         before = await dext.snapshot()
         await box.simulate(paused=False)
-        result = await box.advance(14 * 86400)
+        result = await box.advance(7 * 86400)
         changes = result["changes"]
         after = await dext.snapshot()
     assert changes == await box.changes(), "advance returns exactly the changes it logged"
