@@ -6,9 +6,10 @@ process that uses one token calls the same atomic Lua scripts on one Redis hash 
 the processes together never take more grants per window than the budget:
 
 - `budget = limit - margin`, where `limit` is the server's `X-RateLimit-Limit` once seen.
-- No grant in the last `guard` seconds of a window: a request granted just before the boundary
-  could reach the server just after it and be counted in the next window, whose whole budget
-  we are about to hand out again.
+- No grant within `guard` seconds of either end of a window: a request granted just before the
+  boundary could reach the server just after it (latency) and one granted just after it could
+  reach a server whose clock is a little behind ours (skew); either would be counted in a window
+  whose whole budget we hand out anyway.
 - Grants are spread: a burst of `burst` at the window start, then evenly paced so the last one
   falls before the guard. A caller that arrives late catches up at once, so pacing never costs
   throughput, it only avoids hammering the upstream at the top of each window.
@@ -52,18 +53,20 @@ _ACQUIRE = """
 local now = tonumber(ARGV[1])
 local start = tonumber(ARGV[2])
 local width = tonumber(ARGV[3])
-local finish = start + width
+local guard = tonumber(ARGV[6])
+local first = start + guard
+local last = start + width - guard
 local block = tonumber(redis.call('HGET', KEYS[1], 'block_until') or '0')
 if block > now then return {0, tostring(block - now)} end
 local limit = tonumber(redis.call('HGET', KEYS[1], 'limit') or ARGV[4])
 local budget = limit - tonumber(ARGV[5])
-local guard = tonumber(ARGV[6])
 local counts = redis.call('HMGET', KEYS[2], 'granted', 'others')
 local used = tonumber(counts[1] or '0') + tonumber(counts[2] or '0')
-if used >= budget or now >= finish - guard then return {0, tostring(finish - now)} end
+if used >= budget or now >= last then return {0, tostring(last + 2 * guard - now)} end
+if now < first then return {0, tostring(first - now)} end
 local burst = tonumber(ARGV[7])
 if used >= burst then
-  local slot = start + (used - burst + 1) * (width - guard) / (budget - burst + 1)
+  local slot = first + (used - burst + 1) * (last - first) / (budget - burst + 1)
   if slot > now then return {0, tostring(slot - now)} end
 end
 redis.call('HINCRBY', KEYS[2], 'granted', 1)
@@ -191,6 +194,8 @@ class RateLimiter:
         self.margin = margin
         # A second for the real minute; proportionally less for time-compressed sandbox windows.
         self.guard = min(1.0, 0.05 * self.window_seconds) if guard is None else guard
+        if not 0 <= self.guard < self.window_seconds / 4:
+            raise ValueError("guard must be under a quarter of the window")
         self.burst = max(1, math.ceil((limit - margin) / 6)) if burst is None else burst
         self._clock = clock
         self._redis = redis

@@ -70,9 +70,13 @@ import asyncio, sys, time
 import redis.asyncio as aioredis
 from relay.ratelimit import RateLimiter
 
-async def main(url, token, start, stop, limit, width):
+async def main(url, token, limit, width, windows):
     client = aioredis.from_url(url)
     limiter = RateLimiter(client, token, limit=limit, window_seconds=width)
+    await client.ping()
+    print("ready", flush=True)
+    start = float(await asyncio.to_thread(sys.stdin.readline))
+    stop = start + windows * width
     await asyncio.sleep(max(start - time.time(), 0))
     async def worker():
         while True:
@@ -84,8 +88,8 @@ async def main(url, token, start, stop, limit, width):
     await asyncio.gather(*(worker() for _ in range(5)))
     await client.aclose()
 
-url, token, start, stop, limit, width = sys.argv[1:]
-asyncio.run(main(url, token, float(start), float(stop), int(limit), float(width)))
+url, token, limit, width, windows = sys.argv[1:]
+asyncio.run(main(url, token, int(limit), float(width), int(windows)))
 """
 
 
@@ -93,17 +97,24 @@ async def test_several_processes_share_one_budget(
     settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     width, limit, processes = 1.0, 25, 4
-    # Give the interpreters time to start, then begin together on a window boundary.
-    start = math.ceil((time.time() + 2.0) / width) * width
-    stop = start + 3 * width
-    args = [settings.redis_url, TOKEN, repr(start), repr(stop), str(limit), repr(width)]
+    args = [settings.redis_url, TOKEN, str(limit), repr(width), "3"]
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PROCESS_SCRIPT, *args, stdout=subprocess.PIPE
+            sys.executable,
+            "-c",
+            PROCESS_SCRIPT,
+            *args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         for _ in range(processes)
     ]
-    outputs = await asyncio.gather(*(p.communicate() for p in procs))
+    # Interpreters start slowly on a busy machine: begin together, on a boundary, once ready.
+    for proc in procs:
+        assert proc.stdout is not None
+        assert await proc.stdout.readline() == b"ready\n"
+    start = math.ceil((time.time() + 0.2) / width) * width
+    outputs = await asyncio.gather(*(p.communicate(f"{start!r}\n".encode()) for p in procs))
     assert [p.returncode for p in procs] == [0] * processes
     per_process = [[float(line) for line in out.split()] for out, _ in outputs]
     counts = per_window([t for times in per_process for t in times], width)
@@ -116,29 +127,33 @@ async def test_several_processes_share_one_budget(
 async def test_grants_are_spread_after_a_burst_and_stop_before_the_boundary(
     redis_client: aioredis.Redis,
 ) -> None:
-    clock = Clock(6000.0)  # a window start (width 60)
+    clock = Clock(6001.0)  # a window start (width 60) plus the guard
     limiter = RateLimiter(redis_client, TOKEN, limit=60, clock=clock)
     assert limiter.burst == 10
     assert limiter.guard == 1.0
     assert await take_all(limiter) == 10
     wait = (await limiter.try_acquire()).wait
-    assert 0 < wait <= 59 / 51 + 1e-9
+    assert wait == pytest.approx(58 / 51)
     clock.now += 30.0  # half way: the pacing has released about half of the rest
-    assert await take_all(limiter) == 25
+    assert await take_all(limiter) == 26
     clock.now = 6000.0 + 58.9  # the last slots fall before the guard
-    assert await take_all(limiter) == 25
+    assert await take_all(limiter) == 24
     grant = await limiter.try_acquire()
     assert not grant.granted
-    assert grant.wait == pytest.approx(1.1)
+    assert grant.wait == pytest.approx(2.1)  # the next window's first grant, after its guard
 
 
-async def test_no_grant_in_the_guard_before_a_window_ends(redis_client: aioredis.Redis) -> None:
+async def test_no_grant_within_the_guard_of_a_boundary(redis_client: aioredis.Redis) -> None:
     clock = Clock(6059.5)
     limiter = RateLimiter(redis_client, TOKEN, limit=60, clock=clock)
     grant = await limiter.try_acquire()
     assert not grant.granted
-    assert grant.wait == pytest.approx(0.5)
-    clock.now = 6060.0
+    assert grant.wait == pytest.approx(1.5)
+    clock.now = 6060.2
+    grant = await limiter.try_acquire()
+    assert not grant.granted
+    assert grant.wait == pytest.approx(0.8)
+    clock.now = 6061.0
     assert (await limiter.try_acquire()).granted
 
 
@@ -193,7 +208,7 @@ async def test_429_with_retry_after_blocks_every_process(redis_client: aioredis.
     assert state.remaining == 0
     assert state.throttled_last_hour == 1
     assert state.reset_at.timestamp() == 6060
-    clock.now = 6060.0
+    clock.now = 6061.0
     assert (await second.try_acquire()).granted
 
 
