@@ -7,12 +7,13 @@ and changed ids; only those objects' data travels to the server. The changed row
 and their events stored in the same transaction (the outbox), so an event exists exactly when
 its snapshot change does.
 
-Concurrency: new objects are inserted with `ON CONFLICT DO NOTHING` (a concurrent insert of the
-same object waits for the other transaction and then conflicts), existing ones are locked with
-`SELECT ... FOR UPDATE` in key order before their old version is read, and the update applies
-only `WHERE hash IS DISTINCT FROM` the new one. Under READ COMMITTED a second transaction
-diffing the same page therefore sees the first one's committed rows and writes (and emits)
-nothing; the `previous` values it reports are always those of the row it replaced.
+Concurrency: the existing rows among the new-or-changed ones are locked with `SELECT ... FOR
+UPDATE` (in key order) before their old version is read; new objects are inserted with `ON
+CONFLICT DO NOTHING` (a concurrent insert of the same object makes this one wait, then skip
+it, and the row is then locked and read like the others); the update applies only `WHERE hash
+IS DISTINCT FROM` the new one. Under READ COMMITTED a second transaction diffing the same page
+therefore sees the first one's committed rows and writes (and emits) nothing, and the
+`previous` values of an event are always those of the row it replaced.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -76,8 +77,7 @@ CREATE TEMP TABLE IF NOT EXISTS relay_diff_keys (
     n integer, client_id text, object_id text, hash bytea, summary_hash bytea
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS relay_diff_rows (
-    n integer, client_id text, object_id text, hash bytea, summary_hash bytea, data jsonb,
-    created boolean NOT NULL DEFAULT false
+    n integer, client_id text, object_id text, hash bytea, summary_hash bytea, data jsonb
 ) ON COMMIT DELETE ROWS;
 DELETE FROM relay_diff_keys;
 DELETE FROM relay_diff_rows;
@@ -91,43 +91,41 @@ WHERE NOT EXISTS (
       AND s.object_id = k.object_id AND s.hash = k.hash AND s.deleted_at IS NULL)
 """
 
-_INSERT_NEW = """
-WITH inserted AS (
-    INSERT INTO snapshots AS s (account_id, object_type, client_id, object_id, data, hash,
-                                summary_hash)
-    SELECT $1, $2, r.client_id, r.object_id, r.data, r.hash, r.summary_hash
-    FROM relay_diff_rows r
-    WHERE NOT EXISTS (
-        SELECT 1 FROM snapshots o
-        WHERE o.account_id = $1 AND o.object_type = $2 AND o.client_id = r.client_id
-          AND o.object_id = r.object_id)
-    ORDER BY r.client_id, r.object_id
-    ON CONFLICT DO NOTHING
-    RETURNING s.client_id, s.object_id
-)
-UPDATE relay_diff_rows r SET created = true
-FROM inserted i WHERE r.client_id = i.client_id AND r.object_id = i.object_id
-RETURNING r.n
-"""
-
-# Key order, so two diffs of overlapping pages lock in the same order and cannot deadlock.
+# Key order, so two diffs of overlapping pages lock in the same order. `$3` narrows the lock to
+# some rows (those another transaction inserted while this one looked); NULL locks them all.
 _LOCK_EXISTING = """
 SELECT r.n, s.data, s.deleted_at IS NOT NULL AS was_deleted
 FROM relay_diff_rows r
 JOIN snapshots s ON s.account_id = $1 AND s.object_type = $2 AND s.client_id = r.client_id
                 AND s.object_id = r.object_id
-WHERE NOT r.created
+WHERE $3::integer[] IS NULL OR r.n = ANY ($3::integer[])
 ORDER BY s.client_id, s.object_id
 FOR UPDATE OF s
 """
 
+# A concurrent insert of the same object makes this one wait for it, then skip it.
+_INSERT_NEW = """
+INSERT INTO snapshots AS s (account_id, object_type, client_id, object_id, data, hash,
+                            summary_hash)
+SELECT $1, $2, r.client_id, r.object_id, r.data, r.hash, r.summary_hash
+FROM relay_diff_rows r
+WHERE NOT EXISTS (
+    SELECT 1 FROM snapshots o
+    WHERE o.account_id = $1 AND o.object_type = $2 AND o.client_id = r.client_id
+      AND o.object_id = r.object_id)
+ORDER BY r.client_id, r.object_id
+ON CONFLICT DO NOTHING
+RETURNING s.client_id, s.object_id
+"""
+
+# Rows this transaction just inserted carry the new hash already and are left alone.
 _UPDATE_CHANGED = """
 UPDATE snapshots s
 SET data = r.data, hash = r.hash, summary_hash = r.summary_hash, last_seen_at = now(),
     deleted_at = NULL
 FROM relay_diff_rows r
 WHERE s.account_id = $1 AND s.object_type = $2 AND s.client_id = r.client_id
-  AND s.object_id = r.object_id AND NOT r.created
+  AND s.object_id = r.object_id
   AND (s.hash IS DISTINCT FROM r.hash OR s.deleted_at IS NOT NULL)
 RETURNING r.n
 """
@@ -183,51 +181,52 @@ class DiffResult:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass
-class _Incoming:
+class _Incoming(NamedTuple):
     client_id: str
     object_id: str
     hash: bytes
-    summary_hash: bytes | None
     data: Mapping[str, Any]
 
 
 def _object_id(raw: Any, what: str) -> str:
-    if isinstance(raw, bool) or not isinstance(raw, str | int) or raw == "":
-        raise InvalidInput(f"{what} has no usable id: {raw!r}", field="id")
-    return str(raw)
+    if isinstance(raw, str) and raw:
+        return raw
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    raise InvalidInput(f"{what} has no usable id: {raw!r}", field="id")
 
 
 def _prepare(
     object_type: str, objects: Iterable[Mapping[str, Any]], client_id: str | None
 ) -> list[_Incoming]:
     """Validate and hash the incoming objects; a later duplicate of an id replaces an earlier
-    one (a shifted page can show an item twice)."""
+    one (a shifted page can show an item twice). This loop is the diff's only per-object
+    Python work, so it stays lean: everything else happens in set-based SQL."""
     if object_type not in OBJECT_TYPES:
         raise InvalidInput(f"unknown object type {object_type!r}", field="object_type")
     if object_type != "client" and not client_id:
         raise InvalidInput(f"a {object_type} diff needs the client_id", field="client_id")
+    what = f"a {object_type}"
     by_key: dict[tuple[str, str], _Incoming] = {}
     for obj in objects:
         if not isinstance(obj, Mapping):
-            raise InvalidInput(f"a {object_type} must be a JSON object", field="objects")
-        if object_type == "connection":
-            oid = str(client_id)  # one connection object per client, named by it
-        else:
-            oid = _object_id(obj.get("id"), f"a {object_type}")
+            raise InvalidInput(f"{what} must be a JSON object", field="objects")
+        # One connection object per client, named by it.
+        oid = str(client_id) if object_type == "connection" else _object_id(obj.get("id"), what)
         cid = oid if object_type == "client" else str(client_id)
-        by_key[(cid, oid)] = _Incoming(
-            client_id=cid,
-            object_id=oid,
-            hash=content_hash(object_type, obj),
-            summary_hash=summary_hash(obj) if object_type == "document" else None,
-            data=obj,
-        )
+        by_key[(cid, oid)] = _Incoming(cid, oid, content_hash(object_type, obj), obj)
     return list(by_key.values())
 
 
 async def _temp_tables(conn: asyncpg.Connection) -> None:
     await conn.execute(_TEMP_TABLES)
+
+
+async def _lock_existing(
+    conn: asyncpg.Connection, account_id: str, object_type: str, only: list[int] | None
+) -> dict[int, tuple[Any, bool]]:
+    rows = await conn.fetch(_LOCK_EXISTING, account_id, object_type, only)
+    return {row["n"]: (row["data"], row["was_deleted"]) for row in rows}
 
 
 async def diff_objects(
@@ -262,36 +261,42 @@ async def diff_objects(
         await _temp_tables(conn)
         await conn.copy_records_to_table(
             "relay_diff_keys",
-            records=[
-                (n, row.client_id, row.object_id, row.hash, row.summary_hash)
-                for n, row in enumerate(incoming)
-            ],
-            columns=("n", "client_id", "object_id", "hash", "summary_hash"),
+            records=[(n, row.client_id, row.object_id, row.hash) for n, row in enumerate(incoming)],
+            columns=("n", "client_id", "object_id", "hash"),
         )
         candidates = await conn.fetch(_FIND_CANDIDATES, account_id, object_type)
         if not candidates:
             return result
-        # Only new and changed objects travel as documents; the rest stayed hashes.
+        # Only new and changed objects travel as documents (the rest stayed hashes), and only
+        # they need the summary hash that is stored with them.
+        documents = object_type == "document"
+        wanted = [row["n"] for row in candidates]
         await conn.copy_records_to_table(
             "relay_diff_rows",
             records=[
                 (
-                    row["n"],
-                    incoming[row["n"]].client_id,
-                    incoming[row["n"]].object_id,
-                    incoming[row["n"]].hash,
-                    incoming[row["n"]].summary_hash,
-                    incoming[row["n"]].data,
+                    n,
+                    incoming[n].client_id,
+                    incoming[n].object_id,
+                    incoming[n].hash,
+                    summary_hash(incoming[n].data) if documents else None,
+                    incoming[n].data,
                 )
-                for row in candidates
+                for n in wanted
             ],
             columns=("n", "client_id", "object_id", "hash", "summary_hash", "data"),
         )
-        created = {row["n"] for row in await conn.fetch(_INSERT_NEW, account_id, object_type)}
-        old = {
-            row["n"]: (row["data"], row["was_deleted"])
-            for row in await conn.fetch(_LOCK_EXISTING, account_id, object_type)
+        # Lock and read what exists, insert what does not, then lock and read what another
+        # transaction inserted in between: `old` is then exactly what the update replaces.
+        old = await _lock_existing(conn, account_id, object_type, None)
+        index = {(incoming[n].client_id, incoming[n].object_id): n for n in wanted}
+        created = {
+            index[(row["client_id"], row["object_id"])]
+            for row in await conn.fetch(_INSERT_NEW, account_id, object_type)
         }
+        raced = [n for n in wanted if n not in old and n not in created]
+        if raced:
+            old.update(await _lock_existing(conn, account_id, object_type, raced))
         updated = [row["n"] for row in await conn.fetch(_UPDATE_CHANGED, account_id, object_type)]
         bodies: list[dict[str, Any]] = []
         at = datetime.now(UTC)

@@ -531,9 +531,13 @@ async def test_concurrent_diffs_of_one_page_emit_once(pool: asyncpg.Pool, existi
     )
 
 
-async def test_concurrent_different_versions_report_the_replaced_one(pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("existing", [False, True], ids=["new object", "changed object"])
+async def test_concurrent_different_versions_report_the_replaced_one(
+    pool: asyncpg.Pool, existing: bool
+) -> None:
     account = await make_account(pool)
-    await diff(pool, account, "document", [cost("d1", status="processing")], emit=False)
+    if existing:
+        await diff(pool, account, "document", [cost("d1", status="processing")], emit=False)
     async with pool.acquire() as first, pool.acquire() as second:
         tx = first.transaction()
         await tx.start()
@@ -559,10 +563,15 @@ async def test_concurrent_different_versions_report_the_replaced_one(pool: async
         await tx.commit()
         await later
     transitions = [
-        (e["data"]["previous"]["status"], e["data"]["object"]["status"])
+        (e["type"], e["data"]["previous"].get("status"), e["data"]["object"]["status"])
         for e in await stored_events(pool)
     ]
-    assert transitions == [("processing", "review"), ("review", "ready")]
+    first_event = (
+        ("document.status_changed", "processing", "review")
+        if existing
+        else ("document.created", None, "review")
+    )
+    assert transitions == [first_event, ("document.status_changed", "review", "ready")]
 
 
 # ---- summaries: what needs a detail fetch -----------------------------------------------------
