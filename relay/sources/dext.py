@@ -31,11 +31,10 @@ import contextlib
 import random
 import time
 import uuid
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -53,13 +52,29 @@ from relay.errors import (
 )
 from relay.ratelimit import RateLimiter, RateLimitState
 from relay.sources import models
-from relay.sources.models import Check, JsonObject, Page
+from relay.sources.models import (
+    Check,
+    CountingMetrics,
+    ItemIterator,
+    JsonObject,
+    Page,
+    UpstreamMetrics,
+)
 
 log = structlog.get_logger("relay.sources.dext")
 
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 MAX_PER_PAGE = 100
 MAX_ITEMS_PER_PAGE = 50  # /costs and /sales: their objects are large
+# Each list endpoint: the check of its objects and its largest page.
+_LISTS: dict[str, tuple[Check, int]] = {
+    "/clients": (models.CLIENT, MAX_PER_PAGE),
+    "/documents": (models.DOCUMENT, MAX_PER_PAGE),
+    "/costs": (models.FULL_DOCUMENT, MAX_ITEMS_PER_PAGE),
+    "/sales": (models.FULL_DOCUMENT, MAX_ITEMS_PER_PAGE),
+    "/suppliers": (models.SUPPLIER, MAX_PER_PAGE),
+    "/expense_reports": (models.EXPENSE_REPORT, MAX_PER_PAGE),
+}
 
 
 class DocumentFilters(TypedDict, total=False):
@@ -73,89 +88,10 @@ class DocumentFilters(TypedDict, total=False):
     workspace: str  # costs | sales (only /documents)
 
 
-class UpstreamMetrics(Protocol):
-    """Where the connector reports what it did; the metrics module adapts this to Prometheus."""
-
-    def request_done(self, endpoint: str, status: int | None, seconds: float) -> None:
-        """One HTTP attempt finished; `status` None when no response came (timeout, drop)."""
-
-    def count(self, name: str) -> None:
-        """One of: retry, throttled, reauthenticated, auth_failed, protocol_error."""
-
-
-@dataclass
-class CountingMetrics:
-    """UpstreamMetrics that just counts, for tests and the benchmark."""
-
-    requests: Counter[tuple[str, int | None]] = field(default_factory=Counter)
-    events: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
-
-    def request_done(self, endpoint: str, status: int | None, seconds: float) -> None:
-        self.requests[(endpoint, status)] += 1
-        self.seconds += seconds
-
-    def count(self, name: str) -> None:
-        self.events[name] += 1
-
-
 @dataclass(frozen=True)
 class _Session:
     token: str = field(repr=False)
     refresh_at: float  # unix seconds: re-authenticate before using it after this
-
-
-class ItemIterator:
-    """Every item of every page of one list, fetched page by page as the caller iterates.
-
-    Pages are computed by the upstream at request time, so items created during the scan push
-    others onto the next page (seen twice: yielded once, counted in `duplicates`) and deleted
-    items pull others back (missed). `complete` is True only when the scan ran to its end,
-    every page reported the same total and exactly that many distinct items were seen: only
-    then may a caller treat an item it did not see as gone.
-    """
-
-    def __init__(self, fetch: Callable[[int], Awaitable[Page]]) -> None:
-        self._fetch = fetch
-        self._buffer: deque[JsonObject] = deque()
-        self._seen: set[str] = set()
-        self._next_page = 1
-        self.finished = False
-        self.pages = 0
-        self.duplicates = 0
-        self.totals: list[int] = []
-
-    def __aiter__(self) -> ItemIterator:
-        return self
-
-    async def __anext__(self) -> JsonObject:
-        while True:
-            while self._buffer:
-                item = self._buffer.popleft()
-                if item["id"] in self._seen:
-                    self.duplicates += 1
-                    continue
-                self._seen.add(item["id"])
-                return item
-            if self.finished:
-                raise StopAsyncIteration
-            page = await self._fetch(self._next_page)
-            self.pages += 1
-            self.totals.append(page.total)
-            self._buffer.extend(page.items)
-            self._next_page += 1
-            self.finished = not page.items or page.page >= page.total_pages
-
-    @property
-    def seen(self) -> int:
-        return len(self._seen)
-
-    @property
-    def complete(self) -> bool:
-        return self.finished and len(set(self.totals)) == 1 and len(self._seen) == self.totals[0]
-
-    async def collect(self) -> list[JsonObject]:
-        return [item async for item in self]
 
 
 class DextClient:
@@ -203,10 +139,11 @@ class DextClient:
     # -- practice level -----------------------------------------------------------------
 
     async def clients(self, *, page: int = 1, per_page: int = MAX_PER_PAGE) -> Page:
-        return await self._page("/clients", {}, models.CLIENT, page, per_page, MAX_PER_PAGE)
+        """One page of the practice's clients (health_score, alert_level ...)."""
+        return await self._page("/clients", {}, page, per_page)
 
     def iter_clients(self, *, per_page: int = MAX_PER_PAGE) -> ItemIterator:
-        return ItemIterator(lambda page: self.clients(page=page, per_page=per_page))
+        return self._iter("/clients", {}, per_page)
 
     async def connections(self, client_id: str) -> JsonObject:
         """The client's integrations: `main`, `additional`, default integrations."""
@@ -224,15 +161,12 @@ class DextClient:
         **filters: Unpack[DocumentFilters],
     ) -> Page:
         """One page of document summaries of both workspaces, newest first."""
-        params = _document_params(client_id, filters)
-        return await self._page("/documents", params, models.DOCUMENT, page, per_page, 100)
+        return await self._page("/documents", _document_params(client_id, filters), page, per_page)
 
     def iter_documents(
         self, client_id: str, *, per_page: int = MAX_PER_PAGE, **filters: Unpack[DocumentFilters]
     ) -> ItemIterator:
-        return ItemIterator(
-            lambda page: self.documents(client_id, page=page, per_page=per_page, **filters)
-        )
+        return self._iter("/documents", _document_params(client_id, filters), per_page)
 
     async def costs(
         self,
@@ -243,10 +177,7 @@ class DextClient:
         **filters: Unpack[DocumentFilters],
     ) -> Page:
         """One page of full cost items (supplier, category, tax_rate, publish, approval ...)."""
-        params = _document_params(client_id, filters)
-        return await self._page(
-            "/costs", params, models.FULL_DOCUMENT, page, per_page, MAX_ITEMS_PER_PAGE
-        )
+        return await self._page("/costs", _document_params(client_id, filters), page, per_page)
 
     def iter_costs(
         self,
@@ -255,9 +186,7 @@ class DextClient:
         per_page: int = MAX_ITEMS_PER_PAGE,
         **filters: Unpack[DocumentFilters],
     ) -> ItemIterator:
-        return ItemIterator(
-            lambda page: self.costs(client_id, page=page, per_page=per_page, **filters)
-        )
+        return self._iter("/costs", _document_params(client_id, filters), per_page)
 
     async def sales(
         self,
@@ -268,10 +197,7 @@ class DextClient:
         **filters: Unpack[DocumentFilters],
     ) -> Page:
         """One page of full sales items (with `customer` where costs have `supplier`)."""
-        params = _document_params(client_id, filters)
-        return await self._page(
-            "/sales", params, models.FULL_DOCUMENT, page, per_page, MAX_ITEMS_PER_PAGE
-        )
+        return await self._page("/sales", _document_params(client_id, filters), page, per_page)
 
     def iter_sales(
         self,
@@ -280,47 +206,33 @@ class DextClient:
         per_page: int = MAX_ITEMS_PER_PAGE,
         **filters: Unpack[DocumentFilters],
     ) -> ItemIterator:
-        return ItemIterator(
-            lambda page: self.sales(client_id, page=page, per_page=per_page, **filters)
-        )
+        return self._iter("/sales", _document_params(client_id, filters), per_page)
 
     async def cost(self, item_id: str) -> JsonObject:
         """One full cost item; UpstreamNotFound when it is gone."""
-        path = f"/costs/{quote(item_id, safe='')}"
-        return self._checked_object(
-            path, _unwrap(await self._get(path, {}, "cost")), models.FULL_DOCUMENT
-        )
+        return await self._item("/costs", item_id)
 
     async def sale(self, item_id: str) -> JsonObject:
         """One full sales item; UpstreamNotFound when it is gone."""
-        path = f"/sales/{quote(item_id, safe='')}"
-        return self._checked_object(
-            path, _unwrap(await self._get(path, {}, "sale")), models.FULL_DOCUMENT
-        )
+        return await self._item("/sales", item_id)
 
     # -- suppliers and expense reports ------------------------------------------------------
 
     async def suppliers(
         self, client_id: str, *, page: int = 1, per_page: int = MAX_PER_PAGE
     ) -> Page:
-        params = {"client_id": client_id}
-        return await self._page("/suppliers", params, models.SUPPLIER, page, per_page, 100)
+        return await self._page("/suppliers", {"client_id": client_id}, page, per_page)
 
     def iter_suppliers(self, client_id: str, *, per_page: int = MAX_PER_PAGE) -> ItemIterator:
-        return ItemIterator(lambda page: self.suppliers(client_id, page=page, per_page=per_page))
+        return self._iter("/suppliers", {"client_id": client_id}, per_page)
 
     async def expense_reports(
         self, client_id: str, *, page: int = 1, per_page: int = MAX_PER_PAGE
     ) -> Page:
-        params = {"client_id": client_id}
-        return await self._page(
-            "/expense_reports", params, models.EXPENSE_REPORT, page, per_page, MAX_PER_PAGE
-        )
+        return await self._page("/expense_reports", {"client_id": client_id}, page, per_page)
 
     def iter_expense_reports(self, client_id: str, *, per_page: int = MAX_PER_PAGE) -> ItemIterator:
-        return ItemIterator(
-            lambda page: self.expense_reports(client_id, page=page, per_page=per_page)
-        )
+        return self._iter("/expense_reports", {"client_id": client_id}, per_page)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -367,15 +279,16 @@ class DextClient:
 
     # -- machinery ----------------------------------------------------------------------------
 
-    async def _page(
-        self,
-        path: str,
-        params: dict[str, str],
-        check: Check,
-        page: int,
-        per_page: int,
-        max_per_page: int,
-    ) -> Page:
+    def _iter(self, path: str, params: dict[str, str], per_page: int) -> ItemIterator:
+        return ItemIterator(lambda page: self._page(path, params, page, per_page))
+
+    async def _item(self, collection: str, item_id: str) -> JsonObject:
+        path = f"{collection}/{quote(item_id, safe='')}"
+        body = await self._get(path, {}, f"{collection.strip('/')}/{{id}}")
+        return self._checked_object(path, _unwrap(body), models.FULL_DOCUMENT)
+
+    async def _page(self, path: str, params: dict[str, str], page: int, per_page: int) -> Page:
+        check, max_per_page = _LISTS[path]
         if page < 1 or not 1 <= per_page <= max_per_page:
             raise ValueError(f"{path}: page must be >= 1 and per_page 1..{max_per_page}")
         query = {**params, "page": str(page), "per_page": str(per_page)}
@@ -451,7 +364,9 @@ class DextClient:
         ttl = 3000.0  # the contract promises 60 minutes; assume a bit less without expires_at
         if isinstance(body.get("expires_at"), str):
             with contextlib.suppress(ValueError):
-                ttl = datetime.fromisoformat(body["expires_at"]).timestamp() - now
+                told = datetime.fromisoformat(body["expires_at"]).timestamp() - now
+                # A clock far off ours would make every call re-authenticate: ignore it then.
+                ttl = told if 0 < told <= 86400 else ttl
         log.info("upstream_authenticated", base_url=self.base_url, ttl=round(ttl, 1))
         # Renew a little before expiry so a long scan does not hit session_expired mid-page.
         return _Session(token=body["session_token"], refresh_at=now + ttl - min(60.0, ttl / 10))
@@ -615,3 +530,13 @@ def _error_code(raw: bytes) -> str | None:
         code = body["error"].get("code")
         return code if isinstance(code, str) else None
     return None
+
+
+__all__ = [
+    "CountingMetrics",
+    "DextClient",
+    "DocumentFilters",
+    "ItemIterator",
+    "Page",
+    "UpstreamMetrics",
+]

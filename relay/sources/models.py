@@ -1,4 +1,4 @@
-"""Typed results of upstream calls and the checks that upstream objects keep their contract.
+"""Typed results of upstream calls (pages, item iterators, metrics hooks) and contract checks.
 
 Objects stay the raw JSON dicts the upstream sent, unknown fields included, because snapshots
 diff the whole object. Only the fields Relay relies on are checked: a check names the first
@@ -8,10 +8,11 @@ UpstreamProtocolError for the whole page.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 JsonObject = dict[str, Any]
 # A check returns a description of the first problem, or None when the value is fine.
@@ -31,6 +32,85 @@ class Page:
     @property
     def has_next(self) -> bool:
         return self.page < self.total_pages
+
+
+class ItemIterator:
+    """Every item of every page of one list, fetched page by page as the caller iterates.
+
+    Pages are computed by the upstream at request time, so items created during the scan push
+    others onto the next page (seen twice: yielded once, counted in `duplicates`) and deleted
+    items pull others back (missed). `complete` is True only when the scan ran to its end,
+    every page reported the same total and exactly that many distinct items were seen: only
+    then may a caller treat an item it did not see as gone.
+    """
+
+    def __init__(self, fetch: Callable[[int], Awaitable[Page]]) -> None:
+        self._fetch = fetch
+        self._buffer: deque[JsonObject] = deque()
+        self._seen: set[str] = set()
+        self._next_page = 1
+        self.finished = False
+        self.pages = 0
+        self.duplicates = 0
+        self.totals: list[int] = []
+
+    def __aiter__(self) -> ItemIterator:
+        return self
+
+    async def __anext__(self) -> JsonObject:
+        while True:
+            while self._buffer:
+                item = self._buffer.popleft()
+                if item["id"] in self._seen:
+                    self.duplicates += 1
+                    continue
+                self._seen.add(item["id"])
+                return item
+            if self.finished:
+                raise StopAsyncIteration
+            page = await self._fetch(self._next_page)
+            self.pages += 1
+            self.totals.append(page.total)
+            self._buffer.extend(page.items)
+            self._next_page += 1
+            self.finished = not page.items or page.page >= page.total_pages
+
+    @property
+    def seen(self) -> int:
+        return len(self._seen)
+
+    @property
+    def complete(self) -> bool:
+        return self.finished and len(set(self.totals)) == 1 and len(self._seen) == self.totals[0]
+
+    async def collect(self) -> list[JsonObject]:
+        return [item async for item in self]
+
+
+class UpstreamMetrics(Protocol):
+    """Where the connector reports what it did; the metrics module adapts this to Prometheus."""
+
+    def request_done(self, endpoint: str, status: int | None, seconds: float) -> None:
+        """One HTTP attempt finished; `status` None when no response came (timeout, drop)."""
+
+    def count(self, name: str) -> None:
+        """One of: retry, throttled, reauthenticated, auth_failed, protocol_error."""
+
+
+@dataclass
+class CountingMetrics:
+    """UpstreamMetrics that just counts, for tests and the benchmark."""
+
+    requests: Counter[tuple[str, int | None]] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def request_done(self, endpoint: str, status: int | None, seconds: float) -> None:
+        self.requests[(endpoint, status)] += 1
+        self.seconds += seconds
+
+    def count(self, name: str) -> None:
+        self.events[name] += 1
 
 
 def _kind(value: Any) -> str:
