@@ -39,7 +39,9 @@ log = structlog.get_logger("relay.delivery")
 
 # Postgres or the network failing must slow the dispatcher down, never stop it.
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-_RECORD_BATCH = 500
+_RECORD_BATCH = 1000
+_RECORD_EAGER = 200
+_RECORD_WAIT = 0.02
 
 _CLAIM = """
 WITH cand AS (
@@ -141,7 +143,7 @@ class Dispatcher:
         self._lease = max(settings.delivery_lease, settings.delivery_timeout + 1.0)
         self._check_host = not settings.allow_private_targets
         # Claim again once this many sends finished, so one completion is not one query.
-        self._claim_threshold = max(1, self._endpoint_cap // 4)
+        self._claim_threshold = max(1, self._endpoint_cap // 2)
         self._inflight: dict[str, int] = {}
         self._inflight_total = 0
         self._freed = 0
@@ -182,6 +184,12 @@ class Dispatcher:
                     await self.step()
                 except _DB_ERRORS as exc:
                     log.warning("dispatcher_step_failed", error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(self._settings.delivery_poll_interval)
+                    continue
+                except Exception:
+                    # A bug in one pass must not leave this worker silently without delivery;
+                    # Postgres still holds everything, so the next pass simply tries again.
+                    log.exception("dispatcher_step_crashed")
                     await asyncio.sleep(self._settings.delivery_poll_interval)
                     continue
                 await self._idle()
@@ -348,7 +356,10 @@ class Dispatcher:
         while True:
             await self._record_wake.wait()
             self._record_wake.clear()
-            await asyncio.sleep(0.002)  # let a few more outcomes join this batch
+            if len(self._outcomes) < _RECORD_EAGER and not self._stopping:
+                # Let more outcomes join this batch: one statement for many attempts. The wait
+                # delays only the bookkeeping; the requests have already been sent.
+                await asyncio.sleep(_RECORD_WAIT)
             while self._outcomes:
                 batch = self._outcomes[:_RECORD_BATCH]
                 try:
@@ -381,6 +392,16 @@ class Dispatcher:
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         gone = {o.job.subscription_id for o in batch if o.result.status_code == 410}
+        if not gone:
+            await self._pool.execute(_RECORD, *columns)  # one statement: atomic on its own
+        else:
+            await self._record_gone(columns, gone)
+        for o in batch:
+            self._log(o)
+
+    async def _record_gone(self, columns: list[list[Any]], gone: set[str]) -> None:
+        """Record, then disable each subscription whose endpoint answered 410 Gone and stop its
+        pending deliveries, all in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_RECORD, *columns)
             for subscription_id in gone:
@@ -395,8 +416,6 @@ class Dispatcher:
                         reason=reason,
                         pending_failed=stopped,
                     )
-        for o in batch:
-            self._log(o)
 
     def _log(self, o: Outcome) -> None:
         r = o.result
