@@ -6,7 +6,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from relay.api.routing import Route, RouteTable
+from relay.api.routing import ID_PATTERN, Route, RouteTable
 
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 
@@ -67,7 +67,12 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.description:
         operation["description"] = route.description
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"},
+        }
         for name in path_params
     ]
     if route.query is not None:
@@ -82,11 +87,32 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
+def _link_created(table: RouteTable, paths: dict[str, dict[str, Any]]) -> None:
+    """Link each 201 "create" to the operations on what it created (`{path}/{id}...`).
+
+    The links tell clients and fuzzers (schemathesis) where a new resource's id goes.
+    """
+    for route in table.routes:
+        if 201 not in route.responses:
+            continue
+        links = {
+            other.operation_id: {
+                "operationId": other.operation_id,
+                "parameters": {"id": "$response.body#/id"},
+            }
+            for other in table.routes
+            if other.path.startswith(route.path + "/{id}")
+        }
+        if links:
+            paths[route.path][route.method.lower()]["responses"]["201"]["links"] = links
+
+
 def build_openapi(table: RouteTable) -> dict[str, Any]:
     """The whole document: every declared route, its inputs, responses and component schemas."""
     paths: dict[str, dict[str, Any]] = {}
     for route in table.routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    _link_created(table, paths)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -14,6 +14,9 @@ from relay.errors import NotFound
 
 # A path parameter longer than this, or holding characters no id has, cannot name anything.
 _MAX_ID_LENGTH = 100
+# Every public id is a prefix and an underscore (`acc_...`); matching only such segments keeps
+# `/v1/deliveries/retry` from also being read as "the delivery called retry".
+ID_PATTERN = "[a-z]+_[^/]*"
 MAX_BODY_BYTES = 1024 * 1024
 _NO_QUERY = Query({})
 
@@ -128,6 +131,7 @@ class RouteTable:
 
     def add(self, app: web.Application, routes: Sequence[Route], **schemas: Any) -> None:
         for route in routes:
-            app.router.add_route(route.method, route.path, _wrap(route))
+            path = route.path.replace("{id}", "{id:" + ID_PATTERN + "}")
+            app.router.add_route(route.method, path, _wrap(route))
             self.routes.append(route)
         self.schemas.update(schemas)

@@ -13,6 +13,8 @@ from relay.api.validation import Body, Boolean, String, StringList, Url
 from relay.delivery import store as deliveries
 
 _TIME = {"type": "string", "format": "date-time"}
+# What the store accepts as an entry of `event_types`: an exact type, `prefix.*` or `*`.
+_EVENT_TYPE = String(max_length=100, pattern=r"\*|[a-z][a-z_]*\.\*|[a-z][a-z_]*\.[a-z][a-z_]*")
 _IDS = {"type": ["array", "null"], "items": {"type": "string"}}
 
 SUBSCRIPTION_SCHEMA: dict[str, Any] = {
@@ -60,7 +62,7 @@ _FIELDS = {
     "url": Url(description="where webhooks are POSTed (http or https)"),
     "kind": String(enum=subscriptions.KINDS, description="webhook (default) or slack"),
     "event_types": StringList(
-        item=String(max_length=100),
+        item=_EVENT_TYPE,
         min_items=1,
         max_items=subscriptions.MAX_EVENT_TYPES,
         description="exact types, prefix wildcards (`document.*`) or `*`",
@@ -91,7 +93,7 @@ CREATE_BODY = Body(
         **_FIELDS,
         "url": Url(required=True, description=_FIELDS["url"].description),
         "event_types": StringList(
-            item=String(max_length=100),
+            item=_EVENT_TYPE,
             min_items=1,
             max_items=subscriptions.MAX_EVENT_TYPES,
             required=True,

@@ -97,6 +97,7 @@ class String(Field):
     min_length: int = 1
     max_length: int = 1000
     enum: tuple[str, ...] = ()
+    pattern: str = ""  # a regular expression the whole value must match
 
     def check(self, value: Any, name: str) -> str:
         if not isinstance(value, str):
@@ -109,12 +110,17 @@ class String(Field):
             raise InvalidInput(f"{name} must not be empty", name)
         if len(value) > self.max_length:
             raise InvalidInput(f"{name} must be at most {self.max_length} characters", name)
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            raise InvalidInput(f"{name} has the wrong form: {value!r}", name)
         return value
 
     def schema(self) -> dict[str, Any]:
         if self.enum:
             return {"type": "string", "enum": list(self.enum)}
-        return {"type": "string", "minLength": self.min_length, "maxLength": self.max_length}
+        schema = {"type": "string", "minLength": self.min_length, "maxLength": self.max_length}
+        if self.pattern:
+            schema["pattern"] = f"^(?:{self.pattern})$"
+        return schema
 
 
 @dataclass(frozen=True, kw_only=True)

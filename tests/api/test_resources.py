@@ -239,7 +239,7 @@ async def test_test_sends_a_ping_delivery(client: TestClient[Any, Any]) -> None:
         ({"url": "http://127.0.0.1:9/h", "event_types": []}, "event_types"),
         ({"url": "http://127.0.0.1:9/h", "event_types": "document.*"}, "event_types"),
         ({"url": "http://127.0.0.1:9/h", "event_types": [1]}, "event_types[0]"),
-        ({"url": "http://127.0.0.1:9/h", "event_types": ["Document!"]}, "event_types"),
+        ({"url": "http://127.0.0.1:9/h", "event_types": ["Document!"]}, "event_types[0]"),
         ({"url": "http://127.0.0.1:9/h", "event_types": ["*"], "kind": "email"}, "kind"),
         ({"url": "http://127.0.0.1:9/h", "event_types": ["*"], "filter": "a ==="}, "filter"),
         ({"url": "http://127.0.0.1:9/h", "event_types": ["*"], "account_ids": "a"}, "account_ids"),
