@@ -2,14 +2,18 @@
 
 `schedule_polls` runs every few seconds on one worker (arq cron, unique per tick). It reads
 Postgres, the source of truth, and enqueues `poll_account` for every pollable account with
-work due, under the deterministic job id `relay:poll:<account id>`: re-enqueueing is harmless
-while a job is queued or running, and after a Redis FLUSHDB the next tick seeds everything
-again. `poll_account` keeps no result (`keep_result=0`) so its id is free once it ends; the
-lease in `poll_state` keeps two workers off one account even if Redis forgets the job.
+work due, under the deterministic job id `relay:poll:<account id>:<lease period>`:
+re-enqueueing within a period is harmless, and after a Redis FLUSHDB the next tick seeds
+everything again. The period in the id matters when a worker dies mid-job: arq keeps that
+job's id (and its in-progress mark) until the job timeout, but the next period's id is free,
+so polling resumes as soon as the dead worker's Postgres lease expires. The lease in
+`poll_state`, not Redis, keeps two workers off one account: a job that finds it taken ends at
+once. `poll_account` keeps no result (`keep_result=0`) so its id is free once it ends.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -73,8 +77,10 @@ async def schedule_polls(ctx: dict[str, Any]) -> int:
     # A poll request or a broken account's retry must not wait for a task to fall due.
     wanted |= {a.id for a in pollable if a.poll_requested_at is not None or a.status == "broken"}
     enqueued = 0
+    period = int(time.time() // policy.lease_seconds)
     for account_id in sorted(wanted):
-        job = await redis.enqueue_job("poll_account", account_id, _job_id=JOB_PREFIX + account_id)
+        job_id = f"{JOB_PREFIX}{account_id}:{period}"
+        job = await redis.enqueue_job("poll_account", account_id, _job_id=job_id)
         enqueued += job is not None
     if enqueued:
         log.info("polls_enqueued", accounts=enqueued)
