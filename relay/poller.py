@@ -201,9 +201,16 @@ class Poller:
         try:
             while self.clock() < deadline:
                 now = self.clock()
+                # A "poll now" or a deletion while this job runs is seen within a second.
+                fresh = await accounts.get_account(self.pool, account_id)
+                if fresh.poll_requested_at != account.poll_requested_at:
+                    account = fresh
+                    request_seen = await self._honour_poll_request(account) or request_seen
                 tasks = await load_tasks(self.pool, account_id)
                 plan = plan_window(tasks, now, self.policy, budget.left(now))
                 if not plan:
+                    # Idle: what ran so far is a pass (records it, clears a done poll request).
+                    await self._after_pass(account, request_seen)
                     due = await next_due_at(self.pool, account_id)
                     wake = deadline if due is None else due
                     if wake <= now:  # due, but this window's budget is spent
@@ -212,7 +219,7 @@ class Poller:
                         break
                     if wake >= deadline:
                         break
-                    await asyncio.sleep(max(0.0, wake - self.clock()) + 0.01)
+                    await asyncio.sleep(min(max(0.0, wake - self.clock()) + 0.01, 1.0))
                     continue
                 for task in plan:
                     if self.clock() >= deadline:
@@ -247,7 +254,9 @@ class Poller:
                     report.by_kind[task.kind.value] = report.by_kind.get(task.kind.value, 0) + 1
                     if task.kind is TaskKind.CLIENTS or task.kind is TaskKind.BASELINE:
                         break  # the task list changed: plan again
-            await self._after_pass(account, client, request_seen)
+            await self._after_pass(account, request_seen)
+        except NotFound:
+            report.outcome = "gone"  # deleted while polling: stop
         except UpstreamAuthError as exc:
             report.outcome = "broken"
             await self._auth_failed(account, exc)
@@ -276,9 +285,7 @@ class Poller:
             log.info("full_pass_requested", account_id=account.id, tasks=forced)
         return requested
 
-    async def _after_pass(
-        self, account: accounts.Account, client: DextClient, request_seen: Any
-    ) -> None:
+    async def _after_pass(self, account: accounts.Account, request_seen: Any) -> None:
         async with _connection(self.pool) as conn:
             await accounts.record_poll_success(conn, account.id)
             if account.baseline_completed_at is None and await all_baselined(conn, account.id):
