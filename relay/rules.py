@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import jmespath
-from jmespath.parser import ParsedResult
 
 Trigger = Literal["created", "changed", "deleted"]
 
@@ -19,21 +16,21 @@ ANY_FIELD = "*"
 class Rule:
     """One row of the table: `trigger` on an `object_type` emits `event_type`.
 
-    `fields` are what a "changed" rule watches: top-level names or JMESPath sub-field paths
-    (`approval.status`, `additional[].status`). A rule fires once per object and diff when the
-    value at any of its paths differs between the stored and the new version, so several rules
-    can fire for one object, but one rule never fires twice.
+    `fields` are what a "changed" rule watches: top-level names or sub-field paths
+    (`approval.status`; `additional[].status` projects over a list, as in JMESPath). A rule
+    fires once per object and diff when the value at any of its paths differs between the
+    stored and the new version, so several rules can fire for one object, one rule only once.
     """
 
     object_type: str
     event_type: str
     trigger: Trigger
     fields: tuple[str, ...] = ()
-    _compiled: tuple[ParsedResult, ...] = field(default=(), init=False, repr=False, compare=False)
+    _paths: tuple[tuple[str, ...], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        paths = tuple(jmespath.compile(f) for f in self.fields if f != ANY_FIELD)
-        object.__setattr__(self, "_compiled", paths)
+        paths = tuple(tuple(f.split(".")) for f in self.fields if f != ANY_FIELD)
+        object.__setattr__(self, "_paths", paths)
 
     def fires_on_change(
         self, before: Mapping[str, Any], after: Mapping[str, Any], changed: Mapping[str, Any]
@@ -43,7 +40,22 @@ class Rule:
             return False
         if ANY_FIELD in self.fields and any(key != "id" for key in changed):
             return True
-        return any(path.search(before) != path.search(after) for path in self._compiled)
+        return any(
+            path[0].removesuffix("[]") in changed and lookup(before, path) != lookup(after, path)
+            for path in self._paths
+        )
+
+
+def lookup(value: Any, path: Sequence[str]) -> Any:
+    """The value at a path (`a.b`, `list[].b`); None where a step is missing or not an object."""
+    for depth, step in enumerate(path):
+        if step.endswith("[]"):
+            items = value.get(step[:-2]) if isinstance(value, dict) else None
+            if not isinstance(items, list):
+                return None
+            return [lookup(item, path[depth + 1 :]) for item in items]
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
 
 
 # The table itself, from relay.md "Events". Summary mirrors (`category_code`, `supplier_name`,
