@@ -60,6 +60,20 @@ def build_event(
     }
 
 
+def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The `events` row of a body, in `_COLUMNS` order: the columns repeat what filters need."""
+    return (
+        body["id"],
+        body["type"],
+        body["account_id"],
+        body["client_id"],
+        body["object_type"],
+        body["object_id"],
+        body,
+        datetime.fromisoformat(body["created_at"]),
+    )
+
+
 async def insert_events(conn: asyncpg.Connection, bodies: Sequence[Mapping[str, Any]]) -> None:
     """Store event bodies (from `build_event`) in one COPY, in order (so `seq` follows it).
 
@@ -68,19 +82,7 @@ async def insert_events(conn: asyncpg.Connection, bodies: Sequence[Mapping[str, 
     """
     if not bodies:
         return
-    records = [
-        (
-            body["id"],
-            body["type"],
-            body["account_id"],
-            body["client_id"],
-            body["object_type"],
-            body["object_id"],
-            body,
-            datetime.fromisoformat(body["created_at"]),
-        )
-        for body in bodies
-    ]
+    records = [_record(body) for body in bodies]
     await conn.copy_records_to_table("events", records=records, columns=_COLUMNS)
 
 
@@ -107,14 +109,7 @@ async def insert_event(
     await conn.execute(
         "INSERT INTO events (id, type, account_id, client_id, object_type, object_id, body,"
         " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        body["id"],
-        body["type"],
-        body["account_id"],
-        body["client_id"],
-        body["object_type"],
-        body["object_id"],
-        body,
-        datetime.fromisoformat(body["created_at"]),
+        *_record(body),
     )
     return body
 

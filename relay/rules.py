@@ -1,4 +1,4 @@
-"""The event-rule table: which change of which upstream object becomes which event type."""
+"""What counts as a change of an upstream object, and the table of which event it becomes."""
 
 from __future__ import annotations
 
@@ -104,6 +104,67 @@ RULES: tuple[Rule, ...] = (
 )
 
 OBJECT_TYPES: tuple[str, ...] = ("client", "connection", "document", "supplier", "expense_report")
+
+# Fields left out of the content hash, per object type. They still land in `data` (and in an
+# event's `previous`) whenever the object has a real change, but never rewrite a snapshot alone.
+VOLATILE_FIELDS: dict[str, tuple[str, ...]] = {
+    # Dext stamps `last_sync_at` on every ledger sync, many times a day per client: hashing it
+    # would rewrite every client and connection snapshot on every poll for no event.
+    "client": ("last_sync_at",),
+    "connection": ("main.last_sync_at", "additional[].last_sync_at"),
+    # Documents, suppliers and expense reports carry no field that moves without a real change
+    # (`publish.published_at` and `approval.decided_at` change only together with a status).
+    "document": (),
+    "supplier": (),
+    "expense_report": (),
+}
+
+# The fields of a /documents summary; a stored full item projected on these hashes the same as
+# the summary of the same item, which is how `snapshots.changed_summary_ids` finds what to re-fetch.
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "id",
+    "client_id",
+    "workspace",
+    "type",
+    "source",
+    "status",
+    "supplier_name",
+    "category_code",
+    "total_amount",
+    "currency",
+    "date",
+    "integration",
+    "publish_status",
+    "approval_status",
+    "created_at",
+)
+
+_VOLATILE_PATHS = {kind: [p.split(".") for p in paths] for kind, paths in VOLATILE_FIELDS.items()}
+
+
+def _strip(value: Any, path: Sequence[str]) -> Any:
+    """`value` without the field at `path` (`a.b`, `list[].b`), copying only along the path."""
+    head, rest = path[0], path[1:]
+    if not isinstance(value, dict):
+        return value
+    if head.endswith("[]"):
+        key = head[:-2]
+        items = value.get(key)
+        if not isinstance(items, list) or not rest:
+            return value
+        return {**value, key: [_strip(item, rest) for item in items]}
+    if head not in value:
+        return value
+    if not rest:
+        return {k: v for k, v in value.items() if k != head}
+    return {**value, head: _strip(value[head], rest)}
+
+
+def canonical(object_type: str, obj: Mapping[str, Any]) -> Any:
+    """The object without its type's volatile fields (a copy only where something is left out)."""
+    for path in _VOLATILE_PATHS[object_type]:
+        obj = _strip(obj, path)
+    return obj
 
 
 def previous_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:

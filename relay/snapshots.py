@@ -30,45 +30,16 @@ import structlog
 
 from relay.errors import InvalidInput, NotFound
 from relay.events import build_event, insert_events
-from relay.rules import OBJECT_TYPES, changed_event_types, event_type_for
-
-log = structlog.get_logger("relay.snapshots")
-
-# Fields left out of the content hash, per object type. They still land in `data` (and in an
-# event's `previous`) whenever the object has a real change, but never rewrite a snapshot alone.
-VOLATILE_FIELDS: dict[str, tuple[str, ...]] = {
-    # Dext stamps `last_sync_at` on every ledger sync, many times a day per client: hashing it
-    # would rewrite every client and connection snapshot on every poll for no event.
-    "client": ("last_sync_at",),
-    "connection": ("main.last_sync_at", "additional[].last_sync_at"),
-    # Documents, suppliers and expense reports carry no field that moves without a real change
-    # (`publish.published_at` and `approval.decided_at` change only together with a status).
-    "document": (),
-    "supplier": (),
-    "expense_report": (),
-}
-
-# The fields of a /documents summary; a stored full item projected on these hashes the same as
-# the summary of the same item, which is how `changed_summary_ids` finds what to re-fetch.
-SUMMARY_FIELDS: tuple[str, ...] = (
-    "id",
-    "client_id",
-    "workspace",
-    "type",
-    "source",
-    "status",
-    "supplier_name",
-    "category_code",
-    "total_amount",
-    "currency",
-    "date",
-    "integration",
-    "publish_status",
-    "approval_status",
-    "created_at",
+from relay.rules import (
+    OBJECT_TYPES,
+    SUMMARY_FIELDS,
+    VOLATILE_FIELDS,
+    canonical,
+    changed_event_types,
+    event_type_for,
 )
 
-_VOLATILE_PATHS = {kind: [p.split(".") for p in paths] for kind, paths in VOLATILE_FIELDS.items()}
+log = structlog.get_logger("relay.snapshots")
 
 # Temporary tables live as long as the pooled connection and are emptied at each commit; a
 # second diff in the same transaction empties them itself.
@@ -131,24 +102,6 @@ RETURNING r.n
 """
 
 
-def _strip(value: Any, path: Sequence[str]) -> Any:
-    """`value` without the field at `path` (`a.b`, `list[].b`), copying only along the path."""
-    head, rest = path[0], path[1:]
-    if not isinstance(value, dict):
-        return value
-    if head.endswith("[]"):
-        key = head[:-2]
-        items = value.get(key)
-        if not isinstance(items, list) or not rest:
-            return value
-        return {**value, key: [_strip(item, rest) for item in items]}
-    if head not in value:
-        return value
-    if not rest:
-        return {k: v for k, v in value.items() if k != head}
-    return {**value, head: _strip(value[head], rest)}
-
-
 def _digest(value: Any) -> bytes:
     try:
         raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
@@ -157,15 +110,9 @@ def _digest(value: Any) -> bytes:
     return hashlib.sha256(raw).digest()[:16]
 
 
-def _canonical(object_type: str, obj: Mapping[str, Any]) -> Any:
-    for path in _VOLATILE_PATHS[object_type]:
-        obj = _strip(obj, path)
-    return obj
-
-
 def content_hash(object_type: str, obj: Mapping[str, Any]) -> bytes:
     """A stable 16-byte hash of the object's canonical form: sorted keys, volatile fields out."""
-    return _digest(_canonical(object_type, obj))
+    return _digest(canonical(object_type, obj))
 
 
 def summary_hash(obj: Mapping[str, Any]) -> bytes:
@@ -218,7 +165,7 @@ def _prepare(
     if object_type != "client" and not client_id:
         raise InvalidInput(f"a {object_type} diff needs the client_id", field="client_id")
     what = f"a {object_type}"
-    volatile = bool(_VOLATILE_PATHS[object_type])
+    volatile = bool(VOLATILE_FIELDS[object_type])
     one_per_client = object_type == "connection"  # named by its client, it carries no id
     own_client = object_type == "client"
     # SHA-256 runs on the CPU's SHA extensions where present: faster here than BLAKE2.
@@ -232,7 +179,7 @@ def _prepare(
         raw_id = client_id if one_per_client else obj.get("id")
         oid: str = raw_id if type(raw_id) is str and raw_id else _object_id(raw_id, what)
         try:
-            raw = dumps(_canonical(object_type, obj) if volatile else obj, option=sort)
+            raw = dumps(canonical(object_type, obj) if volatile else obj, option=sort)
         except TypeError as exc:  # orjson.JSONEncodeError: e.g. an int beyond 64 bits
             raise InvalidInput(
                 f"{what} is not representable as JSON: {exc}", field="objects"
@@ -325,11 +272,11 @@ async def diff_objects(
         # Lock and read what exists, insert what does not, then lock and read what another
         # transaction inserted in between: `old` is then exactly what the update replaces.
         old = await _lock_existing(conn, account_id, object_type, None)
-        position = {ids[n]: n for n in wanted}
-        created = {
-            position[row["object_id"]]
-            for row in await conn.fetch(_INSERT_NEW, account_id, object_type)
-        }
+        created: set[int] = set()
+        if len(old) < len(wanted):
+            position = {ids[n]: n for n in wanted}
+            inserted = await conn.fetch(_INSERT_NEW, account_id, object_type)
+            created = {position[row["object_id"]] for row in inserted}
         raced = [n for n in wanted if n not in old and n not in created]
         if raced:
             old.update(await _lock_existing(conn, account_id, object_type, raced))

@@ -17,6 +17,7 @@ from tests.test_snapshots_objects import (
     cost,
     expense_report,
     make_account,
+    stored_events,
     summary,
     supplier,
 )
@@ -51,11 +52,6 @@ async def diff(
             client_id=None if object_type == "client" else client_id,
             emit=emit,
         )
-
-
-async def stored_events(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-    rows = await pool.fetch("SELECT body FROM events ORDER BY seq")
-    return [row["body"] for row in rows]
 
 
 async def snapshot_versions(pool: asyncpg.Pool) -> dict[str, Any]:

@@ -16,11 +16,7 @@ from relay.snapshots import (
     mark_scan_partial,
     record_scan_page,
 )
-from tests.test_snapshots_objects import CLIENT, cost, make_account, summary
-
-
-async def stored_events(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-    return [row["body"] for row in await pool.fetch("SELECT body FROM events ORDER BY seq")]
+from tests.test_snapshots_objects import CLIENT, cost, make_account, stored_events, summary
 
 
 async def baseline(pool: asyncpg.Pool, account: str, ids: list[str]) -> None:

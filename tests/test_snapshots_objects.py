@@ -1,4 +1,4 @@
-"""Upstream objects in the shapes of dext-api.md for the snapshot and event tests (no tests)."""
+"""Upstream objects in the shapes of dext-api.md, and helpers, for the snapshot tests (no tests)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ async def make_account(
         baselined,
     )
     return account_id
+
+
+async def stored_events(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """Every stored event body, oldest first."""
+    return [row["body"] for row in await pool.fetch("SELECT body FROM events ORDER BY seq")]
 
 
 def cost(doc_id: str, **changes: Any) -> dict[str, Any]:
