@@ -221,5 +221,10 @@ CREATE INDEX IF NOT EXISTS snapshots_live_hashes
     ON snapshots (account_id, object_type, client_id, object_id) INCLUDE (hash, summary_hash)
     WHERE deleted_at IS NULL;
 
+-- The planner re-checks a client's "hot" documents (processing, review, ready) by status.
+CREATE INDEX IF NOT EXISTS snapshots_document_status
+    ON snapshots (account_id, client_id, (data->>'status'))
+    WHERE object_type = 'document' AND deleted_at IS NULL;
+
 CREATE INDEX IF NOT EXISTS events_client ON events (client_id, seq DESC);
 -- end of the snapshots section

@@ -375,6 +375,44 @@ async def should_emit(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) 
     return bool(row["emit"])
 
 
+# ---- reads for the poll planner ---------------------------------------------------------------
+
+
+async def stored_by_status(
+    db: asyncpg.Connection | asyncpg.Pool, account_id: str, client_id: str, statuses: Sequence[str]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """A client's live stored documents in these statuses, per status: (id, workspace,
+    created_at), so the planner can re-check its hot set (index snapshots_document_status)."""
+    rows = await db.fetch(
+        "SELECT object_id, data->>'status' AS status, coalesce(data->>'workspace', 'costs') AS ws,"
+        " coalesce(data->>'created_at', '') AS created_at FROM snapshots"
+        " WHERE account_id = $1 AND client_id = $2 AND object_type = 'document'"
+        " AND deleted_at IS NULL AND data->>'status' = ANY ($3::text[])",
+        account_id,
+        client_id,
+        list(statuses),
+    )
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for row in rows:
+        found.setdefault(row["status"], []).append((row["object_id"], row["ws"], row["created_at"]))
+    return found
+
+
+async def stored_workspaces(
+    db: asyncpg.Connection | asyncpg.Pool, account_id: str, client_id: str, ids: Sequence[str]
+) -> dict[str, str]:
+    """The workspace (`costs` | `sales`) of stored documents: which detail URL to ask."""
+    rows = await db.fetch(
+        "SELECT object_id, coalesce(data->>'workspace', 'costs') AS ws FROM snapshots"
+        " WHERE account_id = $1 AND object_type = 'document' AND client_id = $2"
+        " AND object_id = ANY ($3::text[])",
+        account_id,
+        client_id,
+        list(ids),
+    )
+    return {row["object_id"]: row["ws"] for row in rows}
+
+
 # ---- complete scans and deletions ------------------------------------------------------------
 
 SCANNABLE_TYPES = ("document", "supplier", "expense_report")

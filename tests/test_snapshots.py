@@ -9,7 +9,14 @@ import asyncpg
 import pytest
 
 from relay.errors import InvalidInput, NotFound
-from relay.snapshots import changed_summary_ids, content_hash, diff_objects, should_emit
+from relay.snapshots import (
+    changed_summary_ids,
+    content_hash,
+    diff_objects,
+    should_emit,
+    stored_by_status,
+    stored_workspaces,
+)
 from tests.test_snapshots_objects import (
     CLIENT,
     client,
@@ -632,3 +639,26 @@ async def test_bad_input_is_a_clear_error_and_writes_nothing(
             )
     assert caught.value.field == field
     assert await pool.fetchval("SELECT count(*) FROM snapshots") == 0
+
+
+# ---- reads for the planner ------------------------------------------------------------------
+
+
+async def test_planner_reads_of_stored_documents(pool: asyncpg.Pool) -> None:
+    account = await make_account(pool)
+    items = [
+        cost("d1", status="review"),
+        cost("d2", status="ready", workspace="sales"),
+        cost("d3", status="published"),
+        cost("d4", status="review"),
+    ]
+    await diff(pool, account, "document", items, emit=False)
+    await diff(pool, account, "document", [cost("x1", status="review")], client_id="cli_2")
+    await pool.execute("UPDATE snapshots SET deleted_at = now() WHERE object_id = 'd4'")
+    by_status = await stored_by_status(pool, account, CLIENT, ["review", "ready", "processing"])
+    assert by_status == {
+        "review": [("d1", "costs", "2026-04-14T12:30:00Z")],
+        "ready": [("d2", "sales", "2026-04-14T12:30:00Z")],
+    }
+    workspaces = await stored_workspaces(pool, account, CLIENT, ["d1", "d2", "x1", "nope"])
+    assert workspaces == {"d1": "costs", "d2": "sales"}
