@@ -1,20 +1,4 @@
-"""Snapshots of upstream objects and the set-based diff that turns their changes into events.
-
-Dext has no `updated_at`: a change is only visible as a difference between what a poll sees
-now and what was stored before. Each object is stored with a hash of its canonical form, so a
-page is diffed by COPYing (id, hash) into a temporary table and letting Postgres find the new
-and changed ids; only those objects' data travels to the server. The changed rows are written
-and their events stored in the same transaction (the outbox), so an event exists exactly when
-its snapshot change does.
-
-Concurrency: the existing rows among the new-or-changed ones are locked with `SELECT ... FOR
-UPDATE` (in key order) before their old version is read; new objects are inserted with `ON
-CONFLICT DO NOTHING` (a concurrent insert of the same object makes this one wait, then skip
-it, and the row is then locked and read like the others); the update applies only `WHERE hash
-IS DISTINCT FROM` the new one. Under READ COMMITTED a second transaction diffing the same page
-therefore sees the first one's committed rows and writes (and emits) nothing, and the
-`previous` values of an event are always those of the row it replaced.
-"""
+"""Snapshots of upstream objects and the set-based diff that turns their changes into events."""
 
 from __future__ import annotations
 
@@ -229,6 +213,20 @@ async def diff_objects(
     An object seen again after it was reported deleted counts as created. With `scan_id` and
     `page`, the page's ids are recorded for that complete scan in the same transaction.
     Runs in its own transaction, or in a savepoint of the caller's.
+
+    Dext has no `updated_at`: a change is only visible as a difference between what a poll
+    sees now and what was stored before. Each object is stored with a hash of its canonical
+    form, so Python hashes the page, COPYs (id, hash) into a temporary table and Postgres finds
+    the new and changed ids; only those objects' data travels. Their events are stored in the
+    same transaction (the outbox): an event exists exactly when its snapshot change does.
+
+    Concurrency: the existing rows among the new-or-changed ones are locked with `SELECT ...
+    FOR UPDATE` (in key order) before their old version is read; new objects are inserted with
+    `ON CONFLICT DO NOTHING` (a concurrent insert of the same object makes this one wait, then
+    skip it, and the row is then locked and read like the others); the update applies only
+    `WHERE hash IS DISTINCT FROM` the new one. Under READ COMMITTED a second transaction diffing
+    the same page thus sees the first one's committed rows and writes (and emits) nothing, and
+    an event's `previous` always holds the values of the row it replaced.
     """
     batch = _prepare(object_type, objects, client_id)
     ids = batch.object_ids
