@@ -227,4 +227,15 @@ CREATE INDEX IF NOT EXISTS snapshots_document_status
     WHERE object_type = 'document' AND deleted_at IS NULL;
 
 CREATE INDEX IF NOT EXISTS events_client ON events (client_id, seq DESC);
+-- Event bodies carry a whole document (about 2 KB): lz4 stores them about 30% faster than the
+-- default pglz. Altered only when needed (the ALTER locks the table), skipped where Postgres
+-- was built without lz4.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events'::regclass
+               AND attname = 'body' AND attcompression IS DISTINCT FROM 'l') THEN
+        ALTER TABLE events ALTER COLUMN body SET COMPRESSION lz4;
+    END IF;
+EXCEPTION WHEN feature_not_supported THEN NULL;
+END $$;
 -- end of the snapshots section
