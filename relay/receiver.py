@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from relay.errors import ConfigError, SignatureError
-from relay.signing import secret_key, verify
+from relay.signing import SECRET_PREFIX, secret_key, verify
 
 MAX_BODY = 5 * 1024 * 1024
 
@@ -132,10 +132,13 @@ async def _handle(request: web.Request) -> web.Response:
 
 def create_receiver_app(options: ReceiverOptions) -> web.Application:
     """The receiver as an aiohttp app; `app[RECEIVED]` lists every request, for tests and demo."""
+    problem = "--secret must be the subscription's whsec_... secret"
+    if not options.secret.startswith(SECRET_PREFIX):
+        raise ConfigError(problem)
     try:
         secret_key(options.secret)  # a malformed secret fails here, not on the first webhook
     except SignatureError as exc:
-        raise ConfigError("--secret must be the subscription's whsec_... secret") from exc
+        raise ConfigError(problem) from exc
     app = web.Application(client_max_size=MAX_BODY)
     app[OPTIONS] = options
     app[RECEIVED] = []

@@ -95,8 +95,9 @@ def _refusal(exc: BaseException) -> TargetRefused | None:
 async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
     chunks: list[bytes] = []
     size = 0
-    while size < EXCERPT_BYTES:
-        chunk = await response.content.read(EXCERPT_BYTES - size)
+    content = response.content
+    while size < EXCERPT_BYTES and not content.at_eof():
+        chunk = await content.read(EXCERPT_BYTES - size)
         if not chunk:
             break
         chunks.append(chunk)

@@ -323,9 +323,9 @@ async def test_replay_and_bulk_retry_and_test_event(
     delivered = await get_delivery(pool, ping["id"])
     assert delivered["status"] == "succeeded"
     last = endpoint.to("/ok")[-1]
-    assert orjson.loads(Webhook(secret).verify(last.body, last.headers) and last.body)["type"] == (
-        "relay.ping"
-    )
+    ping_body = Webhook(secret).verify(last.body, last.headers)
+    assert (ping_body["type"], ping_body["object_id"]) == ("relay.ping", good["id"])
+    assert last.headers["webhook-id"] == delivered["event_id"]
     by_event, _ = await list_deliveries(pool, event_id=event_id)
     assert len(by_event) == 3
 

@@ -111,8 +111,9 @@ async def test_receiver_verifies_prints_fails_and_rejects(
 
 
 def test_receiver_refuses_a_malformed_secret() -> None:
-    with pytest.raises(ConfigError):
-        create_receiver_app(ReceiverOptions(secret="whsec_not*base64"))
+    for secret in ("whsec_not*base64", "nope", ""):
+        with pytest.raises(ConfigError):
+            create_receiver_app(ReceiverOptions(secret=secret))
 
 
 def test_describe_is_one_line() -> None:
