@@ -152,6 +152,13 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any], list[str]]] = [
         ["document.categorized"],
     ),
     (
+        "category first set",
+        "document",
+        cost("d1", category=None, category_code=None),
+        cost("d1"),
+        ["document.categorized"],
+    ),
+    (
         "category summary mirror alone",
         "document",
         cost("d1"),
@@ -320,6 +327,18 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any], list[str]]] = [
                     "last_sync_at": "y",
                 }
             ],
+        ),
+        ["connection.status_changed"],
+    ),
+    (
+        "connection additional integration added",
+        "connection",
+        connection(),
+        connection(
+            additional=[
+                *connection()["additional"],
+                {"software": "sage", "status": "unintegrated", "organisation": "B"},
+            ]
         ),
         ["connection.status_changed"],
     ),
