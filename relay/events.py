@@ -7,7 +7,7 @@ import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 import orjson
@@ -18,7 +18,12 @@ from relay.ids import new_id
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 
-Executor = asyncpg.Connection | asyncpg.Pool
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A connection, or one borrowed from a pool (`async with pool.acquire() as conn`).
+    Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
+    Executor: TypeAlias = Connection | asyncpg.Pool
 
 _COLUMNS = (
     "id",
@@ -74,7 +79,7 @@ def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-async def insert_events(conn: asyncpg.Connection, bodies: Sequence[Mapping[str, Any]]) -> None:
+async def insert_events(conn: Connection, bodies: Sequence[Mapping[str, Any]]) -> None:
     """Store event bodies (from `build_event`) in one COPY, in order (so `seq` follows it).
 
     Call it inside the transaction that made the change the events describe: that is the
@@ -87,7 +92,7 @@ async def insert_events(conn: asyncpg.Connection, bodies: Sequence[Mapping[str, 
 
 
 async def insert_event(
-    conn: asyncpg.Connection,
+    conn: Connection,
     type: str,
     *,
     account_id: str | None,

@@ -6,9 +6,8 @@ import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import orjson
 import structlog
 
@@ -22,6 +21,9 @@ from relay.rules import (
     changed_event_types,
     event_type_for,
 )
+
+if TYPE_CHECKING:
+    from relay.events import Connection, Executor
 
 log = structlog.get_logger("relay.snapshots")
 
@@ -181,19 +183,19 @@ def _prepare(
     return batch
 
 
-async def _temp_tables(conn: asyncpg.Connection) -> None:
+async def _temp_tables(conn: Connection) -> None:
     await conn.execute(_TEMP_TABLES)
 
 
 async def _lock_existing(
-    conn: asyncpg.Connection, account_id: str, object_type: str, only: list[int] | None
+    conn: Connection, account_id: str, object_type: str, only: list[int] | None
 ) -> dict[int, tuple[Any, bool]]:
     rows = await conn.fetch(_LOCK_EXISTING, account_id, object_type, only)
     return {row["n"]: (row["data"], row["was_deleted"]) for row in rows}
 
 
 async def diff_objects(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     account_id: str,
     object_type: str,
@@ -326,7 +328,7 @@ async def diff_objects(
 
 
 async def changed_summary_ids(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     account_id: str,
     client_id: str,
@@ -361,7 +363,7 @@ async def changed_summary_ids(
     return [row["object_id"] for row in rows]
 
 
-async def should_emit(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> bool:
+async def should_emit(conn: Executor, account_id: str) -> bool:
     """Whether diffs of this account emit events: after its baseline, or from the start when
     it was created with `backfill`. (`relay.accounts.complete_baseline` ends the baseline.)"""
     row = await conn.fetchrow(
@@ -377,7 +379,7 @@ async def should_emit(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) 
 
 
 async def stored_by_status(
-    db: asyncpg.Connection | asyncpg.Pool, account_id: str, client_id: str, statuses: Sequence[str]
+    db: Executor, account_id: str, client_id: str, statuses: Sequence[str]
 ) -> dict[str, list[tuple[str, str, str]]]:
     """A client's live stored documents in these statuses, per status: (id, workspace,
     created_at), so the planner can re-check its hot set (index snapshots_document_status)."""
@@ -397,7 +399,7 @@ async def stored_by_status(
 
 
 async def stored_workspaces(
-    db: asyncpg.Connection | asyncpg.Pool, account_id: str, client_id: str, ids: Sequence[str]
+    db: Executor, account_id: str, client_id: str, ids: Sequence[str]
 ) -> dict[str, str]:
     """The workspace (`costs` | `sales`) of stored documents: which detail URL to ask."""
     rows = await db.fetch(
@@ -456,7 +458,7 @@ class ScanOutcome:
 
 
 async def begin_complete_scan(
-    conn: asyncpg.Connection, *, account_id: str, object_type: str, client_id: str
+    conn: Connection, *, account_id: str, object_type: str, client_id: str
 ) -> int:
     """Start a complete scan of one client's objects of one type and return its id.
 
@@ -488,7 +490,7 @@ async def begin_complete_scan(
 
 
 async def record_scan_page(
-    conn: asyncpg.Connection, scan_id: int, page: str | int, object_ids: Sequence[str]
+    conn: Connection, scan_id: int, page: str | int, object_ids: Sequence[str]
 ) -> None:
     """Record the ids one page of a complete scan showed. Recording a page again (a retry, a
     re-fetch) adds to its ids: an object seen at all during the scan is never a candidate."""
@@ -507,7 +509,7 @@ async def record_scan_page(
         raise NotFound("scan", str(scan_id))
 
 
-async def mark_scan_partial(conn: asyncpg.Connection, scan_id: int, reason: str) -> None:
+async def mark_scan_partial(conn: Connection, scan_id: int, reason: str) -> None:
     """The scan missed something (a failed or malformed page, a 403): it will delete nothing."""
     marked = await conn.fetchval(
         "UPDATE snapshot_scans SET partial_reason = coalesce(partial_reason, $2)"
@@ -520,13 +522,13 @@ async def mark_scan_partial(conn: asyncpg.Connection, scan_id: int, reason: str)
     log.info("scan_marked_partial", scan_id=scan_id, reason=reason)
 
 
-async def deletion_candidates(conn: asyncpg.Connection, scan_id: int) -> list[str]:
+async def deletion_candidates(conn: Connection, scan_id: int) -> list[str]:
     """Ids stored and live that this scan did not see (no side effects; see finish)."""
     return [row["object_id"] for row in await conn.fetch(_CANDIDATES, scan_id)]
 
 
 async def finish_complete_scan(
-    conn: asyncpg.Connection,
+    conn: Connection,
     scan_id: int,
     *,
     confirmed_gone: Collection[str] | None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
@@ -18,6 +18,9 @@ from relay.snapshots import (
 )
 from tests.test_snapshots_objects import CLIENT, cost, make_account, stored_events, summary
 
+if TYPE_CHECKING:
+    from relay.events import Connection
+
 
 async def baseline(pool: asyncpg.Pool, account: str, ids: list[str]) -> None:
     async with pool.acquire() as conn:
@@ -31,9 +34,7 @@ async def baseline(pool: asyncpg.Pool, account: str, ids: list[str]) -> None:
         )
 
 
-async def scan_pages(
-    conn: asyncpg.Connection, account: str, pages: list[list[dict[str, Any]]]
-) -> int:
+async def scan_pages(conn: Connection, account: str, pages: list[list[dict[str, Any]]]) -> int:
     """A complete scan reading `pages` through diff_objects, as the poller does."""
     scan_id = await begin_complete_scan(
         conn, account_id=account, object_type="document", client_id=CLIENT
