@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import orjson
 import structlog
 from arq.connections import RedisSettings
 from arq.worker import Worker
@@ -64,6 +65,9 @@ def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -
         "burst": burst,
         "handle_signals": not burst,
         "max_jobs": 20,
+        # Jobs carry ids only; orjson keeps them readable in Redis and never unpickles anything.
+        "job_serializer": orjson.dumps,
+        "job_deserializer": orjson.loads,
     }
     options.update(overrides)
     return Worker(**options)
