@@ -248,6 +248,8 @@ class Poller:
                     if task.kind is TaskKind.BASELINE and run.finished:
                         # The baseline was a complete scan: the first sweep can wait its turn.
                         await defer_sweep(self.pool, account_id, task.client_id, self.clock())
+                    if not task.baselined and run.finished:
+                        account = await self._complete_baseline(account)
                     report.tasks += 1
                     report.requests += cost
                     report.changes += run.changed
@@ -285,12 +287,19 @@ class Poller:
             log.info("full_pass_requested", account_id=account.id, tasks=forced)
         return requested
 
+    async def _complete_baseline(self, account: accounts.Account) -> accounts.Account:
+        """Once every object set has its first run, the account's baseline is complete."""
+        if account.baseline_completed_at is not None:
+            return account
+        if not await all_baselined(self.pool, account.id):
+            return account
+        await accounts.complete_baseline(self.pool, account.id)
+        log.info("baseline_completed", account_id=account.id)
+        return await accounts.get_account(self.pool, account.id)
+
     async def _after_pass(self, account: accounts.Account, request_seen: Any) -> None:
         async with _connection(self.pool) as conn:
             await accounts.record_poll_success(conn, account.id)
-            if account.baseline_completed_at is None and await all_baselined(conn, account.id):
-                await accounts.complete_baseline(conn, account.id)
-                log.info("baseline_completed", account_id=account.id)
             if request_seen is not None:
                 forced_left = await conn.fetchval(
                     "SELECT count(*) FROM poll_tasks WHERE account_id = $1 AND forced",
