@@ -32,7 +32,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -349,6 +349,7 @@ class Poller:
     async def _run_task(
         self, client: DextClient, account: accounts.Account, task: Task, emit: bool
     ) -> _Run:
+        cid = task.client_id
         try:
             match task.kind:
                 case TaskKind.CLIENTS:
@@ -360,19 +361,16 @@ class Poller:
                 case TaskKind.HOT:
                     return await self._hot(client, account, task, emit)
                 case TaskKind.CONNECTIONS:
-                    obj = await client.connections(task.client_id)
-                    return _Run(
-                        await self._diff(account, "connection", [obj], task.client_id, emit)
-                    )
+                    objects = [await client.connections(cid)]
+                    return _Run(await self._diff(account, "connection", objects, cid, emit))
                 case TaskKind.SUPPLIERS:
-                    items = await _collect(client.suppliers, task.client_id, MAX_PER_PAGE)
-                    return _Run(await self._diff(account, "supplier", items, task.client_id, emit))
+                    objects, _ = await _pages(account.id, "/suppliers", client.suppliers, cid)
+                    return _Run(await self._diff(account, "supplier", objects, cid, emit))
                 case TaskKind.EXPENSE_REPORTS:
-                    items = await _collect(client.expense_reports, task.client_id, MAX_PER_PAGE)
-                    changed = await self._diff(
-                        account, "expense_report", items, task.client_id, emit
+                    objects, _ = await _pages(
+                        account.id, "/expense_reports", client.expense_reports, cid
                     )
-                    return _Run(changed)
+                    return _Run(await self._diff(account, "expense_report", objects, cid, emit))
         except UpstreamForbidden:
             # Access to this client was removed: nothing to see, nothing deleted.
             log.warning("client_forbidden", account_id=account.id, client_id=task.client_id)
@@ -401,20 +399,7 @@ class Poller:
         return len(result.created) + len(result.changed)
 
     async def _clients(self, client: DextClient, account: accounts.Account, emit: bool) -> _Run:
-        items: list[JsonObject] = []
-        complete = True
-        page_no = 1
-        while True:
-            try:
-                page = await client.clients(page=page_no)
-            except UpstreamProtocolError as exc:
-                _page_skipped(account.id, "/clients", page_no, exc)
-                complete = False
-                break
-            items.extend(page.items)
-            if not page.has_next:
-                break
-            page_no += 1
+        items, complete = await _pages(account.id, "/clients", client.clients)
         changed = await self._diff(account, "client", items, None, emit)
         ids = [str(item["id"]) for item in items]
         await ensure_tasks(self.pool, account.id, ids, self.clock(), self.policy, prune=complete)
@@ -538,7 +523,9 @@ class Poller:
                 statuses.append(status)
         changed, gone = 0, False
         for status in statuses:
-            summaries, complete = await _list_status(client, account.id, cid, status)
+            summaries, complete = await _pages(
+                account.id, "/documents", client.documents, cid, status=status, per_page=100
+            )
             c, g = await self._reconcile(
                 client, account, cid, summaries, complete, stored.get(status, []), emit
             )
@@ -548,7 +535,9 @@ class Poller:
         probe = await client.documents(cid, status=PROBED, per_page=1)
         stored_archived = stored.get(PROBED, [])
         if probe.total != len(stored_archived):
-            summaries, complete = await _list_status(client, account.id, cid, PROBED)
+            summaries, complete = await _pages(
+                account.id, "/documents", client.documents, cid, status=PROBED, per_page=100
+            )
             c, g = await self._reconcile(
                 client, account, cid, summaries, complete, stored_archived, emit
             )
@@ -685,28 +674,18 @@ async def _detail(client: DextClient, workspace: str, object_id: str) -> JsonObj
     return await client.cost(object_id)
 
 
-async def _collect(fetch: Callable[..., Any], client_id: str, per_page: int) -> list[JsonObject]:
-    items: list[JsonObject] = []
-    page_no = 1
-    while True:
-        page: Page = await fetch(client_id, page=page_no, per_page=per_page)
-        items.extend(page.items)
-        if not page.has_next:
-            return items
-        page_no += 1
-
-
-async def _list_status(
-    client: DextClient, account_id: str, cid: str, status: str
+async def _pages(
+    account_id: str, path: str, fetch: Callable[..., Awaitable[Page]], *args: Any, **kwargs: Any
 ) -> tuple[list[JsonObject], bool]:
-    """Every summary in one status; complete is False when a page failed."""
+    """Every item of every page of one list; complete is False when a page was malformed
+    (it is logged and the list stops there: what follows it cannot be trusted to be all)."""
     items: list[JsonObject] = []
     page_no = 1
     while True:
         try:
-            page = await client.documents(cid, status=status, page=page_no, per_page=MAX_PER_PAGE)
+            page = await fetch(*args, page=page_no, **kwargs)
         except UpstreamProtocolError as exc:
-            _page_skipped(account_id, "/documents", page_no, exc)
+            _page_skipped(account_id, path, page_no, exc)
             return items, False
         items.extend(page.items)
         if not page.has_next:
