@@ -34,6 +34,9 @@ class Settings:
     queue_name: str = "relay:queue"
     # Where the operator commands (`relay accounts ...`) find the admin API.
     api_url: str = "http://127.0.0.1:8080"
+    # Development only: how many times faster than real time the upstream's clock runs (match
+    # `relay sandbox --speed`), so rate-limit windows and poll cadences compress the same way.
+    upstream_speed: float = 1.0
     # Delivery dispatcher: in-flight requests per worker process, per endpoint (subscription),
     # deliveries claimed per query, how long a claim lasts before another worker may take the
     # delivery over (a crashed worker's claims expire), and how often to look for due work
@@ -70,6 +73,7 @@ class Settings:
             delivery_lease=_parse_positive(env, "RELAY_DELIVERY_LEASE", 60.0),
             delivery_poll_interval=_parse_positive(env, "RELAY_DELIVERY_POLL_INTERVAL", 1.0),
             api_url=(env.get("RELAY_API_URL") or "http://127.0.0.1:8080").rstrip("/"),
+            upstream_speed=_parse_positive(env, "RELAY_UPSTREAM_SPEED", 1.0),
         )
 
     def with_changes(self, **changes: Any) -> Settings:

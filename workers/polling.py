@@ -35,9 +35,13 @@ LOOKAHEAD = 5.0
 
 
 def _policy(ctx: dict[str, Any]) -> Policy:
-    # Tests and benchmarks put a time-compressed policy in the worker's ctx.
+    # Tests and benchmarks put a time-compressed policy in the worker's ctx; otherwise the
+    # default, compressed as much as a development sandbox's clock is (RELAY_UPSTREAM_SPEED).
     policy = ctx.get("poll_policy")
-    return policy if isinstance(policy, Policy) else Policy()
+    if isinstance(policy, Policy):
+        return policy
+    speed = ctx["settings"].upstream_speed
+    return Policy().scaled(speed) if speed != 1.0 else Policy()
 
 
 async def poll_account(ctx: dict[str, Any], account_id: str) -> str:
