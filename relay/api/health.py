@@ -7,9 +7,10 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
+from relay import metrics as deployment_metrics
 from relay.api import keys
 from relay.api.keys import POOL, REDIS
 from relay.api.openapi import build_openapi
@@ -68,7 +69,9 @@ async def readyz(request: web.Request, inp: Input) -> web.Response:
 
 
 async def metrics(request: web.Request, inp: Input) -> web.Response:
-    response = web.Response(body=generate_latest())
+    """The whole deployment: workers' counters from Redis, backlog gauges from Postgres."""
+    body = await deployment_metrics.render(request.app[POOL], request.app[REDIS])
+    response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 
