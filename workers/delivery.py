@@ -14,6 +14,7 @@ import structlog
 from arq import cron
 
 from relay.delivery import Dispatcher, close_session, create_session, fan_out_events
+from relay.metrics import WorkerMetrics
 from relay.settings import Settings
 from relay.vault import Vault
 
@@ -26,7 +27,9 @@ async def start_delivery(ctx: dict[str, Any]) -> None:
     """Open the delivery session and start this process's dispatcher (called at startup)."""
     settings: Settings = ctx["settings"]
     session = create_session(settings)
-    dispatcher = Dispatcher(ctx["pool"], settings, session, Vault(settings.secret_keys))
+    # One buffer per worker process: the dispatcher, the sweeper and poll jobs flush into Redis.
+    metrics = ctx["metrics"] = WorkerMetrics(ctx["redis_client"])
+    dispatcher = Dispatcher(ctx["pool"], settings, session, Vault(settings.secret_keys), metrics)
     ctx["delivery_session"] = session
     ctx["dispatcher"] = dispatcher
     ctx["dispatcher_task"] = asyncio.create_task(dispatcher.run(), name="delivery-dispatcher")
@@ -47,6 +50,9 @@ async def stop_delivery(ctx: dict[str, Any]) -> None:
     session = ctx.pop("delivery_session", None)
     if session is not None:
         await close_session(session)
+    metrics: WorkerMetrics | None = ctx.get("metrics")
+    if metrics is not None:
+        await metrics.flush()
 
 
 async def wake_dispatcher(ctx: dict[str, Any]) -> None:
@@ -71,6 +77,10 @@ async def sweep_deliveries(ctx: dict[str, Any]) -> int:
         dispatcher.wake(fan_out=False)
     if created:
         log.info("sweep_fanned_out", deliveries=created)
+        metrics: WorkerMetrics | None = ctx.get("metrics")
+        if metrics is not None:
+            metrics.recovered("fanned_out", created)
+            await metrics.flush()
     return created
 
 

@@ -31,6 +31,7 @@ import structlog
 from relay.delivery.policy import retry_delay
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
 from relay.delivery.store import WAKE_CHANNEL, fail_pending_deliveries, fan_out_events
+from relay.metrics import WorkerMetrics
 from relay.settings import Settings
 from relay.subscriptions import disable_subscription, signing_keys
 from relay.vault import Vault
@@ -59,16 +60,17 @@ WITH cand AS (
     WHERE cand.rn <= coalesce(room.free, $7)
     ORDER BY cand.next_attempt_at LIMIT $1
 ), locked AS (
-    SELECT d.id FROM deliveries AS d JOIN picked USING (id)
+    -- A lease token on a due pending row is a claim whose lease expired (its worker died).
+    SELECT d.id, d.lease_token IS NOT NULL AS expired FROM deliveries AS d JOIN picked USING (id)
     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
     FOR UPDATE OF d SKIP LOCKED
 ), claimed AS (
     UPDATE deliveries AS d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $8
     FROM locked WHERE d.id = locked.id
-    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count
+    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, locked.expired
 )
-SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, e.body,
+SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, c.expired, e.body,
        s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
        s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at
 FROM claimed AS c
@@ -131,8 +133,10 @@ class Dispatcher:
         settings: Settings,
         session: aiohttp.ClientSession,
         vault: Vault,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._settings = settings
         self._session = session
         self._vault = vault
@@ -266,6 +270,8 @@ class Dispatcher:
             token,
         )
         now = datetime.now(UTC)
+        if self._metrics is not None:
+            self._metrics.recovered("lease_expired", sum(1 for row in rows if row["expired"]))
         return [self._job(row, token, now) for row in rows]
 
     def _job(self, row: asyncpg.Record, token: uuid.UUID, now: datetime) -> Job:
@@ -398,6 +404,10 @@ class Dispatcher:
             await self._record_gone(columns, gone)
         for o in batch:
             self._log(o)
+        if self._metrics is not None:
+            for o in batch:
+                self._metrics.delivery_attempt(_metric_outcome(o), _sent_seconds(o.result))
+            await self._metrics.flush()  # one Redis round trip per recorded batch
 
     async def _record_gone(self, columns: list[list[Any]], gone: set[str]) -> None:
         """Record, then disable each subscription whose endpoint answered 410 Gone and stop its
@@ -459,3 +469,15 @@ class Dispatcher:
             except _DB_ERRORS:
                 self._listener.terminate()
             self._listener = None
+
+
+def _metric_outcome(o: Outcome) -> str:
+    if o.status == "succeeded":
+        return "succeeded"
+    if not o.result.attempted:
+        return "refused"
+    return "failed_retrying" if o.status == "pending" else "failed_final"
+
+
+def _sent_seconds(result: AttemptResult) -> float | None:
+    return result.latency_ms / 1000 if result.attempted else None
