@@ -101,6 +101,8 @@ class RunReport:
     requests: int = 0
     changes: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    # Every upstream request of the run, by endpoint and status, for the deployment's metrics.
+    upstream: CountingMetrics | None = None
 
 
 @dataclass
@@ -268,6 +270,7 @@ class Poller:
             await accounts.record_poll_error(self.pool, account_id, str(exc))
         finally:
             report.requests = _requests(metrics)
+            report.upstream = metrics
             state = await client.rate_limit_state()
             await accounts.record_rate_limit(self.pool, account_id, state.to_json())
 

@@ -22,6 +22,7 @@ from arq.connections import ArqRedis
 
 from relay import accounts
 from relay.http import create_client_session
+from relay.metrics import WorkerMetrics
 from relay.poller import Poller
 from relay.scheduling import Policy
 from relay.settings import Settings
@@ -56,7 +57,16 @@ async def poll_account(ctx: dict[str, Any], account_id: str) -> str:
             vault=Vault(settings.secret_keys),
             policy=policy,
         )
-        report = await poller.run_account(account_id)
+        # Counted once per run (not per request) into this worker's Redis metrics buffer.
+        metrics: WorkerMetrics = ctx.get("metrics") or WorkerMetrics(ctx["redis_client"])
+        try:
+            report = await poller.run_account(account_id)
+        except Exception:
+            metrics.poll_run(account_id, "crashed", None)
+            await metrics.flush()
+            raise
+        metrics.poll_run(account_id, report.outcome, report.upstream)
+        await metrics.flush()
     return report.outcome
 
 
