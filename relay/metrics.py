@@ -21,7 +21,7 @@ Redis key layout (hash fields are JSON arrays of label values, in the order show
     relay:metrics:attempts         [outcome]                             -> count
     relay:metrics:attempt_seconds  [le] per bucket (not cumulative), ["sum"] -> count / seconds
     relay:metrics:recoveries       [kind]                                -> count
-    relay:metrics:events           seq, cand_seq, cand_xid, type:<type>  (scrape-side state)
+    relay:metrics:events           seq, cand_seq, cand_running, type:<type>  (scrape side)
 
 Losing Redis (FLUSHDB, a restart without persistence) resets the worker counters to zero;
 Prometheus treats that as a counter reset, so `rate()` and `increase()` stay right and only the
@@ -381,23 +381,27 @@ async def _event_counts(conn: Connection, redis: aioredis.Redis) -> dict[str, in
 
     A `GROUP BY type` over all events grows with the table (about 0.25 s per million rows), so
     counts are kept incrementally in Redis: exact totals up to a settled `seq`, plus a count of
-    the rows after it at each scrape. `seq` values commit out of order, so a watermark may only
-    move to a candidate `seq` once every transaction that was running when the candidate was
-    read has ended (the snapshot's xmin has passed the candidate's xmax). Catching up (a new
-    deployment, a flushed Redis) is done in slices within the statement timeout.
+    the rows after it at each scrape. `seq` values commit out of order, so the watermark moves to
+    a candidate (the highest `seq` visible at an earlier scrape) only once every transaction of
+    this database that was writing then has ended; a lower `seq` can still be in flight before
+    that. Catching up (a new deployment, a flushed Redis) is done in slices within the statement
+    timeout. It relies on the workers' writers being visible in pg_stat_activity (the same
+    database user, or one with pg_read_all_stats).
     """
     # redis-py types its sync and async clients with one signature
     state: dict[bytes, bytes] = await redis.hgetall(EVENTS_KEY)  # type: ignore[misc]
     settled = int(state.get(b"seq", 0))
-    candidate, candidate_xid = int(state.get(b"cand_seq", 0)), int(state.get(b"cand_xid", 0))
+    candidate = int(state.get(b"cand_seq", 0))
+    waiting_for = set(state.get(b"cand_running", b"").decode().split(",")) - {""}
     counts = {k[5:].decode(): int(v) for k, v in state.items() if k.startswith(b"type:")}
     top = await conn.fetchrow(
-        "SELECT coalesce(max(seq), 0) AS seq, "
-        "pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, "
-        "pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax FROM events"
+        "SELECT coalesce(max(seq), 0) AS seq, ARRAY(SELECT backend_xid::text "
+        " FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL"
+        ") AS running FROM events"
     )
     assert top is not None
-    target = candidate if candidate > settled and top["xmin"] >= candidate_xid else settled
+    running = set(top["running"])
+    target = candidate if candidate > settled and not waiting_for & running else settled
     deadline = time.monotonic() + STATEMENT_TIMEOUT / 2
     while settled < target and time.monotonic() < deadline:
         upto = min(target, settled + EVENT_SLICE)
@@ -413,7 +417,7 @@ async def _event_counts(conn: Connection, redis: aioredis.Redis) -> dict[str, in
             counts[r["type"]] = counts.get(r["type"], 0) + r["n"]
         settled = upto
     if candidate <= settled:
-        candidate_state = {"cand_seq": top["seq"], "cand_xid": top["xmax"]}
+        candidate_state = {"cand_seq": top["seq"], "cand_running": ",".join(sorted(running))}
         await redis.hset(EVENTS_KEY, mapping=candidate_state)  # type: ignore[misc]
     if top["seq"] - settled > EVENT_SLICE:
         return None
