@@ -125,9 +125,16 @@ class WorkerMetrics:
     flush once per batch or run. Not shared across processes; one per worker is enough.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, timeout: float = FLUSH_TIMEOUT) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        timeout: float = FLUSH_TIMEOUT,
+        retry_after: float = RETRY_AFTER_FAILURE,
+    ) -> None:
         self._redis = redis
         self._timeout = timeout
+        self._retry_after = retry_after
         self._ints: Counter[_Field] = Counter()
         self._floats: dict[_Field, float] = {}
         self._retry_at = 0.0
@@ -178,7 +185,7 @@ class WorkerMetrics:
             self._ints.update(ints)
             for pair, value in floats.items():
                 self._floats[pair] = self._floats.get(pair, 0.0) + value
-            self._retry_at = time.monotonic() + RETRY_AFTER_FAILURE
+            self._retry_at = time.monotonic() + self._retry_after
             log.warning("metrics_flush_failed", error=f"{type(exc).__name__}: {exc}")
             return False
         return True

@@ -290,23 +290,58 @@ async def test_the_sweeper_counts_what_it_fans_out(
     assert value(samples, "relay_sweeper_recoveries_total", kind="fanned_out") == 2
 
 
+class RedisLink:
+    """A TCP relay to the real Redis on loopback that can be cut, as a network partition."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.up = True
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(
+            pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+
 async def test_a_failed_flush_keeps_its_counts_for_the_next(
-    api: TestClient[Any, Any], settings: Settings, redis_client: aioredis.Redis
+    api: TestClient[Any, Any], settings: Settings, redis_db: int
 ) -> None:
-    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    buffer = metrics.WorkerMetrics(dead)
-    buffer.delivery_attempt("succeeded", 0.003)
-    buffer.delivery_attempt("failed_retrying", 12.0)
-    assert not await buffer.flush()
-    await dead.aclose()
-    buffer._redis = redis_client  # Redis is back (same buffer, as in a worker)
-    buffer._retry_at = 0.0
-    assert await buffer.flush()
+    link = RedisLink(("127.0.0.1", 6379))
+    server = await asyncio.start_server(link.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = aioredis.Redis(host="127.0.0.1", port=port, db=redis_db, socket_connect_timeout=1)
+    try:
+        buffer = metrics.WorkerMetrics(redis, retry_after=0.0)
+        buffer.delivery_attempt("succeeded", 0.003)
+        buffer.delivery_attempt("failed_retrying", 12.0)
+        link.up = False
+        assert not await buffer.flush()
+        link.up = True
+        buffer.delivery_attempt("succeeded", 0.2)
+        assert await buffer.flush()
+    finally:
+        await redis.aclose()
+        server.close()
+        await server.wait_closed()
     samples = await scrape(api)
-    assert value(samples, "relay_delivery_attempts_total", outcome="succeeded") == 1
+    assert value(samples, "relay_delivery_attempts_total", outcome="succeeded") == 2
+    assert value(samples, "relay_delivery_attempts_total", outcome="failed_retrying") == 1
     assert value(samples, "relay_delivery_attempt_seconds_bucket", le="0.005") == 1
-    assert value(samples, "relay_delivery_attempt_seconds_bucket", le="10.0") == 1
-    assert value(samples, "relay_delivery_attempt_seconds_bucket", le="+Inf") == 2
+    assert value(samples, "relay_delivery_attempt_seconds_bucket", le="10.0") == 2
+    assert value(samples, "relay_delivery_attempt_seconds_bucket", le="+Inf") == 3
+    assert value(samples, "relay_delivery_attempt_seconds_sum") == pytest.approx(12.203)
 
 
 # ---- polling against the sandbox ----------------------------------------------------------------
