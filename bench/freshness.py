@@ -1,6 +1,6 @@
 """Freshness: how soon polling detects each upstream change, against a naive full-scan poller.
 
-Run from the repo root: `.venv/bin/python bench/freshness.py [--speed 40] [--minutes 90]`.
+Run from the repo root: `.venv/bin/python bench/freshness.py [--speed 40] [--minutes 80]`.
 
 Each strategy gets its own in-process sandbox with the same seed (50 clients x 2,000 items,
 the simulation's realistic change stream, 60 requests per simulated minute), its own database
@@ -78,18 +78,33 @@ class Env:
 # -- the naive baseline --------------------------------------------------------------------
 
 
-async def naive_pass(client: DextClient, env: Env, emit: bool) -> None:
-    """Round robin over everything: /clients, then per client every /costs and /sales page
-    (a complete scan, deletions confirmed by 404), suppliers, expense reports, connections."""
-    acc = env.account_id
-    clients = await client.iter_clients().collect()
-    async with env.pool.acquire() as conn:
-        await snapshots.diff_objects(
-            conn, account_id=acc, object_type="client", objects=clients, client_id=None, emit=emit
-        )
-    for cl in clients:
-        cid = str(cl["id"])
-        async with env.pool.acquire() as conn:
+@dataclass
+class Naive:
+    """Round robin over everything, one step at a time: the /clients list, then per client
+    every /costs and /sales page (a complete scan, deletions confirmed by 404), suppliers,
+    expense reports, connections; then /clients again. Same connector, same budget."""
+
+    client: DextClient
+    env: Env
+    emit: bool = False
+    queue: list[str] = field(default_factory=list)
+    everyone: list[str] = field(default_factory=list)
+
+    async def step(self) -> None:
+        """Scan the next client (or the /clients list, at the start of each round)."""
+        acc, pool, client = self.env.account_id, self.env.pool, self.client
+        if not self.queue:
+            clients = await client.iter_clients().collect()
+            async with pool.acquire() as conn:
+                await snapshots.diff_objects(
+                    conn, account_id=acc, object_type="client", objects=clients,
+                    client_id=None, emit=self.emit,
+                )  # fmt: skip
+            self.everyone = [str(cl["id"]) for cl in clients]
+            self.queue = list(self.everyone)
+            return
+        cid = self.queue[0]
+        async with pool.acquire() as conn:
             scan = await snapshots.begin_complete_scan(
                 conn, account_id=acc, object_type="document", client_id=cid
             )
@@ -97,15 +112,15 @@ async def naive_pass(client: DextClient, env: Env, emit: bool) -> None:
             page_no = 1
             while True:
                 page = await fetch(cid, page=page_no, per_page=50)
-                async with env.pool.acquire() as conn:
+                async with pool.acquire() as conn:
                     await snapshots.diff_objects(
                         conn, account_id=acc, object_type="document", objects=page.items,
-                        client_id=cid, emit=emit, scan_id=scan, page=f"{ws}:{page_no}",
+                        client_id=cid, emit=self.emit, scan_id=scan, page=f"{ws}:{page_no}",
                     )  # fmt: skip
                 if not page.has_next:
                     break
                 page_no += 1
-        async with env.pool.acquire() as conn:
+        async with pool.acquire() as conn:
             first = await snapshots.finish_complete_scan(conn, scan, confirmed_gone=None)
             gone = []
             for oid in first.candidates:
@@ -116,17 +131,31 @@ async def naive_pass(client: DextClient, env: Env, emit: bool) -> None:
                         await client.sale(oid)
                     except UpstreamNotFound:
                         gone.append(oid)
-            await snapshots.finish_complete_scan(conn, scan, confirmed_gone=gone, emit=emit)
+            await snapshots.finish_complete_scan(conn, scan, confirmed_gone=gone, emit=self.emit)
         for object_type, items in (
             ("supplier", await client.iter_suppliers(cid).collect()),
             ("expense_report", await client.iter_expense_reports(cid).collect()),
             ("connection", [await client.connections(cid)]),
         ):
-            async with env.pool.acquire() as conn:
+            async with pool.acquire() as conn:
                 await snapshots.diff_objects(
                     conn, account_id=acc, object_type=object_type, objects=items,
-                    client_id=cid, emit=emit,
+                    client_id=cid, emit=self.emit,
                 )  # fmt: skip
+        self.queue.pop(0)  # done: a step cancelled mid-way is redone from its start
+
+    async def round(self) -> None:
+        """From wherever the round robin is, until the client list and every client were
+        scanned once more."""
+        if not self.queue:
+            await self.step()
+        pending, listed = set(self.everyone), False
+        while pending or not listed:
+            current = self.queue[0] if self.queue else None
+            await self.step()
+            if current is None:
+                listed = True
+            pending.discard(current or "")
 
 
 # -- running a strategy ----------------------------------------------------------------------
@@ -206,15 +235,18 @@ async def run_strategy(name: str, args: argparse.Namespace, base: Settings) -> d
             limiter = RateLimiter(rconn, token, limit=60, window_seconds=window, margin=2)
             client = DextClient(url, token, session=http, limiter=limiter)
 
+            naive = Naive(client, env)
+
             async def baseline() -> None:
-                await naive_pass(client, env, emit=False)
+                await naive.round()
+                naive.emit = True
 
             async def poll_loop(stop: asyncio.Event) -> None:
                 while not stop.is_set():
-                    await naive_pass(client, env, emit=True)
+                    await naive.step()
 
             async def drain() -> None:
-                await naive_pass(client, env, emit=True)
+                await naive.round()
 
         return await measure(name, env, args, baseline, poll_loop, drain)
     finally:
@@ -268,7 +300,9 @@ async def measure(
     stop_stats.set()
     await asyncio.gather(watcher, stats)
     changes = env.sandbox.practice.log.since(seq0)[: seq1 - seq0]
-    events = await env.pool.fetch("SELECT id, type, object_id FROM events ORDER BY seq")
+    events = await env.pool.fetch(
+        "SELECT id, type, object_id, body->'data'->'object' AS object FROM events ORDER BY seq"
+    )
     summary = env.sandbox.access.summary()["tokens"]
     throttled = sum(t["rate_limited"] for t in summary.values())
     max_window = max((t["max_in_window"] for t in summary.values()), default=0)
@@ -286,22 +320,20 @@ def score(
     """Match ground truth to events per (object, type): each event covers the changes of its
     type on its object since the previous such event; latency counts from each change."""
     wanted: dict[tuple[str, str], list[float]] = defaultdict(list)
+    after: dict[tuple[str, float], dict[str, Any]] = {}  # (object, at) -> fields' new values
     for change in changes:
         fields = {k: list(v) for k, v in (change.get("changes") or {}).items()}
+        at = datetime.fromisoformat(change["at"]).timestamp()
+        after.setdefault((change["object_id"], at), {}).update({k: v[1] for k, v in fields.items()})
         for event_type in expected_types(change["object_type"], change["kind"], fields):
-            at = datetime.fromisoformat(change["at"]).timestamp()
             wanted[(change["object_id"], event_type)].append(at)
     got: dict[tuple[str, str], list[float]] = defaultdict(list)
+    created: dict[str, tuple[float, dict[str, Any]]] = {}
     for event in events:
         seen = env.seen_at.get(event["id"], env.sandbox.clock.now())
         got[(event["object_id"], event["type"])].append(seen)
-    # An object first seen after more changes carries them in its `created` event's object:
-    # those changes count as detected when the created event was.
-    created_seen = {
-        object_id: min(times)
-        for (object_id, event_type), times in got.items()
-        if event_type.endswith(".created")
-    }
+        if event["type"].endswith(".created"):
+            created.setdefault(event["object_id"], (seen, event["object"]))
     latencies: dict[str, list[float]] = defaultdict(list)
     missed: dict[str, int] = defaultdict(int)
     false: dict[str, int] = defaultdict(int)
@@ -309,11 +341,18 @@ def score(
     misses: list[tuple[str, str]] = []
     for key in set(wanted) | set(got):
         pending = sorted(wanted.get(key, []))
-        born = created_seen.get(key[0])
-        if born is not None and not key[1].endswith(".created"):
-            absorbed = [at for at in pending if at <= born]
+        # An object first seen after more changes carries them in its `created` event: those
+        # the created object already shows count as detected with it.
+        if key[0] in created and not key[1].endswith(".created"):
+            born, shown = created[key[0]]
+            absorbed = [
+                at
+                for at in pending
+                if at <= born
+                and all(shown.get(k) == v for k, v in after.get((key[0], at), {}).items())
+            ]
             latencies[key[1]].extend((born - at) / 60.0 for at in absorbed)
-            pending = pending[len(absorbed) :]
+            pending = [at for at in pending if at not in absorbed]
         for seen in sorted(got.get(key, [])):
             covered = [at for at in pending if at <= seen]
             if not covered:
@@ -425,7 +464,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", type=float, default=40.0, help="time compression (40)")
-    parser.add_argument("--minutes", type=float, default=90.0, help="simulated minutes (90)")
+    parser.add_argument("--minutes", type=float, default=80.0, help="simulated minutes (80)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
