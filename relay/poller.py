@@ -35,6 +35,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from typing import Any, cast
 
 import aiohttp
@@ -113,6 +114,7 @@ class _Run:
     finished: bool = True
     cursor: dict[str, Any] | None = None
     suspect_deletion: bool = False
+    failed: bool = False  # nothing usable came back: keep the task as it was, retry later
 
 
 class LeaseLost(Exception):
@@ -244,13 +246,15 @@ class Poller:
                         finished=run.finished,
                         cursor=run.cursor,
                     )
+                    if run.failed:
+                        done = dc_replace(task, due_at=self.clock() + task.interval)
                     await save_task(self.pool, done)
                     if run.suspect_deletion:
                         await hurry_sweep(self.pool, account_id, task.client_id)
                     if task.kind is TaskKind.BASELINE and run.finished:
                         # The baseline was a complete scan: the first sweep can wait its turn.
                         await defer_sweep(self.pool, account_id, task.client_id, self.clock())
-                    if not task.baselined and run.finished:
+                    if not task.baselined and run.finished and not run.failed:
                         account = await self._complete_baseline(account)
                     report.tasks += 1
                     report.requests += cost
@@ -366,18 +370,26 @@ class Poller:
                 case TaskKind.CONNECTIONS:
                     objects = [await client.connections(cid)]
                     return _Run(await self._diff(account, "connection", objects, cid, emit))
-                case TaskKind.SUPPLIERS:
-                    objects, _ = await _pages(account.id, "/suppliers", client.suppliers, cid)
-                    return _Run(await self._diff(account, "supplier", objects, cid, emit))
-                case TaskKind.EXPENSE_REPORTS:
-                    objects, _ = await _pages(
-                        account.id, "/expense_reports", client.expense_reports, cid
+                case TaskKind.SUPPLIERS | TaskKind.EXPENSE_REPORTS:
+                    path, object_type, fetch = (
+                        ("/suppliers", "supplier", client.suppliers)
+                        if task.kind is TaskKind.SUPPLIERS
+                        else ("/expense_reports", "expense_report", client.expense_reports)
                     )
-                    return _Run(await self._diff(account, "expense_report", objects, cid, emit))
-        except UpstreamForbidden:
-            # Access to this client was removed: nothing to see, nothing deleted.
-            log.warning("client_forbidden", account_id=account.id, client_id=task.client_id)
+                    objects, complete = await _pages(account.id, path, fetch, cid)
+                    changed = await self._diff(account, object_type, objects, cid, emit)
+                    # An incomplete first read is no baseline: what it missed is not "new".
+                    return _Run(changed, failed=not complete and not task.baselined)
+        except (UpstreamForbidden, UpstreamNotFound) as exc:
+            # Access to this client was removed (or it is gone): nothing to see, nothing deleted.
+            log.warning(
+                "client_unavailable", account_id=account.id, client_id=cid, status=exc.status
+            )
             return _Run(cursor={})
+        except UpstreamProtocolError as exc:
+            # A malformed answer: skip this run (nothing stored from it) and try at the next turn.
+            _page_skipped(account.id, exc.url, 0, exc)
+            return _Run(failed=True)
         raise AssertionError(f"unknown task kind {task.kind}")
 
     async def _diff(

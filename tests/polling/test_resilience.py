@@ -240,3 +240,19 @@ async def test_the_cron_enqueues_only_what_is_due(
             assert await schedule_polls(ctx) == 1  # a poll request is tried at once
     finally:
         await arq.aclose()
+
+
+async def test_a_malformed_list_neither_stops_the_pass_nor_fakes_a_baseline(
+    pool: asyncpg.Pool, poller: Poller, account: accounts.Account, sandbox: SandboxHandle
+) -> None:
+    await sandbox.fault(kind="malformed_json", path="/suppliers", count=1000)
+    await settle(poller, account.id)
+    # Everything else was polled; the suppliers have no baseline yet, so neither has the account.
+    assert await pool.fetchval("SELECT count(*) FROM snapshots WHERE object_type = 'document'")
+    assert not await pool.fetchval("SELECT count(*) FROM snapshots WHERE object_type = 'supplier'")
+    assert (await accounts.get_account(pool, account.id)).status == "baselining"
+    await sandbox.clear_faults()
+    await settle(poller, account.id)
+    assert (await accounts.get_account(pool, account.id)).status == "active"
+    assert await pool.fetchval("SELECT count(*) FROM snapshots WHERE object_type = 'supplier'")
+    assert await event_types(pool) == []  # the suppliers' first good read is their baseline
