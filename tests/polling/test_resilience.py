@@ -16,7 +16,8 @@ from relay import accounts
 from relay.poller import Poller
 from relay.scheduling import claim_lease
 from relay.settings import Settings
-from tests.plugins.sandbox import SandboxHandle
+from relay.vault import Vault
+from tests.plugins.sandbox import SandboxFactory, SandboxHandle
 from tests.polling.conftest import TEST_POLICY
 from tests.polling.helpers import check_round, events_after, last_seq, settle
 from workers.main import build_worker, shutdown
@@ -256,3 +257,22 @@ async def test_a_malformed_list_neither_stops_the_pass_nor_fakes_a_baseline(
     assert (await accounts.get_account(pool, account.id)).status == "active"
     assert await pool.fetchval("SELECT count(*) FROM snapshots WHERE object_type = 'supplier'")
     assert await event_types(pool) == []  # the suppliers' first good read is their baseline
+
+
+async def test_no_window_gets_more_than_the_budget_and_nothing_is_throttled(
+    pool: asyncpg.Pool, poller: Poller, vault: Vault, sandbox_factory: SandboxFactory
+) -> None:
+    box = await sandbox_factory(rate_limit=12, window_seconds=1.0)
+    tight = replace(poller, policy=replace(TEST_POLICY, rate_limit=12, window_seconds=1.0))
+    account = await accounts.create_account(
+        pool, vault, provider="dext", name="tight", base_url=box.url, api_token=box.token
+    )
+    await settle(tight, account.id)
+    assert (await accounts.get_account(pool, account.id)).status == "active"
+    summary = (await box.requests_summary())["tokens"]
+    (stats,) = summary.values()
+    assert stats["total"] > 2 * 12  # the pass needed several windows ...
+    assert stats["max_in_window"] <= 12 - TEST_POLICY.safety_margin  # ... each within budget
+    assert stats["rate_limited"] == 0
+    recorded = (await accounts.get_account(pool, account.id)).rate_limit
+    assert recorded["limit"] == 12
