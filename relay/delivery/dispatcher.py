@@ -45,35 +45,39 @@ _RECORD_EAGER = 200
 _RECORD_WAIT = 0.02
 
 _CLAIM = """
-WITH cand AS (
-    SELECT id, subscription_id, next_attempt_at,
-           row_number() OVER (PARTITION BY subscription_id ORDER BY next_attempt_at) AS rn
-    FROM (
-        SELECT id, subscription_id, next_attempt_at FROM deliveries
-        WHERE status = 'pending' AND next_attempt_at <= now()
-          AND NOT (subscription_id = ANY($3::text[]))
-        ORDER BY next_attempt_at LIMIT $4
-    ) AS scan
+WITH scan AS (
+    SELECT id, subscription_id, next_attempt_at FROM deliveries
+    WHERE status = 'pending' AND next_attempt_at <= now()
+      AND NOT (subscription_id = ANY($3::text[]))
+    ORDER BY next_attempt_at LIMIT $4
 ), picked AS (
-    SELECT cand.id FROM cand
+    SELECT cand.id FROM (
+        SELECT id, subscription_id, next_attempt_at,
+               row_number() OVER (PARTITION BY subscription_id ORDER BY next_attempt_at) AS rn
+        FROM scan
+    ) AS cand
     LEFT JOIN unnest($5::text[], $6::int[]) AS room(subscription_id, free) USING (subscription_id)
     WHERE cand.rn <= coalesce(room.free, $7)
     ORDER BY cand.next_attempt_at LIMIT $1
 ), locked AS (
     -- A lease token on a due pending row is a claim whose lease expired (its worker died).
-    SELECT d.id, d.lease_token IS NOT NULL AS expired FROM deliveries AS d JOIN picked USING (id)
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-    FOR UPDATE OF d SKIP LOCKED
+    -- `= ANY(ARRAY(...))` keeps these lookups on the primary key: joined to the CTE instead,
+    -- the planner hashes a sequential scan of the whole table on every claim.
+    SELECT d.id, d.lease_token IS NOT NULL AS expired FROM deliveries AS d
+    WHERE d.id = ANY(ARRAY(SELECT id FROM picked))
+      AND d.status = 'pending' AND d.next_attempt_at <= now()
+    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE deliveries AS d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $8
-    FROM locked WHERE d.id = locked.id
-    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, locked.expired
+    WHERE d.id = ANY(ARRAY(SELECT id FROM locked))
+    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count
 )
-SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, c.expired, e.body,
+SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, l.expired, e.body,
        s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
        s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at
 FROM claimed AS c
+JOIN locked AS l ON l.id = c.id
 JOIN events AS e ON e.id = c.event_id
 JOIN subscriptions AS s ON s.id = c.subscription_id
 """
