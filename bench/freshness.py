@@ -1,6 +1,6 @@
 """Freshness: how soon polling detects each upstream change, against a naive full-scan poller.
 
-Run from the repo root: `.venv/bin/python bench/freshness.py [--speed 40] [--minutes 80]`.
+Run from the repo root: `.venv/bin/python bench/freshness.py [--speed 40] [--minutes 60]`.
 
 Each strategy gets its own in-process sandbox with the same seed (50 clients x 2,000 items,
 the simulation's realistic change stream, 60 requests per simulated minute), its own database
@@ -464,7 +464,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", type=float, default=40.0, help="time compression (40)")
-    parser.add_argument("--minutes", type=float, default=80.0, help="simulated minutes (80)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="simulated minutes (60)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
