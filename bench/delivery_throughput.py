@@ -41,6 +41,7 @@ from relay.subscriptions import create_subscription
 from relay.vault import Vault, generate_key
 
 PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+PENDING_LEFT = "SELECT EXISTS (SELECT FROM deliveries WHERE status = 'pending')"
 
 
 def serve(port: int) -> None:
@@ -119,9 +120,9 @@ async def run_dispatcher(pool: asyncpg.Pool, settings: Settings, n: int) -> floa
     dispatcher = Dispatcher(pool, settings, session, Vault(settings.secret_keys))
     started = time.perf_counter()
     task = asyncio.create_task(dispatcher.run())
-    # Counting what is still pending walks the shrinking partial index: cheap, so the probe
-    # does not steal much of the database from the dispatcher it measures.
-    while await pool.fetchval("SELECT count(*) FROM deliveries WHERE status = 'pending'"):  # noqa: ASYNC110
+    # EXISTS stops at the first pending row; a count(*) walked every index entry left by the
+    # run's updates (5 ms, 20 times a second), stealing the database from what it measures.
+    while await pool.fetchval(PENDING_LEFT):  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
     dispatcher.stop()
