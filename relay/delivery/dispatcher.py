@@ -8,8 +8,10 @@ One long-running `Dispatcher.run()` per worker process. Its cycle:
    lease, so a delivery held by a worker that died is simply due again when the lease ends;
    no two live workers ever hold the same delivery;
 3. send each claimed delivery in its own task, at most `delivery_endpoint_concurrency` at once
-   per subscription and `delivery_concurrency` in all; a saturated endpoint is left out of the
-   next claims, so a slow or dead endpoint never holds back healthy ones;
+   per subscription and `delivery_concurrency` in all. Claims run a few rounds ahead (queued
+   here, started the moment a send ends, subscriptions served in turn); an endpoint holding
+   its share of claims is left out of the next ones, so a slow or dead endpoint never holds
+   back healthy ones, and claims still in the queue at shutdown are handed back;
 4. record outcomes in batches: one statement updates the deliveries and inserts their attempts,
    fenced by the claim's lease token so a late result never overwrites a newer claim.
 """
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,6 +105,12 @@ WHERE r.attempted
 ON CONFLICT DO NOTHING
 """
 
+_RELEASE = """
+UPDATE deliveries AS d SET next_attempt_at = now(), lease_token = NULL
+FROM unnest($1::text[], $2::uuid[]) AS r(id, token)
+WHERE d.id = r.id AND d.lease_token = r.token AND d.status = 'pending'
+"""
+
 
 @dataclass(slots=True)
 class Job:
@@ -150,10 +159,24 @@ class Dispatcher:
         # A claim must outlive the request it covers (bounded by the timeout) plus recording.
         self._lease = max(settings.delivery_lease, settings.delivery_timeout + 1.0)
         self._check_host = not settings.allow_private_targets
+        # Claims run ahead of the sends: up to `depth` rounds of each cap are held (claimed), the
+        # rest queued here, so a send that ends starts the next at once instead of waiting for
+        # a claim round trip, and claims come in few big statements. A queued delivery waits at
+        # most depth - 1 rounds of full timeouts, which the lease still covers.
+        depth = max(1, min(4, int(self._lease // (settings.delivery_timeout + 1.0)) - 1))
+        self._hold_cap = self._endpoint_cap * depth
+        self._hold_capacity = self._capacity * depth
         # Claim again once this many sends finished, so one completion is not one query.
-        self._claim_threshold = max(1, self._endpoint_cap // 2)
+        self._claim_threshold = max(1, min(self._batch, self._hold_cap) // 2)
         self._inflight: dict[str, int] = {}
         self._inflight_total = 0
+        self._held: dict[str, int] = {}  # in flight + queued, per subscription
+        self._held_total = 0
+        self._queued: dict[str, deque[Job]] = {}
+        # Subscriptions with queued jobs and room under their own cap: only the total capacity
+        # holds them back; served in turn, so a busy endpoint cannot starve the others.
+        self._ready: deque[str] = deque()
+        self._ready_set: set[str] = set()
         self._freed = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes: list[Outcome] = []
@@ -210,18 +233,19 @@ class Dispatcher:
         if self._fan_out_due:
             self._fan_out_due = False
             await fan_out_events(self._pool)
-        started = 0
+        claimed = 0
         while not self._stopping:
-            room = min(self._batch, self._capacity - self._inflight_total)
+            room = min(self._batch, self._hold_capacity - self._held_total)
             if room <= 0:
                 break
             jobs = await self._claim(room)
             for job in jobs:
-                self._start(job)
-            started += len(jobs)
+                self._hold(job)
+            self._pump()
+            claimed += len(jobs)
             if len(jobs) < room:
                 break
-        return started
+        return claimed
 
     # ---- waiting ----------------------------------------------------------------------------
 
@@ -258,9 +282,9 @@ class Dispatcher:
     # ---- claiming and sending ---------------------------------------------------------------
 
     async def _claim(self, room: int) -> list[Job]:
-        saturated = [s for s, n in self._inflight.items() if n >= self._endpoint_cap]
-        partial = [(s, self._endpoint_cap - n) for s, n in self._inflight.items() if n > 0]
-        partial = [(s, free) for s, free in partial if free > 0]
+        cap = self._hold_cap
+        saturated = [s for s, n in self._held.items() if n >= cap]
+        partial = [(s, cap - n) for s, n in self._held.items() if 0 < n < cap]
         token = uuid.uuid4()
         rows = await self._pool.fetch(
             _CLAIM,
@@ -270,7 +294,7 @@ class Dispatcher:
             room * 4,
             [s for s, _ in partial],
             [free for _, free in partial],
-            self._endpoint_cap,
+            cap,
             token,
         )
         now = datetime.now(UTC)
@@ -310,12 +334,52 @@ class Dispatcher:
             disabled_reason=row["disabled_reason"],
         )
 
+    def _hold(self, job: Job) -> None:
+        sub = job.subscription_id
+        self._held[sub] = self._held.get(sub, 0) + 1
+        self._held_total += 1
+        queue = self._queued.get(sub)
+        if queue is None:
+            queue = self._queued[sub] = deque()
+        queue.append(job)
+        self._mark_ready(sub)
+
+    def _mark_ready(self, sub: str) -> None:
+        if (
+            sub not in self._ready_set
+            and sub in self._queued
+            and self._inflight.get(sub, 0) < self._endpoint_cap
+        ):
+            self._ready_set.add(sub)
+            self._ready.append(sub)
+
+    def _pump(self) -> None:
+        """Start queued jobs while there is room, one subscription after another."""
+        ready = self._ready
+        while ready and self._inflight_total < self._capacity and not self._stopping:
+            sub = ready.popleft()
+            self._ready_set.discard(sub)
+            queue = self._queued[sub]
+            self._start(queue.popleft())
+            if not queue:
+                del self._queued[sub]
+            else:
+                self._mark_ready(sub)
+
     def _start(self, job: Job) -> None:
         self._inflight[job.subscription_id] = self._inflight.get(job.subscription_id, 0) + 1
         self._inflight_total += 1
         task = asyncio.create_task(self._send(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _unhold(self, sub: str) -> None:
+        left = self._held[sub] - 1
+        if left:
+            self._held[sub] = left
+        else:
+            del self._held[sub]
+        self._held_total -= 1
 
     async def _send(self, job: Job) -> None:
         try:
@@ -332,14 +396,18 @@ class Dispatcher:
                     self._session, job.id, job.url, job.body, headers, check_host=self._check_host
                 )
         finally:
-            left = self._inflight[job.subscription_id] - 1
+            sub = job.subscription_id
+            left = self._inflight[sub] - 1
             if left:
-                self._inflight[job.subscription_id] = left
+                self._inflight[sub] = left
             else:
-                del self._inflight[job.subscription_id]
+                del self._inflight[sub]
             self._inflight_total -= 1
+            self._unhold(sub)
+            self._mark_ready(sub)
+            self._pump()
             self._freed += 1
-            if self._freed >= self._claim_threshold or self._inflight_total == 0:
+            if self._freed >= self._claim_threshold or self._held_total == 0:
                 self._freed = 0
                 self._wake.set()
         self._outcomes.append(self._decide(job, result))
@@ -448,9 +516,28 @@ class Dispatcher:
         else:
             log.warning("delivery_failed", error=r.error, **data)
 
+    async def _release_queued(self) -> None:
+        """Hand claimed-but-unsent deliveries back (due now) so another worker sends them at
+        once; should this fail, their leases simply expire."""
+        jobs = [job for queue in self._queued.values() for job in queue]
+        self._queued.clear()
+        self._ready.clear()
+        self._ready_set.clear()
+        for job in jobs:
+            self._unhold(job.subscription_id)
+        if not jobs:
+            return
+        try:
+            await self._pool.execute(
+                _RELEASE, [job.id for job in jobs], [job.token for job in jobs]
+            )
+        except _DB_ERRORS as exc:
+            log.warning("delivery_release_failed", error=f"{type(exc).__name__}: {exc}")
+
     async def _drain(self, recorder: asyncio.Task[None]) -> None:
         """Finish sends in flight (each is bounded by the delivery timeout), record, clean up."""
         self._stopping = True
+        await self._release_queued()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._settings.delivery_timeout + 1.0)
         for task in list(self._tasks):
