@@ -422,3 +422,39 @@ async def test_disabled_subscription_pending_deliveries_fail_without_sending(
     assert row["attempt_count"] == 0
     assert "subscription disabled" in row["last_error"]
     assert endpoint.hits == []
+
+
+async def test_claims_queued_ahead_are_handed_back_at_shutdown(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    # One send at a time: the other deliveries are claimed ahead and wait in the local queue.
+    settings = dsettings.with_changes(delivery_concurrency=1, delivery_endpoint_concurrency=1)
+    await subscribe(pool, vault, settings, endpoint.url("/hold"))
+    await store_events(pool, *[event_body() for _ in range(6)])
+    dispatcher = await start_dispatcher(settings)
+    await wait_until(lambda: _count(endpoint, "/hold", 1), what="first send")
+    leased = await pool.fetchval("SELECT count(*) FROM deliveries WHERE lease_token IS NOT NULL")
+    assert leased > 1  # claimed ahead of the one send in flight
+    dispatcher.stop()
+    await asyncio.sleep(0.2)
+    endpoint.release.set()
+    await wait_until(lambda: all_settled_but(pool, 1), what="hand-back")
+    rows = await delivery_rows(pool)
+    assert len(endpoint.hits) == 1  # nothing queued was sent after stop()
+    handed_back = [r for r in rows if r["status"] == "pending"]
+    assert len(handed_back) == 5
+    assert all(r["lease_token"] is None and r["attempt_count"] == 0 for r in handed_back)
+    due = await pool.fetchval(
+        "SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
+    )
+    assert due == 5  # due at once for the next worker, not after the lease
+
+
+async def all_settled_but(pool: asyncpg.Pool, succeeded: int) -> bool:
+    rows = await delivery_rows(pool)
+    done = [r for r in rows if r["status"] == "succeeded"]
+    return len(done) == succeeded and all(r["lease_token"] is None for r in rows)
