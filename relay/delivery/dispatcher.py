@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections import deque
@@ -474,8 +475,7 @@ class Dispatcher:
             await self._pool.execute(_RECORD, *columns)  # one statement: atomic on its own
         else:
             await self._record_gone(columns, gone)
-        for o in batch:
-            self._log(o)
+        self._log(batch)
         if self._metrics is not None:
             for o in batch:
                 self._metrics.delivery_attempt(_metric_outcome(o), _sent_seconds(o.result))
@@ -499,22 +499,34 @@ class Dispatcher:
                         pending_failed=stopped,
                     )
 
-    def _log(self, o: Outcome) -> None:
-        r = o.result
-        data = {
-            "delivery_id": o.job.id,
-            "event_id": o.job.event_id,
-            "subscription_id": o.job.subscription_id,
-            "attempt": o.job.attempt_count + (1 if r.attempted else 0),
-            "status_code": r.status_code,
-            "latency_ms": r.latency_ms,
-        }
-        if o.status == "succeeded":
-            log.info("delivery_succeeded", **data)
-        elif o.status == "pending":
-            log.info("delivery_retry_scheduled", error=r.error, next_attempt_at=o.next_at, **data)
-        else:
-            log.warning("delivery_failed", error=r.error, **data)
+    def _log(self, batch: list[Outcome]) -> None:
+        """One info line per recorded batch; each success only at debug (thousands a second
+        would drown the log), each failure on its own line at info or warning."""
+        succeeded = 0
+        debug = log.is_enabled_for(logging.DEBUG)
+        for o in batch:
+            if o.status == "succeeded":
+                succeeded += 1
+                if not debug:
+                    continue
+            r = o.result
+            data = {
+                "delivery_id": o.job.id,
+                "event_id": o.job.event_id,
+                "subscription_id": o.job.subscription_id,
+                "attempt": o.job.attempt_count + (1 if r.attempted else 0),
+                "status_code": r.status_code,
+                "latency_ms": r.latency_ms,
+            }
+            if o.status == "succeeded":
+                log.debug("delivery_succeeded", **data)
+            elif o.status == "pending":
+                log.info(
+                    "delivery_retry_scheduled", error=r.error, next_attempt_at=o.next_at, **data
+                )
+            else:
+                log.warning("delivery_failed", error=r.error, **data)
+        log.info("deliveries_recorded", attempts=len(batch), succeeded=succeeded)
 
     async def _release_queued(self) -> None:
         """Hand claimed-but-unsent deliveries back (due now) so another worker sends them at
