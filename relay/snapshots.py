@@ -46,7 +46,7 @@ DELETE FROM relay_diff_rows;
 # the index per key costs several times more when every key is looked up). A client object is
 # its own client; any other object's is the call's (`$3`), which narrows the scan to it.
 _FIND_CANDIDATES = """
-SELECT k.n FROM relay_diff_keys k
+SELECT k.n, k.hash FROM relay_diff_keys k
 WHERE NOT EXISTS (
     SELECT 1 FROM snapshots s
     WHERE s.account_id = $1 AND s.object_type = $2 AND s.client_id = {client}
@@ -140,17 +140,14 @@ class DiffResult:
 
 @dataclass
 class _Batch:
-    """Incoming objects as parallel lists, position `n` in each describing one object. Lists
-    of strings and bytes, unlike a tuple per object, give the garbage collector nothing new
-    to track, which on a 100,000-object scan is a third of the Python time. `candidates` are
-    the positions whose hash is not the stored one, `replaced` those seen twice."""
+    """Incoming objects and their ids by position `n` on the page; `candidates` are the
+    positions (of an id's last copy) whose hash is not the stored one, with that hash."""
 
     client_id: str | None
+    objects: Sequence[Mapping[str, Any]]
     object_ids: list[str] = field(default_factory=list)
-    hashes: list[bytes] = field(default_factory=list)
-    objects: list[Mapping[str, Any]] = field(default_factory=list)
-    candidates: list[int] = field(default_factory=list)
-    replaced: set[int] = field(default_factory=set)
+    unique_ids: list[str] = field(default_factory=list)
+    candidates: dict[int, bytes] = field(default_factory=dict)
 
     def client_of(self, n: int) -> str:
         """The client of object `n`: the call's, or for a client object the object itself."""
@@ -166,36 +163,24 @@ def _object_id(raw: Any, what: str) -> str:
 
 
 def _hashed_keys(
-    object_type: str,
-    objects: Iterable[Mapping[str, Any]],
-    client_id: str | None,
-    batch: _Batch,
-    failure: list[InvalidInput],
+    object_type: str, batch: _Batch, client_id: str | None, failure: list[InvalidInput]
 ) -> Iterator[tuple[int, str, bytes]]:
-    """Validate and hash the incoming objects into `batch`, yielding the COPY record (n, id,
-    hash) of each id when first seen; a later duplicate of an id replaces the earlier one (a
-    shifted page can show an item twice) and makes it a candidate. Bad input ends the records
-    and lands in `failure`: raising inside a COPY would abort it by a cancel request.
+    """Validate and hash the incoming objects, yielding the COPY record (n, id, hash) of each
+    and collecting their ids. Bad input ends the records and lands in `failure`: raising
+    inside a COPY would abort it by a cancel request.
 
     This loop is a diff's only per-object Python work (SQL does the comparing), so it is kept
-    lean: one dumps and one digest per object, and the common case (a dict with a string id)
-    takes no detours. As a generator it feeds the COPY, which sends each 512 KB of records as
-    it fills: Postgres stores them (on the other core) while Python hashes the rest.
+    to one dumps, one digest and one append per object (ids seen twice are sorted out after
+    it). As a generator it feeds the COPY, which sends each 512 KB of records as it fills:
+    Postgres stores them (on the other core) while Python hashes the rest.
     """
     what = f"a {object_type}"
     volatile = bool(VOLATILE_FIELDS[object_type])
     one_per_client = object_type == "connection"  # named by its client, it carries no id
     dumps, sort, digest = orjson.dumps, orjson.OPT_SORT_KEYS, xxh3_128_digest
-    object_ids, hashes, kept, replaced = (
-        batch.object_ids,
-        batch.hashes,
-        batch.objects,
-        batch.replaced,
-    )
-    # The client is fixed per call, or the object itself: the id alone identifies a row.
-    position: dict[str, int] = {}
+    object_ids = batch.object_ids
     try:
-        for obj in objects:
+        for n, obj in enumerate(batch.objects):
             if not isinstance(obj, dict):
                 raise InvalidInput(f"{what} must be a JSON object", field="objects")
             raw_id = client_id if one_per_client else obj.get("id")
@@ -208,16 +193,8 @@ def _hashed_keys(
                 raise InvalidInput(
                     f"{what} is not representable as JSON: {exc}", field="objects"
                 ) from exc
-            n = position.get(oid)
-            if n is None:
-                n = position[oid] = len(object_ids)
-                object_ids.append(oid)
-                hashes.append(hashed)
-                kept.append(obj)
-                yield n, oid, hashed
-            else:
-                hashes[n], kept[n] = hashed, obj
-                replaced.add(n)
+            object_ids.append(oid)
+            yield n, oid, hashed
     except InvalidInput as exc:
         failure.append(exc)
 
@@ -229,30 +206,39 @@ async def _hash_and_find(
     objects: Iterable[Mapping[str, Any]],
     client_id: str | None,
 ) -> _Batch:
-    """Hash the objects into a COPY of their keys, then find the new and changed ones."""
+    """Hash the objects into a COPY of their keys, then find the new and changed ones; of an id
+    seen twice (a shifted page can show an item twice) the last copy counts."""
     if object_type not in OBJECT_TYPES:
         raise InvalidInput(f"unknown object type {object_type!r}", field="object_type")
     if object_type != "client" and not client_id:
         raise InvalidInput(f"a {object_type} diff needs the client_id", field="client_id")
-    batch = _Batch(None if object_type == "client" else client_id)
+    batch = _Batch(
+        None if object_type == "client" else client_id,
+        objects if isinstance(objects, list | tuple) else list(objects),
+    )
     failure: list[InvalidInput] = []
     await _temp_tables(conn)
     await conn.copy_records_to_table(
         "relay_diff_keys",
-        records=_hashed_keys(object_type, objects, client_id, batch, failure),
+        records=_hashed_keys(object_type, batch, client_id, failure),
         columns=("n", "object_id", "hash"),
     )
     if failure:
         raise failure[0]
-    if not batch.object_ids:
+    ids = batch.object_ids
+    batch.unique_ids = list(dict.fromkeys(ids))
+    if not ids:
         return batch
+    if len(batch.unique_ids) < len(ids):
+        last = {oid: n for n, oid in enumerate(ids)}
+        await conn.execute(
+            "DELETE FROM relay_diff_keys WHERE NOT n = ANY ($1::integer[])", list(last.values())
+        )
     if object_type == "client":
         rows = await conn.fetch(_FIND_CLIENT_CANDIDATES, account_id, object_type)
     else:
         rows = await conn.fetch(_FIND_CANDIDATES, account_id, object_type, client_id)
-    # A replaced object was copied with its earlier hash: the update decides (it writes only
-    # a real change).
-    batch.candidates = sorted(batch.replaced.union(row[0] for row in rows))
+    batch.candidates = {row[0]: row[1] for row in rows}
     return batch
 
 
@@ -310,15 +296,17 @@ async def diff_objects(
     async with conn.transaction():
         batch = await _hash_and_find(conn, account_id, object_type, objects, client_id)
         ids = batch.object_ids
-        result.seen = len(ids)
+        result.seen = len(batch.unique_ids)
         if scan_id is not None and page is not None:
-            await record_scan_page(conn, scan_id, page, ids)
-        wanted = batch.candidates
-        if not wanted:
+            await record_scan_page(conn, scan_id, page, batch.unique_ids)
+        candidates = batch.candidates
+        if not candidates:
             return result
+        wanted = sorted(candidates)
         # Only new and changed objects travel as documents (the rest stayed hashes), and only
         # they need the summary hash that is stored with them.
         documents = object_type == "document"
+        objects = batch.objects
         await conn.copy_records_to_table(
             "relay_diff_rows",
             records=[
@@ -326,9 +314,9 @@ async def diff_objects(
                     n,
                     batch.client_of(n),
                     ids[n],
-                    batch.hashes[n],
-                    summary_hash(batch.objects[n]) if documents else None,
-                    batch.objects[n],
+                    candidates[n],
+                    summary_hash(objects[n]) if documents else None,
+                    objects[n],
                 )
                 for n in wanted
             ],
@@ -357,7 +345,7 @@ async def diff_objects(
         at = datetime.now(UTC)
         created_type = event_type_for(object_type, "created")
         for n in sorted([*created, *updated]):
-            after = batch.objects[n]
+            after = objects[n]
             before, was_deleted = old.get(n, (None, False))
             types: list[str] = []
             previous: dict[str, Any] = {}
