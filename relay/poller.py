@@ -73,8 +73,6 @@ from relay.scheduling import (
     release_lease,
     renew_lease,
     save_task,
-    stored_by_status,
-    stored_workspaces,
 )
 from relay.sources.dext import MAX_ITEMS_PER_PAGE, MAX_PER_PAGE, CountingMetrics, DextClient
 from relay.sources.models import JsonObject, Page
@@ -477,7 +475,7 @@ class Poller:
         if first.refused or not first.candidates:
             return 0
         # Pages shift while a scan runs: each candidate is confirmed gone by its own 404.
-        workspaces = await stored_workspaces(self.pool, account.id, cid, first.candidates)
+        workspaces = await snapshots.stored_workspaces(self.pool, account.id, cid, first.candidates)
         gone: list[str] = []
         alive: list[JsonObject] = []
         for object_id in first.candidates:
@@ -528,7 +526,7 @@ class Poller:
     ) -> _Run:
         cid = task.client_id
         floor = await head_floor(self.pool, account.id, cid)
-        stored = await stored_by_status(
+        stored = await snapshots.stored_by_status(
             self.pool, account.id, cid, [*HOT_ALWAYS, *HOT_IF_OLD, PROBED]
         )
         statuses = list(HOT_ALWAYS)

@@ -503,46 +503,6 @@ async def release_lease(
     )
 
 
-# Planner inputs read from the snapshots table, which relay.snapshots owns and does not offer
-# these reads for yet (what is stored per status; the workspace of deletion candidates).
-# Read-only; they belong in relay.snapshots once it grows them.
-
-
-async def stored_by_status(
-    pool: asyncpg.Pool, account_id: str, cid: str, statuses: Sequence[str]
-) -> dict[str, list[tuple[str, str, str]]]:
-    """Stored live documents of a client in these statuses: (id, workspace, created_at)."""
-    rows = await pool.fetch(
-        "SELECT object_id, data->>'status' AS status, data->>'workspace' AS workspace, "
-        "data->>'created_at' AS created_at FROM snapshots WHERE account_id = $1 "
-        "AND object_type = 'document' AND client_id = $2 AND deleted_at IS NULL "
-        "AND data->>'status' = ANY($3::text[])",
-        account_id,
-        cid,
-        list(statuses),
-    )
-    out: dict[str, list[tuple[str, str, str]]] = {}
-    for row in rows:
-        out.setdefault(row["status"], []).append(
-            (row["object_id"], row["workspace"] or "costs", row["created_at"] or "")
-        )
-    return out
-
-
-async def stored_workspaces(
-    pool: asyncpg.Pool, account_id: str, cid: str, ids: Sequence[str]
-) -> dict[str, str]:
-    """The workspace (costs|sales) of stored documents, to know which detail URL to ask."""
-    rows = await pool.fetch(
-        "SELECT object_id, data->>'workspace' AS workspace FROM snapshots WHERE account_id = $1 "
-        "AND object_type = 'document' AND client_id = $2 AND object_id = ANY($3::text[])",
-        account_id,
-        cid,
-        list(ids),
-    )
-    return {row["object_id"]: row["workspace"] or "costs" for row in rows}
-
-
 async def head_floor(pool: asyncpg.Pool, account_id: str, cid: str) -> str | None:
     """The created_at of the oldest item the client's last head poll saw on page 1."""
     value = await pool.fetchval(

@@ -10,6 +10,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 
 from relay.db import create_pool, create_redis
+from relay.http import create_client_session
 from relay.settings import Settings
 from workers.delivery import (
     delivery_cron_jobs,
@@ -28,13 +29,15 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["pool"] = await create_pool(settings)
     ctx["redis_client"] = await create_redis(settings)
+    # One upstream session per worker process, shared by every poll job it runs.
+    ctx["upstream_http"] = create_client_session()
     await start_delivery(ctx)
     log.info("worker_started", queue=settings.queue_name)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     await stop_delivery(ctx)  # first: its sends in flight are recorded through the pool
-    for key in ("pool",):
+    for key in ("upstream_http", "pool"):
         if key in ctx:
             await ctx[key].close()
     if "redis_client" in ctx:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import structlog
+from aiohttp import ClientSession
 from arq import cron, func
 from arq.connections import ArqRedis
 
@@ -47,26 +48,32 @@ def _policy(ctx: dict[str, Any]) -> Policy:
 
 async def poll_account(ctx: dict[str, Any], account_id: str) -> str:
     """Poll one account for a while (see `relay.poller`); returns the run's outcome."""
+    http = ctx.get("upstream_http")
+    if http is None:  # a ctx built without the worker's startup hook (tests)
+        async with create_client_session() as own:
+            return await _poll_account(ctx, account_id, own)
+    return await _poll_account(ctx, account_id, http)
+
+
+async def _poll_account(ctx: dict[str, Any], account_id: str, http: ClientSession) -> str:
     settings: Settings = ctx["settings"]
-    policy = _policy(ctx)
-    async with create_client_session() as http:
-        poller = Poller(
-            pool=ctx["pool"],
-            redis=ctx["redis_client"],
-            http=http,
-            vault=Vault(settings.secret_keys),
-            policy=policy,
-        )
-        # Counted once per run (not per request) into this worker's Redis metrics buffer.
-        metrics: WorkerMetrics = ctx.get("metrics") or WorkerMetrics(ctx["redis_client"])
-        try:
-            report = await poller.run_account(account_id)
-        except Exception:
-            metrics.poll_run(account_id, "crashed", None)
-            await metrics.flush()
-            raise
-        metrics.poll_run(account_id, report.outcome, report.upstream)
+    poller = Poller(
+        pool=ctx["pool"],
+        redis=ctx["redis_client"],
+        http=http,
+        vault=Vault(settings.secret_keys),
+        policy=_policy(ctx),
+    )
+    # Counted once per run (not per request) into this worker's Redis metrics buffer.
+    metrics: WorkerMetrics = ctx.get("metrics") or WorkerMetrics(ctx["redis_client"])
+    try:
+        report = await poller.run_account(account_id)
+    except Exception:
+        metrics.poll_run(account_id, "crashed", None)
         await metrics.flush()
+        raise
+    metrics.poll_run(account_id, report.outcome, report.upstream)
+    await metrics.flush()
     return report.outcome
 
 
