@@ -80,6 +80,10 @@ from relay.vault import Vault
 
 log = structlog.get_logger("relay.poller")
 
+UNSUPPORTED_PROVIDER = (
+    "this version of Relay polls only Dext accounts; InvoiceXT is not supported yet"
+)
+
 HOT_ALWAYS = ("ready",)
 # Entered only from newer statuses (processing -> review): polled only when an item in them is
 # older than the head page reaches.
@@ -192,7 +196,11 @@ class Poller:
             report.outcome = "gone"
             return
         if account.provider != "dext":
-            report.outcome = "gone"  # other providers have their own pollers
+            # Accepted by the API for the contract's sake, but there is no InvoiceXT connector
+            # yet: say so on the account rather than leave it silently unpolled.
+            if account.last_error != UNSUPPORTED_PROVIDER:
+                await accounts.record_poll_error(self.pool, account.id, UNSUPPORTED_PROVIDER)
+            report.outcome = "gone"
             return
         client, metrics = self.make_client(account)
         deadline = self.clock() + run_seconds
