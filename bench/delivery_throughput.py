@@ -1,6 +1,6 @@
 """Delivery throughput and latency, end to end through the real dispatcher and Postgres.
 
-    .venv/bin/python bench/delivery_throughput.py [--deliveries 20000] [--runs 3]
+    .venv/bin/python bench/delivery_throughput.py [--deliveries 20000] [--runs 3] [--loop uvloop]
 
 1. Throughput: N pending deliveries (one subscription, a local receiver in its own process
    answering 200) delivered *and recorded* per second by one `Dispatcher`, against a raw aiohttp
@@ -44,7 +44,16 @@ PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:54
 PENDING_LEFT = "SELECT EXISTS (SELECT FROM deliveries WHERE status = 'pending')"
 
 
-def serve(port: int) -> None:
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    """The event loop every process of the run uses: relay, raw loop and receiver alike."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def serve(port: int, loop: str) -> None:
     """The receiver: a minimal aiohttp server answering 200 to every POST."""
 
     async def handle(request: web.Request) -> web.Response:
@@ -53,7 +62,7 @@ def serve(port: int) -> None:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", handle)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=new_loop(loop))
 
 
 def free_port() -> int:
@@ -203,7 +212,9 @@ async def main(args: argparse.Namespace) -> None:
         delivery_batch_size=256,
     )
     port = free_port()
-    receiver = await asyncio.create_subprocess_exec(sys.executable, __file__, "--serve", str(port))
+    receiver = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve", str(port), "--loop", args.loop
+    )
     await migrate(settings)
     pool = await create_pool(settings, min_size=2, max_size=10)
     try:
@@ -227,7 +238,8 @@ async def main(args: argparse.Namespace) -> None:
         ratio = statistics.median(r / b for r, b in zip(relay_rates, raw_rates, strict=True))
         print(
             f"throughput ({args.deliveries:,} deliveries, concurrency {args.concurrency}, "
-            f"median of {args.runs}): relay {relay:,.0f}/s, raw aiohttp loop {raw:,.0f}/s, "
+            f"one dispatcher, {args.loop} loops, median of {args.runs}): "
+            f"relay {relay:,.0f}/s, raw aiohttp loop {raw:,.0f}/s, "
             f"median per-run ratio {ratio:.2f}"
         )
         lat = sorted(await latency(pool, settings, 50, args.trickle_seconds))
@@ -254,9 +266,16 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--trickle-seconds", type=float, default=4.0)
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of the dispatcher, the raw loop and the receiver (as `relay worker`)",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     if parsed.serve:
-        serve(parsed.serve)
+        serve(parsed.serve, parsed.loop)
     else:
-        asyncio.run(main(parsed))
+        with asyncio.Runner(loop_factory=lambda: new_loop(parsed.loop)) as runner:
+            runner.run(main(parsed))
