@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -79,15 +79,17 @@ def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-async def insert_events(conn: Connection, bodies: Sequence[Mapping[str, Any]]) -> None:
+async def insert_events(conn: Connection, bodies: Iterable[Mapping[str, Any]]) -> None:
     """Store event bodies (from `build_event`) in one COPY, in order (so `seq` follows it).
 
     Call it inside the transaction that made the change the events describe: that is the
     outbox, and it is what makes "stored before sent" and "no event without its change" hold.
+    `bodies` may be a generator (the COPY takes them as they come); an empty sequence stores
+    nothing and wakes nobody, so pass a generator only when it yields something.
     """
-    if not bodies:
+    if isinstance(bodies, Sequence) and not bodies:
         return
-    records = [_record(body) for body in bodies]
+    records = (_record(body) for body in bodies)
     await conn.copy_records_to_table("events", records=records, columns=_COLUMNS)
 
 

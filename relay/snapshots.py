@@ -253,6 +253,30 @@ async def _lock_existing(
     return {row["n"]: (row["data"], row["was_deleted"]) for row in rows}
 
 
+def _event_bodies(
+    fired: list[tuple[int, list[str], dict[str, Any]]],
+    batch: _Batch,
+    account_id: str,
+    into: list[dict[str, Any]],
+) -> Iterator[dict[str, Any]]:
+    """The events of a diff, built as the COPY takes them and kept in `into`: the COPY sends
+    each 512 KB as it fills, so Postgres parses the first bodies while Python builds the rest."""
+    at = datetime.now(UTC)
+    for n, types, previous in fired:
+        for event_type in types:
+            body = build_event(
+                event_type,
+                account_id=account_id,
+                client_id=batch.client_of(n),
+                object_id=batch.object_ids[n],
+                object=batch.objects[n],
+                previous=previous,
+                at=at,
+            )
+            into.append(body)
+            yield body
+
+
 async def diff_objects(
     conn: Connection,
     *,
@@ -341,37 +365,21 @@ async def diff_objects(
             if len(created) < len(wanted)
             else []
         )
-        bodies: list[dict[str, Any]] = []
-        at = datetime.now(UTC)
+        fired: list[tuple[int, list[str], dict[str, Any]]] = []
         created_type = event_type_for(object_type, "created")
         for n in sorted([*created, *updated]):
             after = objects[n]
             before, was_deleted = old.get(n, (None, False))
-            types: list[str] = []
-            previous: dict[str, Any] = {}
             if n in created or was_deleted:
                 result.created.append(ids[n])
-                types = [created_type] if created_type else []
+                fired.append((n, [created_type] if created_type else [], {}))
+            elif canonical(object_type, before) == canonical(object_type, after):
+                continue  # only the stored hash was stale: refreshed, nothing changed
             else:
-                if canonical(object_type, before) == canonical(object_type, after):
-                    continue  # only the stored hash was stale: refreshed, nothing changed
                 result.changed.append(ids[n])
-                types, previous = changed_event_types(object_type, before, after)
-            if emit:
-                bodies.extend(
-                    build_event(
-                        event_type,
-                        account_id=account_id,
-                        client_id=batch.client_of(n),
-                        object_id=ids[n],
-                        object=after,
-                        previous=previous,
-                        at=at,
-                    )
-                    for event_type in types
-                )
-        await insert_events(conn, bodies)
-        result.events = bodies
+                fired.append((n, *changed_event_types(object_type, before, after)))
+        if emit and any(types for _, types, _ in fired):
+            await insert_events(conn, _event_bodies(fired, batch, account_id, result.events))
     log.debug(
         "objects_diffed",
         account_id=account_id,
