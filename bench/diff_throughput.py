@@ -7,7 +7,10 @@ It creates its own database (`relay_bench_<random>`) on the server of DATABASE_U
   that stores the objects has to compare with;
 - diff: `relay.snapshots.diff_objects` over the whole snapshot with 1% of the objects changed
   (a different 1% each run), storing the changes and their events in one transaction;
-- re-poll: the same diff with nothing changed.
+- re-poll: the same diff with nothing changed;
+- hashing alone: `relay.snapshots.content_hash` over the snapshot, the Python work every diff
+  does per object (one sorted dumps, one digest), and the diff's own Python CPU time: on a
+  loaded machine wall time can be twice the CPU time, and these show how much is the diff's.
 Goal: at least 100,000 objects/s and at least 0.6 of the COPY rate.
 """
 
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from relay.db import create_pool, migrate
 from relay.logs import configure_logging
 from relay.settings import Settings
-from relay.snapshots import diff_objects
+from relay.snapshots import content_hash, diff_objects
 
 CLIENT = "cli_bench"
 STATUSES = ["processing", "review", "ready", "published", "archived"]
@@ -122,9 +125,10 @@ async def time_copy(pool: asyncpg.Pool, objects: list[dict[str, Any]]) -> float:
 
 async def time_diff(
     pool: asyncpg.Pool, account_id: str, objects: list[dict[str, Any]], *, emit: bool
-) -> tuple[float, int]:
+) -> tuple[float, int, float]:
+    """Wall seconds, events stored, and this process's CPU seconds of one diff."""
     async with pool.acquire() as conn:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = await diff_objects(
             conn,
             account_id=account_id,
@@ -133,7 +137,14 @@ async def time_diff(
             client_id=CLIENT,
             emit=emit,
         )
-        return time.perf_counter() - started, len(result.events)
+        return time.perf_counter() - started, len(result.events), time.process_time() - cpu
+
+
+def time_hashing(objects: list[dict[str, Any]]) -> float:
+    started = time.perf_counter()
+    for obj in objects:
+        content_hash("document", obj)
+    return time.perf_counter() - started
 
 
 def rate(count: int, seconds: float) -> str:
@@ -154,32 +165,38 @@ async def bench(settings: Settings, count: int, runs: int) -> bool:
         size = statistics.mean(len(orjson.dumps(obj)) for obj in objects[:1000])
         print(f"objects: {count:,} /costs items, {size:,.0f} bytes each as JSON; {runs} runs")
 
-        seconds, _ = await time_diff(pool, account_id, objects, emit=False)
+        seconds, _, _ = await time_diff(pool, account_id, objects, emit=False)
         print(f"first scan (all new, baseline):     {rate(count, seconds)}")
         await pool.execute("VACUUM ANALYZE snapshots")
 
         copies: list[float] = []
         diffs: list[float] = []
+        diff_cpus: list[float] = []
         repolls: list[float] = []
+        hashings: list[float] = []
         events = 0
         for run in range(runs):
             copies.append(await time_copy(pool, objects))
             changed = change_one_percent(objects, run)
-            seconds, emitted = await time_diff(pool, account_id, objects, emit=True)
+            seconds, emitted, cpu = await time_diff(pool, account_id, objects, emit=True)
             diffs.append(seconds)
+            diff_cpus.append(cpu)
             events += emitted
             if emitted != 2 * changed:
                 raise AssertionError(f"run {run}: {changed} changed objects gave {emitted} events")
-            seconds, emitted = await time_diff(pool, account_id, objects, emit=True)
+            seconds, emitted, _ = await time_diff(pool, account_id, objects, emit=True)
             repolls.append(seconds)
             if emitted:
                 raise AssertionError(f"run {run}: an unchanged re-poll emitted {emitted} events")
+            hashings.append(time_hashing(objects))
 
         copy_s, diff_s, repoll_s = (statistics.median(t) for t in (copies, diffs, repolls))
         ratio = copy_s / diff_s
         print(f"plain COPY (id, data jsonb):        {rate(count, copy_s)}")
         print(f"diff, 1% changed, events stored:    {rate(count, diff_s)}")
         print(f"re-poll, nothing changed:           {rate(count, repoll_s)}")
+        print(f"hashing alone (Python):             {rate(count, statistics.median(hashings))}")
+        print(f"diff's Python CPU time:             {rate(count, statistics.median(diff_cpus))}")
         print(f"events stored per diff:             {events // runs:,}")
         print(f"diff rate / COPY rate:              {ratio:.2f}")
         ok = count / diff_s >= 100_000 and ratio >= 0.6
