@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 import orjson
 import structlog
+import uvloop
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
@@ -83,6 +85,9 @@ class WorkerSettings:
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> int:
+    # uvloop: about a fifth less CPU per delivery in the dispatcher (bench/delivery_throughput.py);
+    # arq runs on the loop set here.
+    asyncio.set_event_loop(uvloop.new_event_loop())
     worker = build_worker(settings, burst=burst)
     worker.run()
     return 0
