@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets
@@ -32,11 +33,19 @@ def secret_key(secret: str) -> bytes:
         raise SignatureError("the secret must be whsec_ followed by base64") from exc
 
 
+@functools.lru_cache(maxsize=1024)
+def _keyed_mac(key: bytes) -> hmac.HMAC:
+    # Keying HMAC hashes the key pads each time; a copy of a keyed one halves the cost of a
+    # signature, which the dispatcher pays on every attempt.
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """One `v1,<base64>` signature of `{id}.{timestamp}.{body}`."""
-    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    mac = _keyed_mac(key).copy()
+    mac.update(b"%s.%d." % (msg_id.encode(), timestamp))
+    mac.update(body)  # not concatenated first: no copy of the body
+    return "v1," + base64.b64encode(mac.digest()).decode()
 
 
 def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:

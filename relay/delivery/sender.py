@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +78,18 @@ def request_headers(kind: str, keys: list[bytes], event_id: str, body: bytes) ->
     return webhook_headers(keys, event_id, body)
 
 
+@functools.lru_cache(maxsize=4096)
+def _host_refusal(url: str) -> tuple[str, str] | None:
+    """(host, reason) when the URL's host is refused; cached, as the verdict depends on the
+    URL's text alone and parsing it is a good part of an attempt's own CPU."""
+    host = urlsplit(url).hostname or ""
+    try:
+        check_target_host(host)
+    except TargetRefused as exc:
+        return exc.host, exc.reason
+    return None
+
+
 def _refusal(exc: BaseException) -> TargetRefused | None:
     """The SSRF refusal buried in an aiohttp connection error, if that is what it was."""
     seen: BaseException | None = exc
@@ -125,7 +138,9 @@ async def post(
     try:
         if check_host:
             # aiohttp does not resolve literal IPs, so GuardedResolver never sees them.
-            check_target_host(urlsplit(url).hostname or "")
+            refusal = _host_refusal(url)
+            if refusal is not None:
+                raise TargetRefused(*refusal)
         async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
             status = resp.status
             excerpt = await _read_excerpt(resp)
