@@ -3,6 +3,9 @@
     RelayError
     ├── ConfigError            bad settings; the CLI prints it as one line
     ├── ServiceUnavailable     Postgres or Redis cannot be reached (.service, .url)
+    ├── NotFound               an admin API resource does not exist (.kind, .id) -> 404
+    ├── InvalidInput           wrong admin input (.field) -> 400
+    ├── SignatureError         a webhook's signature does not verify (the receiver's 401)
     └── UpstreamError          anything an upstream API did wrong (.url, .status)
         ├── UpstreamAuthError      the token is revoked or invalid (.code); the account is broken
         ├── UpstreamForbidden      access to one client was removed
