@@ -239,3 +239,10 @@ BEGIN
 EXCEPTION WHEN feature_not_supported THEN NULL;
 END $$;
 -- end of the snapshots section
+
+-- ---------------------------------------------------------------------------------------------
+-- Tuning. A baseline grows `snapshots` from nothing to hundreds of thousands of rows; with the
+-- default autoanalyze threshold (10% of the table) its statistics lag so far behind that the
+-- planner scans the whole table for every page's diff instead of probing the key.
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE snapshots SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 500);
