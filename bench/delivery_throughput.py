@@ -147,6 +147,85 @@ async def run_dispatcher(pool: asyncpg.Pool, settings: Settings, n: int) -> floa
     return n / elapsed
 
 
+async def run_dispatchers(
+    pool: asyncpg.Pool, settings: Settings, n: int, count: int, loop: str
+) -> float:
+    """`count` dispatcher processes (as `relay worker` x N), each capped at its share of the
+    endpoint concurrency so the endpoint sees the same concurrency as the raw loop's."""
+    share = settings.with_changes(
+        delivery_endpoint_concurrency=max(1, settings.delivery_endpoint_concurrency // count)
+    )
+    config = orjson.dumps(
+        {
+            "database_url": share.database_url,
+            "secret_keys": list(share.secret_keys),
+            "endpoint_concurrency": share.delivery_endpoint_concurrency,
+            "concurrency": share.delivery_concurrency,
+            "batch": share.delivery_batch_size,
+        }
+    ).decode()
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--dispatch",
+            config,
+            "--loop",
+            loop,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+    for child in children:  # ready: pool, session and dispatcher built, nothing claimed yet
+        assert child.stdout is not None
+        await child.stdout.readline()
+    started = time.perf_counter()
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+    while await pool.fetchval(PENDING_LEFT):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(b"stop\n")
+        await child.stdin.drain()
+    for child in children:
+        await child.wait()
+    ok = await pool.fetchval("SELECT count(*) FROM delivery_attempts WHERE status_code = 200")
+    assert ok == n, f"only {ok} of {n} attempts recorded as 200"
+    return n / elapsed
+
+
+async def dispatch_child(config: dict[str, Any]) -> None:
+    """One dispatcher process of `run_dispatchers`: ready, then go on stdin, stop on stdin."""
+    configure_logging("json", "warning")
+    settings = Settings(
+        database_url=config["database_url"],
+        secret_keys=tuple(config["secret_keys"]),
+        allow_private_targets=True,
+        log_level="warning",
+        retry_schedule=(1.0,),
+        delivery_endpoint_concurrency=config["endpoint_concurrency"],
+        delivery_concurrency=config["concurrency"],
+        delivery_batch_size=config["batch"],
+    )
+    pool = await create_pool(settings, min_size=2, max_size=10)
+    session = create_session(settings)
+    dispatcher = Dispatcher(pool, settings, session, Vault(settings.secret_keys))
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    task = asyncio.create_task(dispatcher.run())
+    await loop.run_in_executor(None, sys.stdin.readline)
+    dispatcher.stop()
+    await task
+    await close_session(session)
+    await pool.close()
+
+
 async def run_raw(url: str, bodies: list[bytes], concurrency: int) -> float:
     """The baseline: the same bodies POSTed by a plain aiohttp loop at the same concurrency."""
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -232,7 +311,14 @@ async def main(args: argparse.Namespace) -> None:
         for run in range(args.runs):
             bodies = await seed_pending(pool, sub["id"], args.deliveries)
             raw_rates.append(await run_raw(url, bodies, args.concurrency))
-            relay_rates.append(await run_dispatcher(pool, settings, args.deliveries))
+            if args.dispatchers == 1:
+                relay_rates.append(await run_dispatcher(pool, settings, args.deliveries))
+            else:
+                relay_rates.append(
+                    await run_dispatchers(
+                        pool, settings, args.deliveries, args.dispatchers, args.loop
+                    )
+                )
             print(
                 f"run {run + 1}: relay {relay_rates[-1]:,.0f}/s  raw {raw_rates[-1]:,.0f}/s",
                 flush=True,
@@ -243,7 +329,8 @@ async def main(args: argparse.Namespace) -> None:
         ratio = statistics.median(r / b for r, b in zip(relay_rates, raw_rates, strict=True))
         print(
             f"throughput ({args.deliveries:,} deliveries, concurrency {args.concurrency}, "
-            f"one dispatcher, {args.loop} loops, median of {args.runs}): "
+            f"{args.dispatchers} dispatcher process(es), {args.loop} loops, "
+            f"median of {args.runs}): "
             f"relay {relay:,.0f}/s, raw aiohttp loop {raw:,.0f}/s, "
             f"median per-run ratio {ratio:.2f}"
         )
@@ -277,10 +364,20 @@ if __name__ == "__main__":
         default="uvloop",
         help="event loop of the dispatcher, the raw loop and the receiver (as `relay worker`)",
     )
+    parser.add_argument(
+        "--dispatchers",
+        type=int,
+        default=1,
+        help="dispatcher processes (as `relay worker` x N), sharing the endpoint concurrency",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dispatch", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     if parsed.serve:
         serve(parsed.serve, parsed.loop)
+    elif parsed.dispatch:
+        with asyncio.Runner(loop_factory=lambda: new_loop(parsed.loop)) as runner:
+            runner.run(dispatch_child(orjson.loads(parsed.dispatch)))
     else:
         with asyncio.Runner(loop_factory=lambda: new_loop(parsed.loop)) as runner:
             runner.run(main(parsed))
