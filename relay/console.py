@@ -249,10 +249,10 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     _paging(_add(acts, "list", "list accounts", _list_call("accounts", []), _show_list("accounts")))
     _add(
         acts, "show", "show one account", lambda a: Call("GET", f"/v1/accounts/{a.id}", {})
-    ).add_argument("id")
+    ).add_argument("id", help="the account's id")
     _add(
         acts, "poll", "poll an account now", lambda a: Call("POST", f"/v1/accounts/{a.id}/poll", {})
-    ).add_argument("id")
+    ).add_argument("id", help="the account's id")
 
     # ---- subscriptions
     group = sub.add_parser("subscriptions", help="webhook and Slack subscriptions")
@@ -286,20 +286,20 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
         "show",
         "show one subscription",
         lambda a: Call("GET", f"/v1/subscriptions/{a.id}", {}),
-    ).add_argument("id")
+    ).add_argument("id", help="the subscription's id")
     _add(
         acts,
         "rotate-secret",
         "new secret; the old one keeps signing for 24 h",
         lambda a: Call("POST", f"/v1/subscriptions/{a.id}/rotate-secret", {}),
         _show_secret,
-    ).add_argument("id")
+    ).add_argument("id", help="the subscription's id")
     _add(
         acts,
         "test",
         "send a relay.ping event",
         lambda a: Call("POST", f"/v1/subscriptions/{a.id}/test", {}),
-    ).add_argument("id")
+    ).add_argument("id", help="the subscription's id")
 
     # ---- events
     group = sub.add_parser("events", help="detected changes: list, show, replay")
@@ -322,9 +322,9 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     _paging(p)
     _add(
         acts, "show", "show one event", lambda a: Call("GET", f"/v1/events/{a.id}", {})
-    ).add_argument("id")
+    ).add_argument("id", help="the event's id")
     p = _add(acts, "replay", "deliver an event again (same webhook-id)", _event_replay)
-    p.add_argument("id")
+    p.add_argument("id", help="the event's id")
     p.add_argument("--subscription-ids", help="comma-separated; default all matching")
 
     # ---- deliveries
@@ -348,9 +348,9 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
         "show",
         "show one delivery with every attempt",
         lambda a: Call("GET", f"/v1/deliveries/{a.id}", {}),
-    ).add_argument("id")
+    ).add_argument("id", help="the delivery's id")
     p = _add(acts, "retry", "retry one delivery now, or every failed one", _delivery_retry)
-    p.add_argument("id", nargs="?")
+    p.add_argument("id", nargs="?", help="the delivery's id (or --all-failed)")
     p.add_argument("--all-failed", action="store_true", help="retry every failed delivery")
     p.add_argument("--subscription-id", dest="subscription_id")
     p.add_argument("--since", help="with --all-failed: created at or after (RFC 3339)")
