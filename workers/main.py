@@ -1,9 +1,12 @@
-"""arq worker settings: resources opened once per worker process and the jobs it runs."""
+"""The arq worker: resources opened once per worker process and the jobs it runs.
+
+`relay worker` builds it with `build_worker(settings)`; tests build it the same way.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 import structlog
@@ -76,12 +79,6 @@ def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -
     }
     options.update(overrides)
     return Worker(**options)
-
-
-class WorkerSettings:
-    """Defaults for `arq workers.main.WorkerSettings`; `relay worker` fills in the settings."""
-
-    functions: ClassVar[list[Any]] = []
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> int:
