@@ -39,7 +39,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb",
         encoder=lambda value: b"\x01" + orjson.dumps(value),
-        decoder=lambda data: orjson.loads(data[1:]),
+        decoder=lambda data: orjson.loads(memoryview(data)[1:]),  # no copy of the body
         schema="pg_catalog",
         format="binary",
     )
