@@ -12,7 +12,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -82,21 +81,20 @@ class Demo:
         return env
 
     async def _spawn(self, name: str, *args: str, to_terminal: bool = False) -> Child:
-        log_path = None if to_terminal else DEMO_DIR / f"{name}.log"
-        out: Any = None if to_terminal else log_path.open("ab")  # type: ignore[union-attr]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay",
-            *args,
-            env=self._env(),
-            stdout=out,
-            stderr=out if out is not None else None,
-            start_new_session=True,
-        )
-        if out is not None:
-            out.close()
-        child = Child(name, process, log_path)
+        """Start `relay ARGS`; its output goes to the terminal or to .relay-demo/NAME.log."""
+        command = (sys.executable, "-m", "relay", *args)
+        if to_terminal:
+            process = await asyncio.create_subprocess_exec(
+                *command, env=self._env(), start_new_session=True
+            )
+            child = Child(name, process, None)
+        else:
+            log_path = DEMO_DIR / f"{name}.log"
+            with log_path.open("ab") as out:  # the child keeps its own copy of the descriptor
+                process = await asyncio.create_subprocess_exec(
+                    *command, env=self._env(), stdout=out, stderr=out, start_new_session=True
+                )
+            child = Child(name, process, log_path)
         self.children.append(child)
         return child
 
