@@ -317,7 +317,8 @@ SELECT
     (SELECT extract(epoch FROM now() - created_at) FROM deliveries
      WHERE status = 'pending' ORDER BY id LIMIT 1) AS oldest_pending,
     (SELECT extract(epoch FROM now() - min(next_attempt_at)) FROM deliveries
-     WHERE status = 'pending' AND next_attempt_at <= now()) AS oldest_due
+     WHERE status = 'pending' AND next_attempt_at <= now()
+       AND (leased_until IS NULL OR leased_until <= now())) AS oldest_due
 """
 
 # Lua, so two API replicas settling at once never add the same slice twice: the counts are added

@@ -234,7 +234,7 @@ async def test_a_real_worker_moves_attempts_latency_and_recoveries(
     # One delivery was claimed by a worker that died: its lease ran out a second ago.
     await pool.execute(
         "UPDATE deliveries SET lease_token = gen_random_uuid(), "
-        "next_attempt_at = now() - interval '1 second' WHERE id = (SELECT min(id) FROM deliveries)"
+        "leased_until = now() - interval '1 second' WHERE id = (SELECT min(id) FROM deliveries)"
     )
     worker = build_worker(settings, poll_delay=0.05)
     running = asyncio.create_task(worker.async_run())

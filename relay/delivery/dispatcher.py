@@ -4,9 +4,9 @@ One long-running `Dispatcher.run()` per worker process. Its cycle:
 1. fan out newly stored events (woken by `NOTIFY relay_wake` from the events trigger, by the
    sweeper, or by its own poll timer, so a flushed Redis only ever delays nothing);
 2. claim due deliveries with one `UPDATE ... FOR UPDATE SKIP LOCKED ... RETURNING` that also
-   returns each event body and subscription. A claim moves `next_attempt_at` to the end of a
-   lease, so a delivery held by a worker that died is simply due again when the lease ends;
-   no two live workers ever hold the same delivery;
+   returns each event body and subscription. A claim sets `leased_until` to the end of a
+   lease, so a delivery held by a worker that died is simply claimable again when the lease
+   ends; no two live workers ever hold the same delivery;
 3. send each claimed delivery in its own task, at most `delivery_endpoint_concurrency` at once
    per subscription and `delivery_concurrency` in all. Claims run a few rounds ahead (queued
    here, started the moment a send ends, subscriptions served in turn); an endpoint holding
@@ -52,6 +52,7 @@ _CLAIM = """
 WITH scan AS (
     SELECT id, subscription_id, next_attempt_at FROM deliveries
     WHERE status = 'pending' AND next_attempt_at <= now()
+      AND (leased_until IS NULL OR leased_until <= now())
       AND NOT (subscription_id = ANY($3::text[]))
     ORDER BY next_attempt_at LIMIT $4
 ), picked AS (
@@ -64,16 +65,18 @@ WITH scan AS (
     WHERE cand.rn <= coalesce(room.free, $7)
     ORDER BY cand.next_attempt_at LIMIT $1
 ), locked AS (
-    -- A lease token on a due pending row is a claim whose lease expired (its worker died).
+    -- A lease token on a claimable row is a claim whose lease expired (its worker died).
     -- `= ANY(ARRAY(...))` keeps these lookups on the primary key: joined to the CTE instead,
     -- the planner hashes a sequential scan of the whole table on every claim.
     SELECT d.id, d.lease_token IS NOT NULL AS expired FROM deliveries AS d
     WHERE d.id = ANY(ARRAY(SELECT id FROM picked))
       AND d.status = 'pending' AND d.next_attempt_at <= now()
+      AND (d.leased_until IS NULL OR d.leased_until <= now())
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE deliveries AS d
-    SET next_attempt_at = now() + make_interval(secs => $2), lease_token = $8
+    -- Only unindexed columns change: a HOT update, no index entries written (schema.sql).
+    SET leased_until = now() + make_interval(secs => $2), lease_token = $8
     WHERE d.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count
 )
@@ -94,8 +97,12 @@ WITH r AS (
 ), u AS (
     UPDATE deliveries AS d
     SET attempt_count = d.attempt_count + r.attempted::int, status = r.outcome,
-        next_attempt_at = r.next_at, lease_token = NULL, last_error = r.error, updated_at = now()
-    FROM r WHERE d.id = r.id AND d.lease_token = r.token AND d.status = 'pending'
+        next_attempt_at = r.next_at, lease_token = NULL, leased_until = NULL,
+        last_error = r.error, updated_at = now()
+    -- `d.id = ANY($1)` keeps the planner on the primary key; joined on r alone it hashed a
+    -- sequential scan of every pending delivery (5 ms of 13 for 256 rows on 20,000 pending).
+    FROM r WHERE d.id = ANY($1::text[]) AND d.id = r.id AND d.lease_token = r.token
+        AND d.status = 'pending'
     RETURNING d.id, d.attempt_count
 )
 INSERT INTO delivery_attempts
@@ -107,7 +114,7 @@ ON CONFLICT DO NOTHING
 """
 
 _RELEASE = """
-UPDATE deliveries AS d SET next_attempt_at = now(), lease_token = NULL
+UPDATE deliveries AS d SET lease_token = NULL, leased_until = NULL
 FROM unnest($1::text[], $2::uuid[]) AS r(id, token)
 WHERE d.id = r.id AND d.lease_token = r.token AND d.status = 'pending'
 """

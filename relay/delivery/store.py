@@ -285,6 +285,7 @@ async def fail_pending_deliveries(conn: Querier, subscription_id: str, reason: s
     """
     status = await conn.execute(
         "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, lease_token = NULL, "
+        "leased_until = NULL, "
         "last_error = $2, updated_at = now() WHERE subscription_id = $1 AND status = 'pending'",
         subscription_id,
         reason,

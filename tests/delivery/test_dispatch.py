@@ -449,9 +449,58 @@ async def test_claims_queued_ahead_are_handed_back_at_shutdown(
     assert len(handed_back) == 5
     assert all(r["lease_token"] is None and r["attempt_count"] == 0 for r in handed_back)
     due = await pool.fetchval(
-        "SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()"
+        "SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now() "
+        "AND leased_until IS NULL"
     )
     assert due == 5  # due at once for the next worker, not after the lease
+
+
+async def test_a_live_lease_is_left_alone_and_an_expired_one_is_claimed_again(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    await store_events(pool, event_body(), event_body())
+    assert await fan_out_events(pool) == 2
+    # Both were claimed by another worker: one is still sending (lease ends in a minute), the
+    # other's worker died (its lease ended a second ago).
+    await pool.execute(
+        "UPDATE deliveries SET lease_token = gen_random_uuid(), leased_until = now() + "
+        "CASE WHEN id = (SELECT min(id) FROM deliveries) THEN interval '1 minute' "
+        "ELSE interval '-1 second' END"
+    )
+    live, expired = [r["id"] for r in await delivery_rows(pool)]
+    await start_dispatcher()
+    await wait_until(lambda: _count(endpoint, "/ok", 1), what="the expired claim sent")
+    await asyncio.sleep(0.5)  # several claim rounds
+    assert len(endpoint.hits) == 1
+    rows = {r["id"]: r for r in await delivery_rows(pool)}
+    assert rows[expired]["status"] == "succeeded"
+    assert rows[expired]["lease_token"] is None and rows[expired]["leased_until"] is None
+    assert rows[live]["status"] == "pending" and rows[live]["attempt_count"] == 0
+
+
+async def test_deleting_an_event_deletes_its_deliveries_and_their_attempts(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    kept, dropped = await store_events(pool, event_body(), event_body())
+    await start_dispatcher()
+    await wait_until(lambda: all_settled(pool, 2), what="both delivered")
+    assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 2
+    await pool.execute("DELETE FROM events WHERE id = $1", dropped)
+    rows = await pool.fetch(
+        "SELECT d.event_id, a.attempt FROM delivery_attempts a "
+        "LEFT JOIN deliveries d ON d.id = a.delivery_id"
+    )
+    assert [(r["event_id"], r["attempt"]) for r in rows] == [(kept, 1)]
 
 
 async def all_settled_but(pool: asyncpg.Pool, succeeded: int) -> bool:
