@@ -294,17 +294,24 @@ class Dispatcher:
         saturated = [s for s, n in self._held.items() if n >= cap]
         partial = [(s, cap - n) for s, n in self._held.items() if 0 < n < cap]
         token = uuid.uuid4()
-        rows = await self._pool.fetch(
-            _CLAIM,
-            room,
-            self._lease,
-            saturated,
-            room * 4,
-            [s for s, _ in partial],
-            [free for _, free in partial],
-            cap,
-            token,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The due scan must walk `deliveries_due` in order and stop at its limit. Planned
+            # from statistics that predate a backlog (mostly settled deliveries: "few are
+            # pending"), Postgres bitmap-scans and sorts every due delivery on each claim
+            # instead: 9 ms rather than 0.3 per claim on a 20,000-delivery backlog, just when
+            # a backlog must drain fast.
+            await conn.execute("SET LOCAL enable_bitmapscan = off")
+            rows = await conn.fetch(
+                _CLAIM,
+                room,
+                self._lease,
+                saturated,
+                room * 4,
+                [s for s, _ in partial],
+                [free for _, free in partial],
+                cap,
+                token,
+            )
         now = datetime.now(UTC)
         if self._metrics is not None:
             self._metrics.recovered("lease_expired", sum(1 for row in rows if row["expired"]))

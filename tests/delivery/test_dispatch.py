@@ -479,8 +479,10 @@ async def test_a_live_lease_is_left_alone_and_an_expired_one_is_claimed_again(
     assert len(endpoint.hits) == 1
     rows = {r["id"]: r for r in await delivery_rows(pool)}
     assert rows[expired]["status"] == "succeeded"
-    assert rows[expired]["lease_token"] is None and rows[expired]["leased_until"] is None
-    assert rows[live]["status"] == "pending" and rows[live]["attempt_count"] == 0
+    assert rows[expired]["lease_token"] is None
+    assert rows[expired]["leased_until"] is None
+    assert rows[live]["status"] == "pending"
+    assert rows[live]["attempt_count"] == 0
 
 
 async def test_deleting_an_event_deletes_its_deliveries_and_their_attempts(
