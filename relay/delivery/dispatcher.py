@@ -99,10 +99,13 @@ WITH r AS (
     SET attempt_count = d.attempt_count + r.attempted::int, status = r.outcome,
         next_attempt_at = r.next_at, lease_token = NULL, leased_until = NULL,
         last_error = r.error, updated_at = now()
-    -- `d.id = ANY($1)` keeps the planner on the primary key; joined on r alone it hashed a
-    -- sequential scan of every pending delivery (5 ms of 13 for 256 rows on 20,000 pending).
+    -- Found by primary key alone: `d.id = ANY($1)` keeps the planner there (joined on r alone
+    -- it hashed a sequential scan of every pending delivery). No `status = 'pending'` here:
+    -- from statistics that predate a backlog it made the planner walk every pending delivery
+    -- and loop over the batch for each. The token is the fence: only a claim sets it, and
+    -- recording, handing back and failing a subscription's deliveries all clear it, so a row
+    -- still holding this claim's token is pending and still ours.
     FROM r WHERE d.id = ANY($1::text[]) AND d.id = r.id AND d.lease_token = r.token
-        AND d.status = 'pending'
     RETURNING d.id, d.attempt_count
 )
 INSERT INTO delivery_attempts
@@ -122,7 +125,7 @@ _CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
 _RELEASE = """
 UPDATE deliveries AS d SET lease_token = NULL, leased_until = NULL
 FROM unnest($1::text[], $2::uuid[]) AS r(id, token)
-WHERE d.id = r.id AND d.lease_token = r.token AND d.status = 'pending'
+WHERE d.id = ANY($1::text[]) AND d.id = r.id AND d.lease_token = r.token
 """
 
 
