@@ -106,17 +106,23 @@ def _refusal(exc: BaseException) -> TargetRefused | None:
 
 
 async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
-    chunks: list[bytes] = []
-    size = 0
     content = response.content
-    while size < EXCERPT_BYTES and not content.at_eof():
-        chunk = await content.read(EXCERPT_BYTES - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+    if content.at_eof():
+        return ""
+    # The usual short answer ("ok", "{}") arrives whole with its headers: one read takes it.
+    data = await content.read(EXCERPT_BYTES)
+    if data and len(data) < EXCERPT_BYTES and not content.at_eof():
+        chunks = [data]
+        size = len(data)
+        while size < EXCERPT_BYTES and not content.at_eof():
+            chunk = await content.read(EXCERPT_BYTES - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
     # Postgres text cannot hold NUL; an endpoint's bytes must not break the recording of them.
-    return b"".join(chunks).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 async def post(
