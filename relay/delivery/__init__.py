@@ -4,6 +4,7 @@ store       fan_out_events, list/get/retry deliveries, replay_event, send_test_e
 policy      retry_delay (schedule, jitter, Retry-After), parse_retry_after
 sender      create_session (the worker's one ClientSession), post (one bounded attempt)
 dispatcher  Dispatcher: batched claims, per-endpoint caps, batched recording, leases
+leases      the claim, record and hand-back statements the dispatcher runs
 """
 
 from __future__ import annotations
