@@ -1,9 +1,8 @@
-"""Snapshots of upstream objects and the set-based diff that turns their changes into events."""
+"""The set-based diff: `diff_objects` and its SQL, and `changed_summary_ids` for detail fetches."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -12,19 +11,20 @@ import orjson
 import structlog
 from xxhash import xxh3_128_digest
 
-from relay.errors import InvalidInput, NotFound
+from relay.errors import InvalidInput
 from relay.events import build_event, insert_events
 from relay.rules import (
     OBJECT_TYPES,
-    SUMMARY_FIELDS,
     VOLATILE_FIELDS,
     canonical,
     changed_event_types,
     event_type_for,
 )
+from relay.snapshots.hashing import _object_id, summary_hash
+from relay.snapshots.scans import record_scan_page
 
 if TYPE_CHECKING:
-    from relay.events import Connection, Executor
+    from relay.events import Connection
 
 log = structlog.get_logger("relay.snapshots")
 
@@ -95,38 +95,6 @@ RETURNING r.n
 """
 
 
-def _summary_digest(value: Any) -> bytes:
-    try:
-        raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError as exc:  # orjson.JSONEncodeError: not JSON (e.g. an int beyond 64 bits)
-        raise InvalidInput(f"object is not representable as JSON: {exc}", field="objects") from exc
-    return hashlib.sha256(raw).digest()[:16]
-
-
-def _canonical_json(object_type: str, obj: Mapping[str, Any], what: str) -> bytes:
-    try:
-        return orjson.dumps(canonical(object_type, obj), option=orjson.OPT_SORT_KEYS)
-    except TypeError as exc:  # orjson.JSONEncodeError: e.g. an int beyond 64 bits
-        raise InvalidInput(f"{what} is not representable as JSON: {exc}", field="objects") from exc
-
-
-def content_hash(object_type: str, obj: Mapping[str, Any]) -> bytes:
-    """A stable 16-byte hash of the object's canonical form: sorted keys, volatile fields out.
-
-    XXH3-128: a diff hashes every object it sees, and this digest costs a twentieth of SHA-256
-    on a 1.5 KB document. It only tells versions of one object apart (it guards against chance,
-    not against a forger, who could at most hide a change of data they write themselves)."""
-    return xxh3_128_digest(_canonical_json(object_type, obj, f"a {object_type}"))
-
-
-def summary_hash(obj: Mapping[str, Any]) -> bytes:
-    """A hash of the /documents summary fields of a summary or of a full /costs|/sales item.
-
-    Still SHA-256: stored summary hashes decide which details are fetched again, and a new
-    digest would send every stored document back to the rate-limited upstream once."""
-    return _summary_digest([obj.get(name) for name in SUMMARY_FIELDS])
-
-
 @dataclass
 class DiffResult:
     """What one diff did: ids stored for the first time (or back after a deletion), ids
@@ -152,14 +120,6 @@ class _Batch:
     def client_of(self, n: int) -> str:
         """The client of object `n`: the call's, or for a client object the object itself."""
         return self.client_id or self.object_ids[n]
-
-
-def _object_id(raw: Any, what: str) -> str:
-    if isinstance(raw, str) and raw:
-        return raw
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return str(raw)
-    raise InvalidInput(f"{what} has no usable id: {raw!r}", field="id")
 
 
 def _hashed_keys(
@@ -427,242 +387,3 @@ async def changed_summary_ids(
             account_id,
         )
     return [row["object_id"] for row in rows]
-
-
-async def should_emit(conn: Executor, account_id: str) -> bool:
-    """Whether diffs of this account emit events: after its baseline, or from the start when
-    it was created with `backfill`. (`relay.accounts.complete_baseline` ends the baseline.)"""
-    row = await conn.fetchrow(
-        "SELECT baseline_completed_at IS NOT NULL OR backfill AS emit FROM accounts WHERE id = $1",
-        account_id,
-    )
-    if row is None:
-        raise NotFound("account", account_id)
-    return bool(row["emit"])
-
-
-# ---- reads for the poll planner ---------------------------------------------------------------
-
-
-async def stored_by_status(
-    db: Executor, account_id: str, client_id: str, statuses: Sequence[str]
-) -> dict[str, list[tuple[str, str, str]]]:
-    """A client's live stored documents in these statuses, per status: (id, workspace,
-    created_at), so the planner can re-check its hot set (index snapshots_document_status)."""
-    rows = await db.fetch(
-        "SELECT object_id, data->>'status' AS status, coalesce(data->>'workspace', 'costs') AS ws,"
-        " coalesce(data->>'created_at', '') AS created_at FROM snapshots"
-        " WHERE account_id = $1 AND client_id = $2 AND object_type = 'document'"
-        " AND deleted_at IS NULL AND data->>'status' = ANY ($3::text[])",
-        account_id,
-        client_id,
-        list(statuses),
-    )
-    found: dict[str, list[tuple[str, str, str]]] = {}
-    for row in rows:
-        found.setdefault(row["status"], []).append((row["object_id"], row["ws"], row["created_at"]))
-    return found
-
-
-async def stored_workspaces(
-    db: Executor, account_id: str, client_id: str, ids: Sequence[str]
-) -> dict[str, str]:
-    """The workspace (`costs` | `sales`) of stored documents: which detail URL to ask."""
-    rows = await db.fetch(
-        "SELECT object_id, coalesce(data->>'workspace', 'costs') AS ws FROM snapshots"
-        " WHERE account_id = $1 AND object_type = 'document' AND client_id = $2"
-        " AND object_id = ANY ($3::text[])",
-        account_id,
-        client_id,
-        list(ids),
-    )
-    return {row["object_id"]: row["ws"] for row in rows}
-
-
-# ---- complete scans and deletions ------------------------------------------------------------
-
-SCANNABLE_TYPES = ("document", "supplier", "expense_report")
-
-_SEEN = (
-    "seen AS (SELECT DISTINCT unnest(object_ids) AS object_id FROM snapshot_scan_pages "
-    "WHERE scan_id = $1)"
-)
-
-# Stored, live, not seen anywhere in the scan, and not written since the scan began (an object
-# a poll stored while the scan ran was alive then, whatever the scan's pages show).
-_CANDIDATE_WHERE = """
-s.account_id = scan.account_id AND s.object_type = scan.object_type
-  AND s.client_id = scan.client_id AND s.deleted_at IS NULL AND s.last_seen_at < scan.started_at
-  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.object_id = s.object_id)
-"""
-
-_CANDIDATES = f"""
-WITH {_SEEN}
-SELECT s.object_id FROM snapshots s JOIN snapshot_scans scan ON scan.id = $1
-WHERE {_CANDIDATE_WHERE}
-ORDER BY s.object_id
-"""
-
-_MARK_DELETED = f"""
-WITH {_SEEN}
-UPDATE snapshots s SET deleted_at = now()
-FROM snapshot_scans scan
-WHERE scan.id = $1 AND s.object_id = ANY($2::text[]) AND {_CANDIDATE_WHERE}
-RETURNING s.object_id, s.client_id, s.data
-"""
-
-
-@dataclass
-class ScanOutcome:
-    """What finishing a complete scan found: the deletion candidates (stored, live, unseen in
-    the scan), the ids now reported deleted and their events; or why it refused (`refused`)."""
-
-    candidates: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    refused: str | None = None
-
-
-async def begin_complete_scan(
-    conn: Connection, *, account_id: str, object_type: str, client_id: str
-) -> int:
-    """Start a complete scan of one client's objects of one type and return its id.
-
-    Record every page it reads with `record_scan_page` (or `diff_objects(scan_id=, page=)`),
-    then call `finish_complete_scan`. Scans of the same client and type started more than a day
-    ago are pruned here with their pages: they can no longer vouch for anything.
-    """
-    if object_type not in SCANNABLE_TYPES:
-        raise InvalidInput(
-            f"complete scans cover {', '.join(SCANNABLE_TYPES)}, not {object_type!r}",
-            field="object_type",
-        )
-    async with conn.transaction():
-        await conn.execute(
-            "DELETE FROM snapshot_scans WHERE account_id = $1 AND object_type = $2"
-            " AND client_id = $3 AND started_at < now() - interval '1 day'",
-            account_id,
-            object_type,
-            client_id,
-        )
-        scan_id: int = await conn.fetchval(
-            "INSERT INTO snapshot_scans (account_id, object_type, client_id)"
-            " VALUES ($1, $2, $3) RETURNING id",
-            account_id,
-            object_type,
-            client_id,
-        )
-    return scan_id
-
-
-async def record_scan_page(
-    conn: Connection, scan_id: int, page: str | int, object_ids: Sequence[str]
-) -> None:
-    """Record the ids one page of a complete scan showed. Recording a page again (a retry, a
-    re-fetch) adds to its ids: an object seen at all during the scan is never a candidate."""
-    recorded = await conn.fetchval(
-        "INSERT INTO snapshot_scan_pages (scan_id, page, object_ids)"
-        " SELECT id, $2, $3 FROM snapshot_scans WHERE id = $1"
-        " ON CONFLICT (scan_id, page) DO UPDATE"
-        " SET object_ids = snapshot_scan_pages.object_ids || excluded.object_ids,"
-        " recorded_at = now()"
-        " RETURNING scan_id",
-        scan_id,
-        str(page),
-        [str(oid) for oid in object_ids],
-    )
-    if recorded is None:
-        raise NotFound("scan", str(scan_id))
-
-
-async def mark_scan_partial(conn: Connection, scan_id: int, reason: str) -> None:
-    """The scan missed something (a failed or malformed page, a 403): it will delete nothing."""
-    marked = await conn.fetchval(
-        "UPDATE snapshot_scans SET partial_reason = coalesce(partial_reason, $2)"
-        " WHERE id = $1 RETURNING id",
-        scan_id,
-        reason,
-    )
-    if marked is None:
-        raise NotFound("scan", str(scan_id))
-    log.info("scan_marked_partial", scan_id=scan_id, reason=reason)
-
-
-async def deletion_candidates(conn: Connection, scan_id: int) -> list[str]:
-    """Ids stored and live that this scan did not see (no side effects; see finish)."""
-    return [row["object_id"] for row in await conn.fetch(_CANDIDATES, scan_id)]
-
-
-async def finish_complete_scan(
-    conn: Connection,
-    scan_id: int,
-    *,
-    confirmed_gone: Collection[str] | None,
-    expected_pages: Iterable[str | int] | None = None,
-    emit: bool = True,
-) -> ScanOutcome:
-    """Finish a complete scan: return its deletion candidates and report deleted (one
-    `<type>.deleted` event each, `data.object` the last version seen, `previous` {}) exactly
-    those candidates the caller confirmed gone.
-
-    The rule: an object is reported deleted only when a scan covered the whole client without
-    gaps AND the caller confirmed it gone. Pages shift while a scan runs (an item created or
-    deleted upstream moves the rest by one), so an item missing from a scan is only a candidate:
-    the scheduler confirms each with `GET /costs/{id}` (or /sales, ...) -> 404 and passes those
-    ids as `confirmed_gone`. An item missing from a partial scan is never even a candidate: a scan
-    marked partial (`mark_scan_partial`), or with any of `expected_pages` never recorded, refuses
-    (`refused` says why) and deletes nothing. Call it first with `confirmed_gone=None` to get
-    the candidates, then again with the confirmed ones; repeating a call never repeats an event.
-    """
-    async with conn.transaction():
-        scan = await conn.fetchrow(
-            "SELECT account_id, object_type, partial_reason FROM snapshot_scans"
-            " WHERE id = $1 FOR UPDATE",
-            scan_id,
-        )
-        if scan is None:
-            raise NotFound("scan", str(scan_id))
-        reason: str | None = scan["partial_reason"]
-        if reason is None and expected_pages is not None:
-            rows = await conn.fetch(
-                "SELECT page FROM snapshot_scan_pages WHERE scan_id = $1", scan_id
-            )
-            recorded = {row["page"] for row in rows}
-            missing = [str(p) for p in expected_pages if str(p) not in recorded]
-            if missing:
-                reason = f"{len(missing)} page(s) never recorded: {', '.join(missing[:5])}"
-                await mark_scan_partial(conn, scan_id, reason)
-        if reason is not None:
-            log.info("deletions_refused", scan_id=scan_id, reason=reason)
-            return ScanOutcome(refused=reason)
-        outcome = ScanOutcome(candidates=await deletion_candidates(conn, scan_id))
-        gone = sorted(set(confirmed_gone or ()) & set(outcome.candidates))
-        if gone:
-            deleted = await conn.fetch(_MARK_DELETED, scan_id, gone)
-            outcome.deleted = [row["object_id"] for row in deleted]
-            deleted_type = event_type_for(scan["object_type"], "deleted")
-            if emit and deleted_type:
-                at = datetime.now(UTC)
-                outcome.events = [
-                    build_event(
-                        deleted_type,
-                        account_id=scan["account_id"],
-                        client_id=row["client_id"],
-                        object_id=row["object_id"],
-                        object=row["data"],
-                        at=at,
-                    )
-                    for row in deleted
-                ]
-                await insert_events(conn, outcome.events)
-        await conn.execute(
-            "UPDATE snapshot_scans SET finished_at = coalesce(finished_at, now()) WHERE id = $1",
-            scan_id,
-        )
-    log.info(
-        "complete_scan_finished",
-        scan_id=scan_id,
-        candidates=len(outcome.candidates),
-        deleted=len(outcome.deleted),
-    )
-    return outcome

@@ -1,0 +1,205 @@
+"""Complete scans of one client's objects and the deletions they confirm."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from relay.errors import InvalidInput, NotFound
+from relay.events import build_event, insert_events
+from relay.rules import event_type_for
+
+if TYPE_CHECKING:
+    from relay.events import Connection
+
+log = structlog.get_logger("relay.snapshots")
+
+SCANNABLE_TYPES = ("document", "supplier", "expense_report")
+
+_SEEN = (
+    "seen AS (SELECT DISTINCT unnest(object_ids) AS object_id FROM snapshot_scan_pages "
+    "WHERE scan_id = $1)"
+)
+
+# Stored, live, not seen anywhere in the scan, and not written since the scan began (an object
+# a poll stored while the scan ran was alive then, whatever the scan's pages show).
+_CANDIDATE_WHERE = """
+s.account_id = scan.account_id AND s.object_type = scan.object_type
+  AND s.client_id = scan.client_id AND s.deleted_at IS NULL AND s.last_seen_at < scan.started_at
+  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.object_id = s.object_id)
+"""
+
+_CANDIDATES = f"""
+WITH {_SEEN}
+SELECT s.object_id FROM snapshots s JOIN snapshot_scans scan ON scan.id = $1
+WHERE {_CANDIDATE_WHERE}
+ORDER BY s.object_id
+"""
+
+_MARK_DELETED = f"""
+WITH {_SEEN}
+UPDATE snapshots s SET deleted_at = now()
+FROM snapshot_scans scan
+WHERE scan.id = $1 AND s.object_id = ANY($2::text[]) AND {_CANDIDATE_WHERE}
+RETURNING s.object_id, s.client_id, s.data
+"""
+
+
+@dataclass
+class ScanOutcome:
+    """What finishing a complete scan found: the deletion candidates (stored, live, unseen in
+    the scan), the ids now reported deleted and their events; or why it refused (`refused`)."""
+
+    candidates: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    refused: str | None = None
+
+
+async def begin_complete_scan(
+    conn: Connection, *, account_id: str, object_type: str, client_id: str
+) -> int:
+    """Start a complete scan of one client's objects of one type and return its id.
+
+    Record every page it reads with `record_scan_page` (or `diff_objects(scan_id=, page=)`),
+    then call `finish_complete_scan`. Scans of the same client and type started more than a day
+    ago are pruned here with their pages: they can no longer vouch for anything.
+    """
+    if object_type not in SCANNABLE_TYPES:
+        raise InvalidInput(
+            f"complete scans cover {', '.join(SCANNABLE_TYPES)}, not {object_type!r}",
+            field="object_type",
+        )
+    async with conn.transaction():
+        await conn.execute(
+            "DELETE FROM snapshot_scans WHERE account_id = $1 AND object_type = $2"
+            " AND client_id = $3 AND started_at < now() - interval '1 day'",
+            account_id,
+            object_type,
+            client_id,
+        )
+        scan_id: int = await conn.fetchval(
+            "INSERT INTO snapshot_scans (account_id, object_type, client_id)"
+            " VALUES ($1, $2, $3) RETURNING id",
+            account_id,
+            object_type,
+            client_id,
+        )
+    return scan_id
+
+
+async def record_scan_page(
+    conn: Connection, scan_id: int, page: str | int, object_ids: Sequence[str]
+) -> None:
+    """Record the ids one page of a complete scan showed. Recording a page again (a retry, a
+    re-fetch) adds to its ids: an object seen at all during the scan is never a candidate."""
+    recorded = await conn.fetchval(
+        "INSERT INTO snapshot_scan_pages (scan_id, page, object_ids)"
+        " SELECT id, $2, $3 FROM snapshot_scans WHERE id = $1"
+        " ON CONFLICT (scan_id, page) DO UPDATE"
+        " SET object_ids = snapshot_scan_pages.object_ids || excluded.object_ids,"
+        " recorded_at = now()"
+        " RETURNING scan_id",
+        scan_id,
+        str(page),
+        [str(oid) for oid in object_ids],
+    )
+    if recorded is None:
+        raise NotFound("scan", str(scan_id))
+
+
+async def mark_scan_partial(conn: Connection, scan_id: int, reason: str) -> None:
+    """The scan missed something (a failed or malformed page, a 403): it will delete nothing."""
+    marked = await conn.fetchval(
+        "UPDATE snapshot_scans SET partial_reason = coalesce(partial_reason, $2)"
+        " WHERE id = $1 RETURNING id",
+        scan_id,
+        reason,
+    )
+    if marked is None:
+        raise NotFound("scan", str(scan_id))
+    log.info("scan_marked_partial", scan_id=scan_id, reason=reason)
+
+
+async def deletion_candidates(conn: Connection, scan_id: int) -> list[str]:
+    """Ids stored and live that this scan did not see (no side effects; see finish)."""
+    return [row["object_id"] for row in await conn.fetch(_CANDIDATES, scan_id)]
+
+
+async def finish_complete_scan(
+    conn: Connection,
+    scan_id: int,
+    *,
+    confirmed_gone: Collection[str] | None,
+    expected_pages: Iterable[str | int] | None = None,
+    emit: bool = True,
+) -> ScanOutcome:
+    """Finish a complete scan: return its deletion candidates and report deleted (one
+    `<type>.deleted` event each, `data.object` the last version seen, `previous` {}) exactly
+    those candidates the caller confirmed gone.
+
+    The rule: an object is reported deleted only when a scan covered the whole client without
+    gaps AND the caller confirmed it gone. Pages shift while a scan runs (an item created or
+    deleted upstream moves the rest by one), so an item missing from a scan is only a candidate:
+    the scheduler confirms each with `GET /costs/{id}` (or /sales, ...) -> 404 and passes those
+    ids as `confirmed_gone`. An item missing from a partial scan is never even a candidate: a scan
+    marked partial (`mark_scan_partial`), or with any of `expected_pages` never recorded, refuses
+    (`refused` says why) and deletes nothing. Call it first with `confirmed_gone=None` to get
+    the candidates, then again with the confirmed ones; repeating a call never repeats an event.
+    """
+    async with conn.transaction():
+        scan = await conn.fetchrow(
+            "SELECT account_id, object_type, partial_reason FROM snapshot_scans"
+            " WHERE id = $1 FOR UPDATE",
+            scan_id,
+        )
+        if scan is None:
+            raise NotFound("scan", str(scan_id))
+        reason: str | None = scan["partial_reason"]
+        if reason is None and expected_pages is not None:
+            rows = await conn.fetch(
+                "SELECT page FROM snapshot_scan_pages WHERE scan_id = $1", scan_id
+            )
+            recorded = {row["page"] for row in rows}
+            missing = [str(p) for p in expected_pages if str(p) not in recorded]
+            if missing:
+                reason = f"{len(missing)} page(s) never recorded: {', '.join(missing[:5])}"
+                await mark_scan_partial(conn, scan_id, reason)
+        if reason is not None:
+            log.info("deletions_refused", scan_id=scan_id, reason=reason)
+            return ScanOutcome(refused=reason)
+        outcome = ScanOutcome(candidates=await deletion_candidates(conn, scan_id))
+        gone = sorted(set(confirmed_gone or ()) & set(outcome.candidates))
+        if gone:
+            deleted = await conn.fetch(_MARK_DELETED, scan_id, gone)
+            outcome.deleted = [row["object_id"] for row in deleted]
+            deleted_type = event_type_for(scan["object_type"], "deleted")
+            if emit and deleted_type:
+                at = datetime.now(UTC)
+                outcome.events = [
+                    build_event(
+                        deleted_type,
+                        account_id=scan["account_id"],
+                        client_id=row["client_id"],
+                        object_id=row["object_id"],
+                        object=row["data"],
+                        at=at,
+                    )
+                    for row in deleted
+                ]
+                await insert_events(conn, outcome.events)
+        await conn.execute(
+            "UPDATE snapshot_scans SET finished_at = coalesce(finished_at, now()) WHERE id = $1",
+            scan_id,
+        )
+    log.info(
+        "complete_scan_finished",
+        scan_id=scan_id,
+        candidates=len(outcome.candidates),
+        deleted=len(outcome.deleted),
+    )
+    return outcome
