@@ -1,0 +1,56 @@
+"""The poller: runs an account's planned poll tasks against Dext and feeds snapshots and events.
+
+One `Poller.run_account` call holds the account's Postgres lease, plans with
+`relay.scheduling` and runs tasks until nothing is due before `run_seconds` are up. What each
+task kind does (the module docstring of `relay.scheduling` says how often):
+
+- `clients`: every /clients page -> client snapshots (client.health_changed); the list also
+  creates or prunes the per-client tasks.
+- `baseline` / `sweep`: every /costs then /sales page (full items, per_page 50), a few pages
+  per run with the cursor kept in Postgres, recorded as one complete scan. At its end the scan's
+  deletion candidates are confirmed one by one (`GET /costs/{id}` -> 404) and only those are
+  reported deleted; a page that failed makes the scan partial, which deletes nothing. The
+  first such scan of a client is its baseline (emits nothing unless the account backfills).
+- `head`: /documents page 1 (newest first, per_page 100) and the next pages while their tail
+  is still unseen; full items are fetched only for new or changed summaries.
+- `hot`: /documents?status=ready every page, and processing/review only when a stored item in
+  that status is older than the head page reaches (those statuses are entered only from newer
+  ones). A stored item missing from its status list changed: its detail is fetched. Then a
+  one-item probe of status=archived: when its total differs from what is stored, the archived
+  list is read to find what moved (published -> archived happens to old items).
+- `suppliers`, `expense_reports`, `connections`: their lists -> snapshots.
+
+Errors: `invalid_token` marks the account broken and stores one `account.auth_failed`; the
+next successful pass stores `account.recovered`. A malformed page is logged and skipped (the
+scan becomes partial); an upstream outage ends the pass and leaves the task due.
+
+The package: `runner` (the `Poller`, its run loop under the lease, and the account's pass and
+auth bookkeeping), `tasks` (what each task kind does) and `pages` (reading upstream lists page
+by page).
+"""
+
+from __future__ import annotations
+
+from relay.poller.runner import UNSUPPORTED_PROVIDER, LeaseLost, Poller, RunReport, default_holder
+from relay.poller.tasks import (
+    BASELINE_PAGES,
+    HEAD_MAX_PAGES,
+    HOT_ALWAYS,
+    HOT_IF_OLD,
+    PROBED,
+    WORKSPACES,
+)
+
+__all__ = [
+    "BASELINE_PAGES",
+    "HEAD_MAX_PAGES",
+    "HOT_ALWAYS",
+    "HOT_IF_OLD",
+    "PROBED",
+    "UNSUPPORTED_PROVIDER",
+    "WORKSPACES",
+    "LeaseLost",
+    "Poller",
+    "RunReport",
+    "default_holder",
+]
