@@ -239,10 +239,17 @@ CREATE TABLE IF NOT EXISTS snapshot_scan_pages (
     PRIMARY KEY (scan_id, page)
 );
 
+-- quick_hash: XXH3-128 of the object's JSON in upstream key order (volatile fields out), what a
+-- diff compares first; `hash`, of the key-sorted canonical form, is computed only when it
+-- differs. Rows stored before it have none: their first diff refreshes them (no events).
+ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS quick_hash bytea;
+
 -- A diff's anti-join and the summary check read only the key and hashes of live rows: with
 -- this index they are index-only scans instead of reads of every stored document.
-CREATE INDEX IF NOT EXISTS snapshots_live_hashes
-    ON snapshots (account_id, object_type, client_id, object_id) INCLUDE (hash, summary_hash)
+DROP INDEX IF EXISTS snapshots_live_hashes;  -- before quick_hash: INCLUDE (hash, summary_hash)
+CREATE INDEX IF NOT EXISTS snapshots_live_keys
+    ON snapshots (account_id, object_type, client_id, object_id)
+    INCLUDE (quick_hash, summary_hash)
     WHERE deleted_at IS NULL;
 
 -- The planner re-checks a client's "hot" documents (processing, review, ready) by status.

@@ -11,7 +11,7 @@ import pytest
 
 from relay.errors import InvalidInput
 from relay.rules import canonical
-from relay.snapshots import content_hash, diff_objects
+from relay.snapshots import content_hash, diff_objects, quick_hash
 from tests.test_snapshots_objects import CLIENT, client, cost, make_account, stored_events
 
 
@@ -49,8 +49,8 @@ async def test_hash_of_an_older_digest_is_refreshed_without_a_change(pool: async
         ("document", cost("d2")),
         ("client", client(CLIENT)),
     ):
-        await pool.execute(
-            "UPDATE snapshots SET hash = $2 WHERE object_id = $1",
+        await pool.execute(  # as stored by a release before quick hashes
+            "UPDATE snapshots SET hash = $2, quick_hash = NULL WHERE object_id = $1",
             obj["id"],
             sha256_hash(object_type, obj),
         )
@@ -69,12 +69,41 @@ async def test_hash_of_an_older_digest_is_refreshed_without_a_change(pool: async
     assert await pool.fetchval("SELECT hash FROM snapshots WHERE object_id = 'd1'") == (
         content_hash("document", cost("d1"))
     )
+    assert await pool.fetchval("SELECT quick_hash FROM snapshots WHERE object_id = 'd1'") == (
+        quick_hash("document", cost("d1"))
+    )
 
     # Refreshed once, the hashes match again: the next poll writes nothing at all.
     settled = await versions(pool)
     again = await diff(pool, account, "document", page)
     assert (again.created, again.changed, again.events) == ([], [], [])
     assert await versions(pool) == settled
+    assert len(await stored_events(pool)) == len(events_before) + 1
+
+
+async def test_keys_in_another_order_are_no_change(pool: asyncpg.Pool) -> None:
+    account = await make_account(pool)
+    stored = cost("d1")
+    await diff(pool, account, "document", [stored])
+    events_before = await stored_events(pool)
+    reordered = dict(reversed(list(stored.items())))
+    assert reordered == stored
+    assert quick_hash("document", reordered) != quick_hash("document", stored)
+    assert content_hash("document", reordered) == content_hash("document", stored)
+
+    # Settled by the canonical hash: no change, nothing written, poll after poll.
+    settled = await versions(pool)
+    for _ in range(2):
+        again = await diff(pool, account, "document", [reordered])
+        assert (again.created, again.changed, again.events) == ([], [], [])
+        assert await versions(pool) == settled
+    assert await pool.fetchval("SELECT quick_hash FROM snapshots WHERE object_id = 'd1'") == (
+        quick_hash("document", stored)
+    )
+    # A real change in the new order is still one.
+    changed = await diff(pool, account, "document", [{**reordered, "status": "ready"}])
+    assert changed.changed == ["d1"]
+    assert [e["type"] for e in changed.events] == ["document.status_changed"]
     assert len(await stored_events(pool)) == len(events_before) + 1
 
 

@@ -1,6 +1,6 @@
 """Snapshots of upstream objects and the set-based diff that turns their changes into events.
 
-Its modules: `hashing` (content and summary hashes, object ids), `diff` (the set-based
+Its modules: `hashing` (content, quick and summary hashes, object ids), `diff` (the set-based
 `diff_objects` and its SQL, `changed_summary_ids`), `scans` (complete scans and the deletions
 they confirm) and `reads` (`should_emit` and the stored state the poll planner reads).
 """
@@ -8,7 +8,7 @@ they confirm) and `reads` (`should_emit` and the stored state the poll planner r
 from __future__ import annotations
 
 from relay.snapshots.diff import DiffResult, changed_summary_ids, diff_objects
-from relay.snapshots.hashing import content_hash, summary_hash
+from relay.snapshots.hashing import content_hash, quick_hash, summary_hash
 from relay.snapshots.reads import should_emit, stored_by_status, stored_workspaces
 from relay.snapshots.scans import (
     SCANNABLE_TYPES,
@@ -31,6 +31,7 @@ __all__ = [
     "diff_objects",
     "finish_complete_scan",
     "mark_scan_partial",
+    "quick_hash",
     "record_scan_page",
     "should_emit",
     "stored_by_status",

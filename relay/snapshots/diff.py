@@ -20,7 +20,7 @@ from relay.rules import (
     changed_event_types,
     event_type_for,
 )
-from relay.snapshots.hashing import _object_id, summary_hash
+from relay.snapshots.hashing import _object_id, content_hash, summary_hash
 from relay.snapshots.scans import record_scan_page
 
 if TYPE_CHECKING:
@@ -32,25 +32,28 @@ log = structlog.get_logger("relay.snapshots")
 # second diff in the same transaction empties them itself.
 _TEMP_TABLES = """
 CREATE TEMP TABLE IF NOT EXISTS relay_diff_keys (
-    n integer, client_id text, object_id text, hash bytea, summary_hash bytea
+    n integer, client_id text, object_id text, quick_hash bytea, summary_hash bytea
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS relay_diff_rows (
-    n integer, client_id text, object_id text, hash bytea, summary_hash bytea, data jsonb
+    n integer, client_id text, object_id text, hash bytea, quick_hash bytea, summary_hash bytea,
+    data jsonb
 ) ON COMMIT DELETE ROWS;
 DELETE FROM relay_diff_keys;
 DELETE FROM relay_diff_rows;
 """
 
-# The new, changed and back-after-deletion keys: those without a live snapshot of the same hash.
-# A hash anti-join over an index-only scan of snapshots_live_hashes for one client (one probe of
-# the index per key costs several times more when every key is looked up). A client object is
-# its own client; any other object's is the call's (`$3`), which narrows the scan to it.
+# The new, changed and back-after-deletion keys: those without a live snapshot of the same
+# quick hash (upstream key order; a reordering alone makes a candidate that the canonical hash
+# then clears). A hash anti-join over an index-only scan of snapshots_live_keys
+# for one client (one probe of the index per key costs several times more when every key is
+# looked up). A client object is its own client; any other object's is the call's (`$3`),
+# which narrows the scan to it.
 _FIND_CANDIDATES = """
-SELECT k.n, k.hash FROM relay_diff_keys k
+SELECT k.n, k.quick_hash FROM relay_diff_keys k
 WHERE NOT EXISTS (
     SELECT 1 FROM snapshots s
     WHERE s.account_id = $1 AND s.object_type = $2 AND s.client_id = {client}
-      AND s.object_id = k.object_id AND s.hash = k.hash AND s.deleted_at IS NULL)
+      AND s.object_id = k.object_id AND s.quick_hash = k.quick_hash AND s.deleted_at IS NULL)
 """
 _FIND_CLIENT_CANDIDATES = _FIND_CANDIDATES.format(client="k.object_id")
 _FIND_CANDIDATES = _FIND_CANDIDATES.format(client="$3")
@@ -70,8 +73,8 @@ FOR UPDATE OF s
 # A concurrent insert of the same object makes this one wait for it, then skip it.
 _INSERT_NEW = """
 INSERT INTO snapshots AS s (account_id, object_type, client_id, object_id, data, hash,
-                            summary_hash)
-SELECT $1, $2, r.client_id, r.object_id, r.data, r.hash, r.summary_hash
+                            quick_hash, summary_hash)
+SELECT $1, $2, r.client_id, r.object_id, r.data, r.hash, r.quick_hash, r.summary_hash
 FROM relay_diff_rows r
 WHERE NOT EXISTS (
     SELECT 1 FROM snapshots o
@@ -82,15 +85,18 @@ ON CONFLICT DO NOTHING
 RETURNING s.client_id, s.object_id
 """
 
-# Rows this transaction just inserted carry the new hash already and are left alone.
+# Rows this transaction just inserted carry the new hashes already and are left alone. A row
+# stored before quick hashes (none) is refreshed once; the caller finds its fields unchanged and
+# emits nothing for it. Keys merely reordered change nothing and write nothing: such an object
+# stays a candidate, settled by its canonical hash, for as long as upstream sends that order.
 _UPDATE_CHANGED = """
 UPDATE snapshots s
-SET data = r.data, hash = r.hash, summary_hash = r.summary_hash, last_seen_at = now(),
-    deleted_at = NULL
+SET data = r.data, hash = r.hash, quick_hash = r.quick_hash, summary_hash = r.summary_hash,
+    last_seen_at = now(), deleted_at = NULL
 FROM relay_diff_rows r
 WHERE s.account_id = $1 AND s.object_type = $2 AND s.client_id = r.client_id
   AND s.object_id = r.object_id
-  AND (s.hash IS DISTINCT FROM r.hash OR s.deleted_at IS NOT NULL)
+  AND (s.hash IS DISTINCT FROM r.hash OR s.quick_hash IS NULL OR s.deleted_at IS NOT NULL)
 RETURNING r.n
 """
 
@@ -109,7 +115,7 @@ class DiffResult:
 @dataclass
 class _Batch:
     """Incoming objects and their ids by position `n` on the page; `candidates` are the
-    positions (of an id's last copy) whose hash is not the stored one, with that hash."""
+    positions (of an id's last copy) whose quick hash is not the stored one, with that hash."""
 
     client_id: str | None
     objects: Sequence[Mapping[str, Any]]
@@ -125,19 +131,20 @@ class _Batch:
 def _hashed_keys(
     object_type: str, batch: _Batch, client_id: str | None, failure: list[InvalidInput]
 ) -> Iterator[tuple[int, str, bytes]]:
-    """Validate and hash the incoming objects, yielding the COPY record (n, id, hash) of each
-    and collecting their ids. Bad input ends the records and lands in `failure`: raising
+    """Validate and hash the incoming objects, yielding the COPY record (n, id, quick hash) of
+    each and collecting their ids. Bad input ends the records and lands in `failure`: raising
     inside a COPY would abort it by a cancel request.
 
     This loop is a diff's only per-object Python work (SQL does the comparing), so it is kept
-    to one dumps, one digest and one append per object (ids seen twice are sorted out after
-    it). As a generator it feeds the COPY, which sends each 512 KB of records as it fills:
-    Postgres stores them (on the other core) while Python hashes the rest.
+    to one dumps (unsorted: the quick hash), one digest and one append per object (ids seen
+    twice are sorted out after it). As a generator it feeds the COPY, which sends each 512 KB
+    of records as it fills: Postgres stores them (on the other core) while Python hashes the
+    rest.
     """
     what = f"a {object_type}"
     volatile = bool(VOLATILE_FIELDS[object_type])
     one_per_client = object_type == "connection"  # named by its client, it carries no id
-    dumps, sort, digest = orjson.dumps, orjson.OPT_SORT_KEYS, xxh3_128_digest
+    dumps, digest = orjson.dumps, xxh3_128_digest
     object_ids = batch.object_ids
     try:
         for n, obj in enumerate(batch.objects):
@@ -146,9 +153,7 @@ def _hashed_keys(
             raw_id = client_id if one_per_client else obj.get("id")
             oid: str = raw_id if type(raw_id) is str and raw_id else _object_id(raw_id, what)
             try:
-                hashed = digest(
-                    dumps(canonical(object_type, obj) if volatile else obj, option=sort)
-                )
+                hashed = digest(dumps(canonical(object_type, obj) if volatile else obj))
             except TypeError as exc:  # orjson.JSONEncodeError: e.g. an int beyond 64 bits
                 raise InvalidInput(
                     f"{what} is not representable as JSON: {exc}", field="objects"
@@ -181,7 +186,7 @@ async def _hash_and_find(
     await conn.copy_records_to_table(
         "relay_diff_keys",
         records=_hashed_keys(object_type, batch, client_id, failure),
-        columns=("n", "object_id", "hash"),
+        columns=("n", "object_id", "quick_hash"),
     )
     if failure:
         raise failure[0]
@@ -261,18 +266,20 @@ async def diff_objects(
 
     Dext has no `updated_at`: a change is only visible as a difference between what a poll
     sees now and what was stored before. Each object is stored with a hash of its canonical
-    form, so Python hashes the page into a COPY of (id, hash) to a temporary table (Postgres
-    takes in each part while Python hashes the next) and Postgres finds the new and changed ids;
-    only those objects' data travels, by a second COPY, and is stored set-based from there.
+    form, and with a quick hash of it in upstream key order (cheaper: no key sort), so Python
+    quick-hashes the page into a COPY of (id, quick hash) to a temporary table (Postgres takes
+    in each part while Python hashes the next) and Postgres finds the new and changed ids; only
+    those objects are hashed canonically and their data travels, by a second COPY, and is
+    stored set-based from there.
     Their events are stored in the same transaction (the outbox): an event exists exactly when
     its snapshot change does. A stored hash that differs while no field does (one written by an
-    older digest) is refreshed without counting as a change.
+    older digest, or no quick hash yet) is refreshed without counting as a change.
 
     Concurrency: the existing rows among the new-or-changed ones are locked with `SELECT ...
     FOR UPDATE` (in key order) before their old version is read; new objects are inserted with
     `ON CONFLICT DO NOTHING` (a concurrent insert of the same object makes this one wait, then
     skip it, and the row is then locked and read like the others); the update applies only
-    `WHERE hash IS DISTINCT FROM` the new one. Under READ COMMITTED a second transaction diffing
+    where a hash differs from the new one. Under READ COMMITTED a second transaction diffing
     the same page thus sees the first one's committed rows and writes (and emits) nothing, and
     an event's `previous` always holds the values of the row it replaced.
     """
@@ -288,7 +295,7 @@ async def diff_objects(
             return result
         wanted = sorted(candidates)
         # Only new and changed objects travel as documents (the rest stayed hashes), and only
-        # they need the summary hash that is stored with them.
+        # they need the canonical and summary hashes that are stored with them.
         documents = object_type == "document"
         objects = batch.objects
         await conn.copy_records_to_table(
@@ -298,13 +305,14 @@ async def diff_objects(
                     n,
                     batch.client_of(n),
                     ids[n],
+                    content_hash(object_type, objects[n]),
                     candidates[n],
                     summary_hash(objects[n]) if documents else None,
                     objects[n],
                 )
                 for n in wanted
             ],
-            columns=("n", "client_id", "object_id", "hash", "summary_hash", "data"),
+            columns=("n", "client_id", "object_id", "hash", "quick_hash", "summary_hash", "data"),
         )
         # Without statistics the planner takes these wide rows for many more than they are
         # and scans every snapshot instead of probing the key; ANALYZE of them is cheap.
