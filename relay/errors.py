@@ -97,6 +97,11 @@ class NotFound(RelayError):
         super().__init__(f"no {kind} with id {id!r}")
 
 
+class Conflict(RelayError):
+    """The resource's current state does not allow this now (e.g. a delivery being sent); the
+    admin API answers 409."""
+
+
 class InvalidInput(RelayError):
     """Input from a caller breaks the contract (bad value, bad cursor); the admin API answers 400.
 

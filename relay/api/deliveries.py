@@ -131,8 +131,10 @@ ROUTES = [
         retry_delivery,
         "Retry one delivery now (same webhook-id)",
         "deliveries",
-        {202: "Delivery"},
+        {202: "Delivery", 409: "Error"},
         path_kind="delivery",
+        description="409 when the delivery is being sent right now: retry it once that attempt "
+        "is recorded, if it failed.",
     ),
 ]
 SCHEMAS = {"Delivery": DELIVERY_SCHEMA}

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Histogram
 
 from relay.api.keys import SETTINGS
 from relay.api.routing import json_response
-from relay.errors import InvalidInput, NotFound, ServiceUnavailable
+from relay.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 
 log = structlog.get_logger("relay.api")
 
@@ -81,6 +81,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(400, "invalid_request", str(exc), field=exc.field)
     except NotFound as exc:
         response = error_response(404, "not_found", str(exc))
+    except Conflict as exc:
+        response = error_response(409, "conflict", str(exc))
     except ServiceUnavailable as exc:
         log.warning("api_service_unavailable", service=exc.service, reason=exc.reason)
         response = error_response(503, "service_unavailable", f"{exc.service} is unavailable")

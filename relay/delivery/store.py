@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.errors import InvalidInput, NotFound
+from relay.errors import Conflict, InvalidInput, NotFound
 from relay.events import build_event
 from relay.subscriptions import (
     Matcher,
@@ -171,16 +171,27 @@ async def retry_delivery(pool: asyncpg.Pool, id: str) -> dict[str, Any]:
     """Make one delivery due now, whatever its status (same event, same `webhook-id`).
 
     A manual retry is one more attempt: if it fails the delivery is `failed` again. A delivery
-    being sent right now is left to finish.
+    being sent right now (under a live lease) is a Conflict: its attempt is about to be
+    recorded, and a retry then would send it twice. One whose worker died is retried at once.
     """
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), "
-            "updated_at = now() WHERE id = $1 AND lease_token IS NULL RETURNING id",
+            "updated_at = now() WHERE id = $1 AND (lease_token IS NULL "
+            "OR leased_until IS NULL OR leased_until <= now()) RETURNING id",
             id,
         )
-        if row is None and not await conn.fetchval("SELECT 1 FROM deliveries WHERE id = $1", id):
-            raise NotFound("delivery", id)
+        if row is None:
+            leased_until = await conn.fetchval(
+                "SELECT leased_until FROM deliveries WHERE id = $1", id
+            )
+            if leased_until is None:
+                raise NotFound("delivery", id)
+            raise Conflict(
+                f"delivery {id!r} is being sent right now; its attempt is recorded by "
+                f"{leased_until:%Y-%m-%dT%H:%M:%SZ} at the latest, retry it after that if "
+                "it failed"
+            )
         await notify_wake(conn)
     return await get_delivery(pool, id)
 

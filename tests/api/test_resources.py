@@ -344,6 +344,25 @@ async def test_deliveries_list_get_and_retry(
     assert one.status == 202
     assert (await one.json())["status"] == "pending"
 
+    # Being sent right now (a live lease): a retry would send it twice, so it is a 409.
+    sending = listing["data"][1]["id"]
+    await pool.execute(
+        "UPDATE deliveries SET lease_token = gen_random_uuid(), "
+        "leased_until = now() + interval '30 seconds' WHERE id = $1",
+        sending,
+    )
+    conflict = await error_of(await client.post(f"/v1/deliveries/{sending}/retry"), 409)
+    assert "being sent right now" in conflict["message"]
+    # Its worker died (the lease ran out): retried at once.
+    await pool.execute(
+        "UPDATE deliveries SET status = 'failed', leased_until = now() - interval '1 second' "
+        "WHERE id = $1",
+        sending,
+    )
+    revived = await client.post(f"/v1/deliveries/{sending}/retry")
+    assert revived.status == 202
+    assert (await revived.json())["status"] == "pending"
+
     await error_of(await client.get("/v1/deliveries/dlv_missing"), 404)
     await error_of(await client.post("/v1/deliveries/dlv_missing/retry"), 404)
 
