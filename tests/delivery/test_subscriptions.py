@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from standardwebhooks.webhooks import Webhook
@@ -94,10 +96,11 @@ async def test_private_target_refused_unless_allowed(
 async def test_list_is_newest_first_with_cursor(
     pool: asyncpg.Pool, vault: Vault, settings: Settings
 ) -> None:
-    ids = [
-        (await subscribe(pool, vault, settings, f"https://h.example.com/{i}"))[0]["id"]
-        for i in range(5)
-    ]
+    ids = []
+    for i in range(5):
+        ids.append((await subscribe(pool, vault, settings, f"https://h.example.com/{i}"))[0]["id"])
+        # Ids order by creation to the millisecond; within one, by their random part.
+        await asyncio.sleep(0.002)
     await delete_subscription(pool, ids[2])
     page, cursor = await list_subscriptions(pool, limit=2)
     assert [s["id"] for s in page] == [ids[4], ids[3]]
