@@ -16,6 +16,7 @@ from arq.worker import Worker
 
 from relay.db import create_pool, create_redis
 from relay.http import create_client_session
+from relay.runtime import tune_gc
 from relay.settings import Settings
 from workers.delivery import (
     delivery_cron_jobs,
@@ -86,5 +87,6 @@ def run_worker(settings: Settings, *, burst: bool = False) -> int:
     # arq runs on the loop set here.
     asyncio.set_event_loop(uvloop.new_event_loop())
     worker = build_worker(settings, burst=burst)
+    tune_gc()
     worker.run()
     return 0
