@@ -22,8 +22,10 @@ from tests.test_snapshots_objects import (
     client,
     connection,
     cost,
+    diff,
     expense_report,
     make_account,
+    snapshot_versions,
     stored_events,
     summary,
     supplier,
@@ -39,32 +41,6 @@ EVENT_KEYS = {
     "object_id",
     "data",
 }
-
-
-async def diff(
-    pool: asyncpg.Pool,
-    account_id: str,
-    object_type: str,
-    objects: list[dict[str, Any]],
-    *,
-    emit: bool = True,
-    client_id: str | None = CLIENT,
-) -> Any:
-    async with pool.acquire() as conn:
-        return await diff_objects(
-            conn,
-            account_id=account_id,
-            object_type=object_type,
-            objects=objects,
-            client_id=None if object_type == "client" else client_id,
-            emit=emit,
-        )
-
-
-async def snapshot_versions(pool: asyncpg.Pool) -> dict[str, Any]:
-    """Each snapshot row's physical version: a rewrite of a row changes its xmin."""
-    rows = await pool.fetch("SELECT object_id, xmin::text AS v FROM snapshots")
-    return {row["object_id"]: row["v"] for row in rows}
 
 
 # ---- baseline, backfill, idempotence --------------------------------------------------------

@@ -12,26 +12,15 @@ import pytest
 from relay.errors import InvalidInput
 from relay.rules import canonical
 from relay.snapshots import content_hash, diff_objects, quick_hash
-from tests.test_snapshots_objects import CLIENT, client, cost, make_account, stored_events
-
-
-async def diff(
-    pool: asyncpg.Pool, account_id: str, object_type: str, objects: list[Any], emit: bool = True
-) -> Any:
-    async with pool.acquire() as conn:
-        return await diff_objects(
-            conn,
-            account_id=account_id,
-            object_type=object_type,
-            objects=objects,
-            client_id=None if object_type == "client" else CLIENT,
-            emit=emit,
-        )
-
-
-async def versions(pool: asyncpg.Pool) -> dict[str, str]:
-    rows = await pool.fetch("SELECT object_id, xmin::text AS v FROM snapshots")
-    return {row["object_id"]: row["v"] for row in rows}
+from tests.test_snapshots_objects import (
+    CLIENT,
+    client,
+    cost,
+    diff,
+    make_account,
+    snapshot_versions,
+    stored_events,
+)
 
 
 def sha256_hash(object_type: str, obj: dict[str, Any]) -> bytes:
@@ -74,10 +63,10 @@ async def test_hash_of_an_older_digest_is_refreshed_without_a_change(pool: async
     )
 
     # Refreshed once, the hashes match again: the next poll writes nothing at all.
-    settled = await versions(pool)
+    settled = await snapshot_versions(pool)
     again = await diff(pool, account, "document", page)
     assert (again.created, again.changed, again.events) == ([], [], [])
-    assert await versions(pool) == settled
+    assert await snapshot_versions(pool) == settled
     assert len(await stored_events(pool)) == len(events_before) + 1
 
 
@@ -92,11 +81,11 @@ async def test_keys_in_another_order_are_no_change(pool: asyncpg.Pool) -> None:
     assert content_hash("document", reordered) == content_hash("document", stored)
 
     # Settled by the canonical hash: no change, nothing written, poll after poll.
-    settled = await versions(pool)
+    settled = await snapshot_versions(pool)
     for _ in range(2):
         again = await diff(pool, account, "document", [reordered])
         assert (again.created, again.changed, again.events) == ([], [], [])
-        assert await versions(pool) == settled
+        assert await snapshot_versions(pool) == settled
     assert await pool.fetchval("SELECT quick_hash FROM snapshots WHERE object_id = 'd1'") == (
         quick_hash("document", stored)
     )
@@ -119,12 +108,12 @@ async def test_a_duplicate_is_judged_by_its_last_version(
     # The two copies end up in different messages of the key COPY.
     filler = [{"id": f"f{i:05}", "status": "review"} for i in range(20_000)]
     await diff(pool, account, "document", [cost("d1"), *filler], emit=False)
-    before = await versions(pool)
+    before = await snapshot_versions(pool)
     first, last = (cost("d1", status=status) for status in versions_on_page)
     result = await diff(pool, account, "document", [first, *filler, last])
     assert (result.seen, result.created, result.changed) == (20_001, [], changed)
     assert [e["type"] for e in result.events] == ["document.status_changed"] * len(changed)
-    rewritten = {oid for oid, v in (await versions(pool)).items() if before[oid] != v}
+    rewritten = {oid for oid, v in (await snapshot_versions(pool)).items() if before[oid] != v}
     assert rewritten == set(changed)
 
 
