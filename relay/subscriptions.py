@@ -188,11 +188,18 @@ class Matcher:
             return False
 
 
-async def load_matchers(conn: Querier, ids: Sequence[str] | None = None) -> list[Matcher]:
-    """Matchers of the enabled, live subscriptions (all, or only `ids`)."""
+async def load_matchers(
+    conn: Querier, ids: Sequence[str] | None = None, *, lock: bool = False
+) -> list[Matcher]:
+    """Matchers of the enabled, live subscriptions (all, or only `ids`).
+
+    `lock` reads them `FOR SHARE` (in id order, so two lockers never deadlock) for a caller
+    whose answer must not be overtaken by a concurrent PATCH or DELETE before it commits.
+    """
     rows = await conn.fetch(
         "SELECT id, event_types, account_ids, client_ids, filter FROM subscriptions "
-        "WHERE enabled AND deleted_at IS NULL AND ($1::text[] IS NULL OR id = ANY($1))",
+        "WHERE enabled AND deleted_at IS NULL AND ($1::text[] IS NULL OR id = ANY($1))"
+        + (" ORDER BY id FOR SHARE" if lock else ""),
         None if ids is None else list(ids),
     )
     return [

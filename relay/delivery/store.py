@@ -173,26 +173,40 @@ async def retry_delivery(pool: asyncpg.Pool, id: str) -> dict[str, Any]:
     A manual retry is one more attempt: if it fails the delivery is `failed` again. A delivery
     being sent right now (under a live lease) is a Conflict: its attempt is about to be
     recorded, and a retry then would send it twice. One whose worker died is retried at once.
+
+    Concurrent retries of one delivery send it once. The update takes the row's lock and only
+    changes a delivery that is not already due: the first retry makes it due, and every retry
+    that arrives before a dispatcher claims it finds it due and joins that one attempt (202
+    with the same delivery, nothing changed); once it is claimed the answer is the Conflict.
     """
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), "
             "updated_at = now() WHERE id = $1 AND (lease_token IS NULL "
-            "OR leased_until IS NULL OR leased_until <= now()) RETURNING id",
+            "OR leased_until IS NULL OR leased_until <= now()) "
+            "AND NOT (status = 'pending' AND next_attempt_at IS NOT NULL "
+            "AND next_attempt_at <= now()) RETURNING id",
             id,
         )
         if row is None:
-            leased_until = await conn.fetchval(
-                "SELECT leased_until FROM deliveries WHERE id = $1", id
+            # Nothing changed: say why, from the row as it is now (after any racing writer).
+            current = await conn.fetchrow(
+                "SELECT status, next_attempt_at, leased_until, "
+                "lease_token IS NOT NULL AND leased_until > now() AS leased "
+                "FROM deliveries WHERE id = $1",
+                id,
             )
-            if leased_until is None:
+            if current is None:
                 raise NotFound("delivery", id)
-            raise Conflict(
-                f"delivery {id!r} is being sent right now; its attempt is recorded by "
-                f"{leased_until:%Y-%m-%dT%H:%M:%SZ} at the latest, retry it after that if "
-                "it failed"
-            )
-        await notify_wake(conn)
+            if current["leased"]:
+                raise Conflict(
+                    f"delivery {id!r} is being sent right now; its attempt is recorded by "
+                    f"{current['leased_until']:%Y-%m-%dT%H:%M:%SZ} at the latest, retry it "
+                    "after that if it failed"
+                )
+            # Already due and not yet claimed: that attempt is this retry's attempt too.
+        else:
+            await notify_wake(conn)
     return await get_delivery(pool, id)
 
 
@@ -204,13 +218,21 @@ async def retry_failed(
     until: datetime | None = None,
 ) -> int:
     """Make every `failed` delivery (optionally of one subscription, created in [since, until))
-    due now; returns how many were queued."""
+    due now; returns how many were queued.
+
+    Concurrent bulk retries never queue a delivery twice and their counts add up to the
+    deliveries really queued: the rows are locked in id order (so two bulk retries wait for
+    each other instead of deadlocking), and a row another retry made `pending` meanwhile is
+    re-checked after its lock is granted and no longer matches `status = 'failed'`.
+    """
     async with pool.acquire() as conn, conn.transaction():
         status = await conn.execute(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), updated_at = now() "
-            "WHERE status = 'failed' AND ($1::text IS NULL OR subscription_id = $1) "
+            "WITH picked AS (SELECT id FROM deliveries WHERE status = 'failed' "
+            "AND ($1::text IS NULL OR subscription_id = $1) "
             "AND ($2::timestamptz IS NULL OR created_at >= $2) "
-            "AND ($3::timestamptz IS NULL OR created_at < $3)",
+            "AND ($3::timestamptz IS NULL OR created_at < $3) ORDER BY id FOR UPDATE) "
+            "UPDATE deliveries AS d SET status = 'pending', next_attempt_at = now(), "
+            "updated_at = now() FROM picked WHERE d.id = picked.id AND d.status = 'failed'",
             subscription_id,
             since,
             until,
@@ -229,17 +251,31 @@ async def replay_event(
 
     Each replay is a new generation of the (event, subscription) delivery, sent under the same
     `webhook-id` (the event id). NotFound for an unknown event or subscription id.
+
+    Concurrent replays of one event are N replays, never fewer: each takes the event row's lock
+    (`FOR NO KEY UPDATE`, which fan-out's `FOR KEY SHARE` foreign-key checks do not wait for)
+    before it reads the highest generation, so the next replay computes its generation only
+    after this one's deliveries are committed. The matching subscriptions are read `FOR SHARE`,
+    so a subscription deleted or disabled at the same moment is either counted and delivered
+    to, or not counted. The count returned is exactly the rows inserted: no conflict can drop
+    one silently (there is no `ON CONFLICT` to hide it).
+
+    A replay of an event that is not fanned out yet creates generation 0, the delivery fan-out
+    would have created: that first send is both the original and the replay, and fan-out then
+    finds it there and adds none (its own `ON CONFLICT DO NOTHING`).
     """
     async with pool.acquire() as conn, conn.transaction():
         event = await conn.fetchrow(
-            "SELECT id, type, account_id, client_id, body FROM events WHERE id = $1", event_id
+            "SELECT id, type, account_id, client_id, body FROM events "
+            "WHERE id = $1 FOR NO KEY UPDATE",
+            event_id,
         )
         if event is None:
             raise NotFound("event", event_id)
         if subscription_ids is not None:
             for sid in subscription_ids:
                 await get_subscription(conn, sid)
-        matchers = await load_matchers(conn, subscription_ids)
+        matchers = await load_matchers(conn, subscription_ids, lock=True)
         _, targets = _matching(matchers, [event])
         if not targets:
             return 0
@@ -247,7 +283,7 @@ async def replay_event(
             "INSERT INTO deliveries (event_id, subscription_id, generation, next_attempt_at) "
             "SELECT $1, s, coalesce((SELECT max(generation) + 1 FROM deliveries "
             "WHERE event_id = $1 AND subscription_id = s), 0), now() "
-            "FROM unnest($2::text[]) AS s ON CONFLICT DO NOTHING",
+            "FROM unnest($2::text[]) AS s",
             event_id,
             targets,
         )
@@ -259,30 +295,46 @@ async def send_test_event(pool: asyncpg.Pool, subscription_id: str) -> dict[str,
     """Store a `relay.ping` event and queue it for this one subscription; returns the delivery.
 
     The ping is delivered even when the subscription's `event_types` would not match it, and
-    goes to no other subscription (it is stored already marked as fanned out).
+    goes to no other subscription (it is stored already marked as fanned out). Each call is one
+    ping of its own: N concurrent tests are N pings. A disabled subscription is a Conflict.
+    The subscription is read `FOR SHARE` in the same transaction, so a DELETE or a disabling
+    PATCH racing the test either comes first (404 or 409 here) or waits until the ping is
+    queued, and the dispatcher then records it as not sent, giving the reason.
     """
-    subscription = await get_subscription(pool, subscription_id)
     body = build_event(
         "relay.ping",
         account_id=None,
         client_id=None,
-        object_id=subscription["id"],
-        object={"message": "Test event from Relay", "subscription_id": subscription["id"]},
+        object_id=subscription_id,
+        object={"message": "Test event from Relay", "subscription_id": subscription_id},
     )
     event_id = body["id"]
     async with pool.acquire() as conn, conn.transaction():
+        live = await conn.fetchrow(
+            "SELECT enabled, disabled_reason FROM subscriptions "
+            "WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
+            subscription_id,
+        )
+        if live is None:
+            raise NotFound("subscription", subscription_id)
+        if not live["enabled"]:
+            # Queued, it would only be failed as "not sent": a 202 for work that cannot happen.
+            raise Conflict(
+                f"subscription {subscription_id!r} is disabled "
+                f"({live['disabled_reason'] or 'disabled'}); enable it to send a test"
+            )
         await conn.execute(
             "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at) "
             "VALUES ($1, 'relay.ping', 'relay', $2, $3, now())",
             event_id,
-            subscription["id"],
+            subscription_id,
             body,
         )
         delivery_id = await conn.fetchval(
             "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
             "VALUES ($1, $2, now()) RETURNING id",
             event_id,
-            subscription["id"],
+            subscription_id,
         )
         await notify_wake(conn)
     return await get_delivery(pool, delivery_id)
