@@ -277,3 +277,10 @@ END $$;
 -- planner scans the whole table for every page's diff instead of probing the key.
 -- ---------------------------------------------------------------------------------------------
 ALTER TABLE snapshots SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 500);
+
+-- ---------------------------------------------------------------------------------------------
+-- Admin API (subscriptions): secrets replaced before their predecessor's overlap ended, as
+-- [{"secret_enc", "expires_at"}]. Each keeps signing until its own `expires_at`, so two
+-- rotations at once (or within 24 h) never cut short a secret a rotation promised 24 h more.
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS older_secrets jsonb NOT NULL DEFAULT '[]';

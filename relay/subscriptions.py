@@ -28,7 +28,7 @@ import jmespath.exceptions
 import jmespath.parser
 import structlog
 
-from relay.errors import InvalidInput, NotFound
+from relay.errors import Conflict, InvalidInput, NotFound
 from relay.settings import Settings
 from relay.signing import generate_secret, secret_key
 from relay.targets import validate_target_url
@@ -43,6 +43,8 @@ Querier = Union[
 ]
 KINDS = ("webhook", "slack")
 ROTATION_OVERLAP = timedelta(hours=24)
+# The current secret and those still in their overlap: a bound on the signatures per webhook.
+MAX_SIGNING_SECRETS = 10
 MAX_LIMIT = 200
 MAX_EVENT_TYPES = 100
 MAX_IDS = 1000
@@ -359,19 +361,56 @@ async def delete_subscription(pool: asyncpg.Pool, id: str) -> None:
 
 
 async def rotate_secret(pool: asyncpg.Pool, vault: Vault, id: str) -> tuple[dict[str, Any], str]:
-    """A new secret; the current one keeps signing alongside it for 24 hours."""
+    """A new secret; the one it replaces keeps signing alongside it for 24 hours.
+
+    Rotations of one subscription run one at a time (the row is locked `FOR UPDATE`), and each
+    keeps its promise even when they overlap: two rotations at once give secrets S0 -> S1 ->
+    S2, and S0 (the one receivers have) signs until 24 h after the first, S1 (the one the first
+    caller was given) until 24 h after the second, S2 from now on. Every webhook carries one
+    signature per secret still in its overlap. At most `MAX_SIGNING_SECRETS` sign at once: a
+    rotation that would need more is a Conflict naming when the oldest one expires.
+    """
     secret = generate_secret()
-    row = await pool.fetchrow(
-        "UPDATE subscriptions SET previous_secret_enc = secret_enc, "
-        "previous_secret_expires_at = now() + $3::interval, secret_enc = $2, updated_at = now() "
-        f"WHERE id = $1 AND deleted_at IS NULL RETURNING {_COLUMNS}",
-        id,
-        vault.encrypt(secret),
-        ROTATION_OVERLAP,
-    )
-    if row is None:
-        raise NotFound("subscription", id)
+    async with pool.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(
+            "SELECT now() AS now, previous_secret_enc, previous_secret_expires_at, "
+            "older_secrets FROM subscriptions WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+            id,
+        )
+        if current is None:
+            raise NotFound("subscription", id)
+        now: datetime = current["now"]
+        older = [o for o in current["older_secrets"] if _expiry(o) > now]
+        if current["previous_secret_enc"] and current["previous_secret_expires_at"] > now:
+            older.append(
+                {
+                    "secret_enc": current["previous_secret_enc"],
+                    "expires_at": current["previous_secret_expires_at"].isoformat(),
+                }
+            )
+        if len(older) + 2 > MAX_SIGNING_SECRETS:
+            soonest = min(_expiry(o) for o in older)
+            raise Conflict(
+                f"subscription {id!r} already signs with {len(older) + 1} secrets, each kept for "
+                f"24 h after its rotation; the oldest expires at {soonest:%Y-%m-%dT%H:%M:%SZ}, "
+                "rotate again after that"
+            )
+        row = await conn.fetchrow(
+            "UPDATE subscriptions SET older_secrets = $4, previous_secret_enc = secret_enc, "
+            "previous_secret_expires_at = now() + $3::interval, secret_enc = $2, "
+            f"updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+            id,
+            vault.encrypt(secret),
+            ROTATION_OVERLAP,
+            older,
+        )
+    assert row is not None
+    log.info("subscription_secret_rotated", subscription_id=id, signing_secrets=len(older) + 2)
     return _record(row), secret
+
+
+def _expiry(older: Mapping[str, Any]) -> datetime:
+    return datetime.fromisoformat(older["expires_at"])
 
 
 def signing_keys(
@@ -380,12 +419,39 @@ def signing_keys(
     previous_secret_enc: str | None,
     previous_expires_at: datetime | None,
     now: datetime,
+    older_secrets: Sequence[Mapping[str, Any]] = (),
 ) -> list[bytes]:
-    """HMAC keys to sign with: the current secret, plus the previous one during its overlap."""
+    """HMAC keys to sign with: the current secret, plus every replaced one still in its
+    overlap (the previous one, then `older_secrets` newest first)."""
     keys = [secret_key(vault.decrypt(secret_enc))]
-    if previous_secret_enc and previous_expires_at is not None and previous_expires_at > now:
-        keys.append(secret_key(vault.decrypt(previous_secret_enc)))
+    for enc, expires_at in _replaced(previous_secret_enc, previous_expires_at, older_secrets):
+        if expires_at > now:
+            keys.append(secret_key(vault.decrypt(enc)))
     return keys
+
+
+def signing_keys_change_at(
+    previous_expires_at: datetime | None,
+    older_secrets: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> datetime | None:
+    """When the keys `signing_keys` gives now next change (a replaced secret's overlap ends);
+    None when only the current secret signs. Lets a caller cache the decrypted keys."""
+    ends = [_expiry(o) for o in older_secrets]
+    if previous_expires_at is not None:
+        ends.append(previous_expires_at)
+    return min((e for e in ends if e > now), default=None)
+
+
+def _replaced(
+    previous_secret_enc: str | None,
+    previous_expires_at: datetime | None,
+    older_secrets: Sequence[Mapping[str, Any]],
+) -> list[tuple[str, datetime]]:
+    found = [(o["secret_enc"], _expiry(o)) for o in reversed(older_secrets)]
+    if previous_secret_enc and previous_expires_at is not None:
+        found.insert(0, (previous_secret_enc, previous_expires_at))
+    return found
 
 
 async def disable_subscription(conn: Querier, id: str, reason: str) -> bool:

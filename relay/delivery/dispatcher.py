@@ -38,7 +38,12 @@ from relay.delivery.sender import AttemptResult, post, request_body, request_hea
 from relay.delivery.store import WAKE_CHANNEL, fail_pending_deliveries, fan_out_events
 from relay.metrics import WorkerMetrics
 from relay.settings import Settings
-from relay.subscriptions import Querier, disable_subscription, signing_keys
+from relay.subscriptions import (
+    Querier,
+    disable_subscription,
+    signing_keys,
+    signing_keys_change_at,
+)
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.delivery")
@@ -127,7 +132,7 @@ class Dispatcher:
         self._stopping = False
         self._fan_out_due = True
         self._next_due: float | None = None
-        self._keys: dict[tuple[Any, ...], list[bytes]] = {}
+        self._keys: dict[tuple[Any, ...], tuple[list[bytes], datetime | None]] = {}
         self._listener: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
 
@@ -248,21 +253,31 @@ class Dispatcher:
     def _job(self, row: asyncpg.Record, token: uuid.UUID, now: datetime) -> Job:
         keys: list[bytes] = []
         if row["live"] and row["kind"] == "webhook":
+            older = row["older_secrets"]
             cache_key = (
                 row["secret_enc"],
                 row["previous_secret_enc"],
                 row["previous_secret_expires_at"],
+                *(o["secret_enc"] for o in older),
             )
             expires = row["previous_secret_expires_at"]
             cached = self._keys.get(cache_key)
-            if cached is None or (expires is not None and expires <= now and len(cached) > 1):
-                cached = signing_keys(
-                    self._vault, row["secret_enc"], row["previous_secret_enc"], expires, now
+            if cached is None or (cached[1] is not None and cached[1] <= now):
+                cached = (
+                    signing_keys(
+                        self._vault,
+                        row["secret_enc"],
+                        row["previous_secret_enc"],
+                        expires,
+                        now,
+                        older,
+                    ),
+                    signing_keys_change_at(expires, older, now),
                 )
                 if len(self._keys) > 10_000:
                     self._keys.clear()
                 self._keys[cache_key] = cached
-            keys = cached
+            keys = cached[0]
         return Job(
             id=row["id"],
             event_id=row["event_id"],

@@ -50,7 +50,7 @@ WITH scan AS (
 )
 SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, l.expired, e.body,
        s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
-       s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at
+       s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets
 FROM claimed AS c
 JOIN locked AS l ON l.id = c.id
 JOIN events AS e ON e.id = c.event_id

@@ -16,10 +16,12 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
+from standardwebhooks import Webhook
 
 from relay.api.app import create_app
 from relay.delivery.store import fan_out_events
 from relay.settings import Settings
+from relay.subscriptions import MAX_SIGNING_SECRETS
 from relay.vault import Vault
 from tests.conftest import TEST_ADMIN_TOKEN
 from tests.delivery.conftest import (
@@ -290,3 +292,32 @@ async def test_concurrent_tests_are_one_ping_each_and_a_racing_delete_loses_none
     assert status == 200
     status, body = await answer(api.post(f"/v1/subscriptions/{disabled['id']}/test"))
     assert (status, body["error"]["code"]) == (409, "conflict")
+
+
+async def test_concurrent_rotations_keep_every_replaced_secret_signing(
+    api: Api,
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    """Twelve rotations at once: nine fit under MAX_SIGNING_SECRETS (ten signing), three are
+    told why not; the original secret and every secret handed out verify the next webhook."""
+    sub, original = await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    answers = await asyncio.gather(
+        *(answer(api.post(f"/v1/subscriptions/{sub['id']}/rotate-secret")) for _ in range(12))
+    )
+    given = [body["secret"] for status, body in answers if status == 200]
+    refused = [body["error"] for status, body in answers if status == 409]
+    assert (len(given), len(refused)) == (MAX_SIGNING_SECRETS - 1, 3)
+    assert len(set(given)) == len(given)
+    assert all("already signs with 10 secrets" in e["message"] for e in refused)
+
+    await start_dispatcher()
+    await store_events(pool, event_body())
+    await wait_until(lambda: settled(pool, 1), what="the delivery")
+    [hit] = endpoint.hits
+    assert len(hit.headers["webhook-signature"].split(" ")) == MAX_SIGNING_SECRETS
+    for secret in [original, *given]:
+        Webhook(secret).verify(hit.body, hit.headers)

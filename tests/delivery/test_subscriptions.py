@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
@@ -10,6 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from relay.errors import InvalidInput, NotFound
 from relay.settings import Settings
+from relay.signing import secret_key
 from relay.subscriptions import (
     Matcher,
     delete_subscription,
@@ -17,6 +19,8 @@ from relay.subscriptions import (
     list_subscriptions,
     load_matchers,
     rotate_secret,
+    signing_keys,
+    signing_keys_change_at,
     type_matches,
     update_subscription,
 )
@@ -188,3 +192,41 @@ def test_matcher_ids_and_filter() -> None:
     # A filter that errors on a body (a type error) does not match rather than crash.
     typed = Matcher("sub_3", ("*",), None, None, "data.object.total > `5`")
     assert not typed.matches("document.created", None, None, {"data": {"object": {"total": "x"}}})
+
+
+async def test_each_replaced_secret_signs_until_its_own_overlap_ends(
+    pool: asyncpg.Pool, vault: Vault, settings: Settings
+) -> None:
+    """S0 -> S1 -> S2 in quick succession: S0 keeps its 24 h from the first rotation, S1 its
+    24 h from the second; neither is cut short by the other rotation."""
+    record, s0 = await subscribe(pool, vault, settings, "https://h.example.com/a")
+    _, s1 = await rotate_secret(pool, vault, record["id"])
+    _, s2 = await rotate_secret(pool, vault, record["id"])
+    row = await pool.fetchrow(
+        "SELECT secret_enc, previous_secret_enc, previous_secret_expires_at, older_secrets "
+        "FROM subscriptions WHERE id = $1",
+        record["id"],
+    )
+    assert row is not None
+    [older] = row["older_secrets"]
+    s0_ends = datetime.fromisoformat(older["expires_at"])
+    s1_ends = row["previous_secret_expires_at"]
+    assert s0_ends < s1_ends
+
+    def keys_at(now: datetime) -> list[bytes]:
+        return signing_keys(
+            vault,
+            row["secret_enc"],
+            row["previous_secret_enc"],
+            row["previous_secret_expires_at"],
+            now,
+            row["older_secrets"],
+        )
+
+    before = s0_ends - timedelta(seconds=1)
+    assert keys_at(before) == [secret_key(s2), secret_key(s1), secret_key(s0)]
+    assert signing_keys_change_at(s1_ends, row["older_secrets"], before) == s0_ends
+    between = s0_ends + timedelta(microseconds=1)
+    assert keys_at(between) == [secret_key(s2), secret_key(s1)]
+    assert keys_at(s1_ends) == [secret_key(s2)]
+    assert signing_keys_change_at(s1_ends, row["older_secrets"], s1_ends) is None
