@@ -128,7 +128,8 @@ ROUTES = [
         {201: "Account"},
         body=CREATE_BODY,
         description="The token is encrypted at rest and never returned. The first scan is a "
-        "baseline that emits nothing unless `backfill` is true.",
+        "baseline that emits nothing unless `backfill` is true. Concurrent calls: each creates "
+        "one account with its own id (nothing is de-duplicated).",
     ),
     Route(
         "GET",
@@ -157,7 +158,10 @@ ROUTES = [
         {200: "Account"},
         body=UPDATE_BODY,
         path_kind="account",
-        description="A new `api_token` clears `broken` and is tried at once.",
+        description="A new `api_token` clears `broken` and is tried at once. Concurrent calls: "
+        "each is one conditional UPDATE of only the fields it names, so PATCHes of different "
+        "fields all land and, of one field, the last to commit wins; a PATCH that a DELETE "
+        "overtook answers 404 and changes nothing.",
     ),
     Route(
         "DELETE",
@@ -167,6 +171,8 @@ ROUTES = [
         "accounts",
         {204: None},
         path_kind="account",
+        description="Concurrent calls: exactly one answers 204, the others 404; a PATCH or "
+        "poll request it overtook answers 404.",
     ),
     Route(
         "POST",
@@ -176,6 +182,10 @@ ROUTES = [
         "accounts",
         {202: _QUEUED},
         path_kind="account",
+        description="The request is stored in Postgres (`poll_requested_at`), so it survives a "
+        "Redis flush. Concurrent or repeated calls coalesce: every request recorded before a "
+        "full pass begins is answered by that one pass, and a request made during a pass gets "
+        "a pass of its own.",
     ),
 ]
 SCHEMAS = {"Account": ACCOUNT_SCHEMA}

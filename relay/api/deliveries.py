@@ -114,7 +114,9 @@ ROUTES = [
         "deliveries",
         {202: QUEUED_COUNT},
         body=BULK_RETRY_BODY,
-        description="`queued` is how many deliveries were made due now.",
+        description="`queued` is how many deliveries this call made due now. Concurrent bulk "
+        "retries lock the deliveries in id order, so each failed delivery is queued by exactly "
+        "one of them and their `queued` counts add up to the deliveries queued.",
     ),
     Route(
         "GET",
@@ -134,7 +136,9 @@ ROUTES = [
         {202: "Delivery", 409: "Error"},
         path_kind="delivery",
         description="409 when the delivery is being sent right now: retry it once that attempt "
-        "is recorded, if it failed.",
+        "is recorded, if it failed. A delivery already due and not yet taken by a worker is "
+        "left as it is (202 with it unchanged): concurrent retries of one delivery join one "
+        "attempt, so it is sent once.",
     ),
 ]
 SCHEMAS = {"Delivery": DELIVERY_SCHEMA}

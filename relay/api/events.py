@@ -112,7 +112,11 @@ ROUTES = [
         {202: QUEUED_COUNT},
         body=REPLAY_BODY,
         path_kind="event",
-        description="`queued` is how many deliveries were created.",
+        description="`queued` is how many deliveries were created: one per matching enabled "
+        "subscription, each a new generation. Concurrent replays are never coalesced: N "
+        "replays, all at once, are N deliveries per matching subscription (each replay locks "
+        "the event while it reads the generation). A replay of an event not fanned out yet "
+        "creates the delivery fan-out would have made: that one send is both.",
     ),
 ]
 SCHEMAS = {"Event": EVENT_SCHEMA}

@@ -153,7 +153,8 @@ ROUTES = [
         "subscriptions",
         {201: "SubscriptionWithSecret"},
         body=CREATE_BODY,
-        description="The `secret` (`whsec_...`) is shown only here and by rotate-secret.",
+        description="The `secret` (`whsec_...`) is shown only here and by rotate-secret. "
+        "Concurrent calls: each creates one subscription with its own id and secret.",
     ),
     Route(
         "GET",
@@ -182,6 +183,9 @@ ROUTES = [
         {200: "Subscription"},
         body=UPDATE_BODY,
         path_kind="subscription",
+        description="Concurrent calls: each is one conditional UPDATE of only the fields it "
+        "names, so PATCHes of different fields all land and, of one field, the last to commit "
+        "wins; a PATCH that a DELETE overtook answers 404 and cannot re-enable it.",
     ),
     Route(
         "DELETE",
@@ -191,6 +195,10 @@ ROUTES = [
         "subscriptions",
         {204: None},
         path_kind="subscription",
+        description="Concurrent calls: exactly one answers 204, the others 404. Deliveries "
+        "still queued when it commits (a replay or test that committed first) are recorded "
+        "`failed` with `not sent: subscription disabled (deleted)` when they come due; one "
+        "being sent at that moment finishes its attempt.",
     ),
     Route(
         "POST",
@@ -198,8 +206,13 @@ ROUTES = [
         rotate_secret,
         "Rotate the signing secret; the old one keeps signing for 24 h",
         "subscriptions",
-        {200: "SubscriptionWithSecret"},
+        {200: "SubscriptionWithSecret", 409: "Error"},
         path_kind="subscription",
+        description="Rotations run one at a time per subscription, and every secret a rotation "
+        "replaces keeps signing for 24 h from that rotation, however many overlap: two "
+        "rotations at once sign with three secrets (one signature each) until the first "
+        "overlap ends. At most ten secrets sign at once; a rotation that would need more is a "
+        "409 naming when the oldest one expires.",
     ),
     Route(
         "POST",
@@ -207,8 +220,12 @@ ROUTES = [
         test_subscription,
         "Send a relay.ping to this subscription",
         "subscriptions",
-        {202: "Delivery"},
+        {202: "Delivery", 409: "Error"},
         path_kind="subscription",
+        description="Each call stores and queues a ping of its own: N concurrent calls are N "
+        "pings. 409 when the subscription is disabled (the ping could not be sent); a DELETE "
+        "or disabling PATCH racing it either comes first (404 or 409) or the ping is queued "
+        "first and recorded as not sent, with the reason.",
     ),
 ]
 SCHEMAS = {"Subscription": SUBSCRIPTION_SCHEMA, "SubscriptionWithSecret": WITH_SECRET_SCHEMA}
