@@ -167,12 +167,24 @@ async def list_deliveries(
     return page, encode_cursor(page[-1]["id"]) if len(rows) > limit else None
 
 
+# A delivery whose subscription could take it: a retry of any other would only be recorded as
+# "not sent", so it is refused (one) or left out (bulk). Read without a lock on purpose: the
+# dispatcher locks deliveries and then their subscription (410 Gone), and a retry locking in the
+# other order could deadlock with it. A subscription disabled just after the check is the
+# dispatcher's to report: it records the delivery as not sent, giving the reason.
+_LIVE_SUBSCRIPTION = (
+    "EXISTS (SELECT 1 FROM subscriptions AS s WHERE s.id = d.subscription_id "
+    "AND s.enabled AND s.deleted_at IS NULL)"
+)
+
+
 async def retry_delivery(pool: asyncpg.Pool, id: str) -> dict[str, Any]:
     """Make one delivery due now, whatever its status (same event, same `webhook-id`).
 
     A manual retry is one more attempt: if it fails the delivery is `failed` again. A delivery
     being sent right now (under a live lease) is a Conflict: its attempt is about to be
     recorded, and a retry then would send it twice. One whose worker died is retried at once.
+    A delivery of a disabled or deleted subscription is a Conflict too: it could not be sent.
 
     Concurrent retries of one delivery send it once. The update takes the row's lock and only
     changes a delivery that is not already due: the first retry makes it due, and every retry
@@ -181,19 +193,20 @@ async def retry_delivery(pool: asyncpg.Pool, id: str) -> dict[str, Any]:
     """
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), "
-            "updated_at = now() WHERE id = $1 AND (lease_token IS NULL "
-            "OR leased_until IS NULL OR leased_until <= now()) "
-            "AND NOT (status = 'pending' AND next_attempt_at IS NOT NULL "
-            "AND next_attempt_at <= now()) RETURNING id",
+            "UPDATE deliveries AS d SET status = 'pending', next_attempt_at = now(), "
+            "updated_at = now() WHERE d.id = $1 AND (d.lease_token IS NULL "
+            "OR d.leased_until IS NULL OR d.leased_until <= now()) "
+            "AND NOT (d.status = 'pending' AND d.next_attempt_at IS NOT NULL "
+            f"AND d.next_attempt_at <= now()) AND {_LIVE_SUBSCRIPTION} RETURNING d.id",
             id,
         )
         if row is None:
             # Nothing changed: say why, from the row as it is now (after any racing writer).
             current = await conn.fetchrow(
-                "SELECT status, next_attempt_at, leased_until, "
-                "lease_token IS NOT NULL AND leased_until > now() AS leased "
-                "FROM deliveries WHERE id = $1",
+                "SELECT d.leased_until, d.lease_token IS NOT NULL AND d.leased_until > now() "
+                f"AS leased, {_LIVE_SUBSCRIPTION} AS live, s.disabled_reason "
+                "FROM deliveries AS d JOIN subscriptions AS s ON s.id = d.subscription_id "
+                "WHERE d.id = $1",
                 id,
             )
             if current is None:
@@ -203,6 +216,11 @@ async def retry_delivery(pool: asyncpg.Pool, id: str) -> dict[str, Any]:
                     f"delivery {id!r} is being sent right now; its attempt is recorded by "
                     f"{current['leased_until']:%Y-%m-%dT%H:%M:%SZ} at the latest, retry it "
                     "after that if it failed"
+                )
+            if not current["live"]:
+                raise Conflict(
+                    f"delivery {id!r} cannot be sent: its subscription is disabled "
+                    f"({current['disabled_reason'] or 'disabled'}); enable it, then retry"
                 )
             # Already due and not yet claimed: that attempt is this retry's attempt too.
         else:
@@ -218,7 +236,8 @@ async def retry_failed(
     until: datetime | None = None,
 ) -> int:
     """Make every `failed` delivery (optionally of one subscription, created in [since, until))
-    due now; returns how many were queued.
+    due now; returns how many were queued. Deliveries of disabled or deleted subscriptions are
+    left `failed`: queued, they could only be recorded as not sent.
 
     Concurrent bulk retries never queue a delivery twice and their counts add up to the
     deliveries really queued: the rows are locked in id order (so two bulk retries wait for
@@ -227,10 +246,11 @@ async def retry_failed(
     """
     async with pool.acquire() as conn, conn.transaction():
         status = await conn.execute(
-            "WITH picked AS (SELECT id FROM deliveries WHERE status = 'failed' "
-            "AND ($1::text IS NULL OR subscription_id = $1) "
-            "AND ($2::timestamptz IS NULL OR created_at >= $2) "
-            "AND ($3::timestamptz IS NULL OR created_at < $3) ORDER BY id FOR UPDATE) "
+            "WITH picked AS (SELECT d.id FROM deliveries AS d WHERE d.status = 'failed' "
+            "AND ($1::text IS NULL OR d.subscription_id = $1) "
+            "AND ($2::timestamptz IS NULL OR d.created_at >= $2) "
+            "AND ($3::timestamptz IS NULL OR d.created_at < $3) "
+            f"AND {_LIVE_SUBSCRIPTION} ORDER BY d.id FOR UPDATE OF d) "
             "UPDATE deliveries AS d SET status = 'pending', next_attempt_at = now(), "
             "updated_at = now() FROM picked WHERE d.id = picked.id AND d.status = 'failed'",
             subscription_id,

@@ -321,3 +321,60 @@ async def test_concurrent_rotations_keep_every_replaced_secret_signing(
     assert len(hit.headers["webhook-signature"].split(" ")) == MAX_SIGNING_SECRETS
     for secret in [original, *given]:
         Webhook(secret).verify(hit.body, hit.headers)
+
+
+async def test_retries_of_a_disabled_subscription_are_refused_not_queued(
+    api: Api,
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    """Retries racing a PATCH that disables the subscription: a single retry answers 202 only
+    for a delivery that was queued, a bulk retry counts only what it queued; once disabled,
+    both refuse or skip (a queued delivery could only be recorded as not sent)."""
+    settings = dsettings.with_changes(retry_schedule=())
+    sub, _ = await subscribe(pool, vault, settings, endpoint.url("/fail/1000"))
+    first = await start_dispatcher(settings)
+    await store_events(pool, *(event_body(object_id=f"doc_{n}") for n in range(10)))
+    await wait_until(lambda: settled(pool, 10), what="ten failed deliveries")
+    first.stop()
+    await asyncio.sleep(0.1)
+    ids = [r["id"] for r in await pool.fetch("SELECT id FROM deliveries ORDER BY id")]
+
+    calls = [lambda i=i: answer(api.post(f"/v1/deliveries/{i}/retry")) for i in ids]
+    calls += [lambda: answer(api.post("/v1/deliveries/retry", json={"status": "failed"}))] * 3
+    calls.insert(
+        5, lambda: answer(api.patch(f"/v1/subscriptions/{sub['id']}", json={"enabled": False}))
+    )
+    answers = await asyncio.gather(*(call() for call in calls))
+    assert answers.pop(5)[0] == 200
+    singles, bulks = answers[:10], answers[10:]
+    assert {status for status, _ in singles} <= {202, 409}
+    for status, body in singles:
+        if status == 409:
+            assert (
+                "its subscription is disabled (disabled by an operator)" in body["error"]["message"]
+            )
+        else:
+            assert body["status"] == "pending"
+    assert {status for status, _ in bulks} == {202}
+    pending = {
+        r["id"] for r in await pool.fetch("SELECT id FROM deliveries WHERE status = 'pending'")
+    }
+    assert {body["id"] for status, body in singles if status == 202} <= pending
+    assert sum(body["queued"] for _, body in bulks) <= len(pending)
+
+    # Disabled now: nothing more is queued, and every answer says so.
+    status, body = await answer(api.post(f"/v1/deliveries/{ids[0]}/retry"))
+    assert status == 409 or (status == 202 and ids[0] in pending)
+    assert await answer(api.post("/v1/deliveries/retry", json={"status": "failed"})) == (
+        202,
+        {"queued": 0},
+    )
+    await answer(api.patch(f"/v1/subscriptions/{sub['id']}", json={"enabled": True}))
+    assert await answer(api.post("/v1/deliveries/retry", json={"status": "failed"})) == (
+        202,
+        {"queued": 10 - len(pending)},
+    )
