@@ -351,7 +351,11 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     ).add_argument("id", help="the delivery's id")
     p = _add(acts, "retry", "retry one delivery now, or every failed one", _delivery_retry)
     p.add_argument("id", nargs="?", help="the delivery's id (or --all-failed)")
-    p.add_argument("--all-failed", action="store_true", help="retry every failed delivery")
+    p.add_argument(
+        "--all-failed",
+        action="store_true",
+        help="retry every failed delivery of an enabled subscription",
+    )
     p.add_argument("--subscription-id", dest="subscription_id")
     p.add_argument("--since", help="with --all-failed: created at or after (RFC 3339)")
     p.add_argument("--until", help="with --all-failed: created before (RFC 3339)")
