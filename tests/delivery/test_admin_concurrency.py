@@ -191,8 +191,10 @@ async def test_concurrent_retries_of_a_delivery_being_sent_are_conflicts(
     endpoint: Endpoint,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    await subscribe(pool, vault, dsettings, endpoint.url("/hold"))
-    await start_dispatcher()
+    # The held send must outlast the 20 retries on a busy machine: no timeout cuts it short.
+    settings = dsettings.with_changes(delivery_timeout=10.0)
+    await subscribe(pool, vault, settings, endpoint.url("/hold"))
+    await start_dispatcher(settings)
     await store_events(pool, event_body())
     await wait_until(lambda: asyncio.sleep(0, result=len(endpoint.to("/hold")) == 1), what="send")
     delivery_id = await pool.fetchval("SELECT id FROM deliveries")
