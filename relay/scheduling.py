@@ -116,6 +116,7 @@ class Policy:
     window_seconds: float = 60.0
     rate_limit: int = 60
     broken_retry: float = 900.0  # a broken account is tried again at most this often
+    baseline_retry: float = 300.0  # an incomplete baseline scan is started again after this
     lease_seconds: float = 60.0  # a worker that dies frees its account after this
     run_seconds: float = 120.0  # one poll job works this long, then lets the cron re-enqueue
     sweep_pages: int = 5  # /documents pages per sweep slice
@@ -137,6 +138,7 @@ class Policy:
             kinds=kinds,
             window_seconds=self.window_seconds / factor,
             broken_retry=self.broken_retry / factor,
+            baseline_retry=self.baseline_retry / factor,
         )
 
     @property
@@ -431,11 +433,19 @@ async def force_full_pass(conn: asyncpg.Connection | asyncpg.Pool, account_id: s
 
 
 async def next_due_at(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> float | None:
-    """When the account's earliest task is due (unix seconds; 0 when one is forced), or None."""
+    """When the account's earliest task is due (unix seconds; 0 when one is forced), or None.
+
+    Tasks that cannot run yet (a client's document kinds before its baseline, which may be
+    waiting to retry an incomplete scan) do not count: the poller would wait for them in vain.
+    """
     row = await conn.fetchrow(
-        "SELECT bool_or(forced) AS forced, min(due_at) AS due FROM poll_tasks "
-        "WHERE account_id = $1 AND NOT (kind = 'baseline' AND baselined_at IS NOT NULL)",
+        "SELECT bool_or(forced) AS forced, min(due_at) AS due FROM poll_tasks t "
+        "WHERE account_id = $1 AND NOT (kind = 'baseline' AND baselined_at IS NOT NULL) "
+        "AND NOT (kind = ANY($2::text[]) AND NOT EXISTS (SELECT 1 FROM poll_tasks b "
+        "WHERE b.account_id = t.account_id AND b.client_id = t.client_id "
+        "AND b.kind = 'baseline' AND b.baselined_at IS NOT NULL))",
         account_id,
+        [k.value for k in DOCUMENT_KINDS],
     )
     if row is None or row["due"] is None:
         return None

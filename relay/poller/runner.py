@@ -201,7 +201,16 @@ class Poller(PollTasks):
                         cursor=run.cursor,
                     )
                     if run.failed:
-                        done = dc_replace(task, due_at=self.clock() + task.interval)
+                        # Nothing usable, or an incomplete first read: the task stays as it was
+                        # (no baseline yet) and is tried again later, not at once in this pass.
+                        # A baseline (interval 0) starts a fresh scan after `baseline_retry`.
+                        wait = task.interval or self.policy.baseline_retry
+                        done = dc_replace(
+                            task,
+                            due_at=self.clock() + wait,
+                            forced=False,
+                            cursor=task.cursor if run.cursor is None else run.cursor,
+                        )
                     await save_task(self.pool, done)
                     if run.suspect_deletion:
                         await hurry_sweep(self.pool, account_id, task.client_id)

@@ -142,6 +142,7 @@ class PollTasks:
                 _page_skipped(account.id, f"/{ws}", page_no, exc)
                 async with _connection(self.pool) as conn:
                     await snapshots.mark_scan_partial(conn, scan_id, f"{ws} page {page_no}: {exc}")
+                cursor["gaps"] = int(cursor.get("gaps", 0)) + 1
             if page is not None:
                 changed += await self._diff(
                     account,
@@ -152,6 +153,9 @@ class PollTasks:
                     scan_id=scan_id,
                     page=f"{ws}:{page_no}",
                 )
+            if page is not None:
+                # The workspace's size, for the account's baseline progress.
+                cursor["totals"] = {**cursor.get("totals", {}), ws: page.total}
             if page is not None and page.has_next:
                 cursor.update(page=page_no + 1, total_pages=page.total_pages)
             elif page is None and page_no < int(cursor.get("total_pages", 0)):
@@ -160,7 +164,18 @@ class PollTasks:
                 cursor = _next_workspace(cursor)
             if cursor["ws"] == "done":
                 changed += await self._finish_scan(client, account, cid, scan_id, emit)
-                return _Run(changed, finished=True, cursor={})
+                # A first scan with a page it could not read is no baseline: the items on that
+                # page are history and would come back as news. The baseline starts again,
+                # from a fresh scan. (An object set aside is no gap: the rest of its page is in.)
+                failed = task.kind is TaskKind.BASELINE and bool(cursor.get("gaps"))
+                if failed:
+                    log.warning(
+                        "baseline_incomplete",
+                        account_id=account.id,
+                        client_id=cid,
+                        pages_skipped=cursor["gaps"],
+                    )
+                return _Run(changed, finished=True, cursor={}, failed=failed)
         return _Run(changed, finished=False, cursor=cursor)
 
     async def _finish_scan(
@@ -342,4 +357,6 @@ class PollTasks:
 def _next_workspace(cursor: dict[str, Any]) -> dict[str, Any]:
     index = WORKSPACES.index(cursor["ws"]) + 1
     nxt = WORKSPACES[index] if index < len(WORKSPACES) else "done"
-    return {"scan_id": cursor["scan_id"], "ws": nxt, "page": 1}
+    # What the scan has learnt so far (its gaps, the workspaces' totals) travels along.
+    kept = {k: v for k, v in cursor.items() if k not in ("ws", "page", "total_pages")}
+    return {**kept, "ws": nxt, "page": 1}
