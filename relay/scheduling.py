@@ -452,6 +452,49 @@ async def next_due_at(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) 
     return 0.0 if row["forced"] else float(row["due"].timestamp())
 
 
+@dataclass(frozen=True)
+class BaselineRow:
+    """A task that has (or had) a first run to make: what the baseline progress reads."""
+
+    account_id: str
+    client_id: str
+    kind: TaskKind
+    baselined_at: datetime | None
+    created_at: datetime
+    cursor: dict[str, Any]
+    est_cost: float
+
+
+async def baseline_rows(
+    conn: asyncpg.Connection | asyncpg.Pool, account_ids: Sequence[str]
+) -> dict[str, list[BaselineRow]]:
+    """Per account whose baseline is not all done (the account's or a late client's), its
+    first-run tasks (every kind but the document polls, which run only after the baseline).
+    Accounts with nothing left to baseline are absent: for them this costs one index probe."""
+    rows = await conn.fetch(
+        "SELECT account_id, client_id, kind, baselined_at, created_at, cursor, est_cost "
+        "FROM poll_tasks t WHERE account_id = ANY($1::text[]) AND NOT (kind = ANY($2::text[])) "
+        "AND EXISTS (SELECT 1 FROM poll_tasks p WHERE p.account_id = t.account_id "
+        "AND NOT (p.kind = ANY($2::text[])) AND p.baselined_at IS NULL)",
+        list(account_ids),
+        [k.value for k in DOCUMENT_KINDS],
+    )
+    found: dict[str, list[BaselineRow]] = {}
+    for row in rows:
+        found.setdefault(row["account_id"], []).append(
+            BaselineRow(
+                account_id=row["account_id"],
+                client_id=row["client_id"],
+                kind=TaskKind(row["kind"]),
+                baselined_at=row["baselined_at"],
+                created_at=row["created_at"],
+                cursor=dict(row["cursor"] or {}),
+                est_cost=row["est_cost"],
+            )
+        )
+    return found
+
+
 async def all_baselined(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> bool:
     """True once every object set of the account has its baseline: the client list, each
     client's documents (its baseline scan), suppliers, expense reports and connections.

@@ -129,6 +129,8 @@ class PollTasks:
                     "ws": WORKSPACES[0],
                     "page": 1,
                 }
+                if "totals" in task.cursor:  # from an earlier attempt: sizes to estimate with
+                    cursor["totals"] = task.cursor["totals"]
         scan_id = int(cursor["scan_id"])
         pages = BASELINE_PAGES if task.kind is TaskKind.BASELINE else self.policy.sweep_pages
         changed = 0
@@ -175,7 +177,11 @@ class PollTasks:
                         client_id=cid,
                         pages_skipped=cursor["gaps"],
                     )
-                return _Run(changed, finished=True, cursor={}, failed=failed)
+                # A baseline keeps the workspaces' sizes: its progress estimates from them.
+                kept = (
+                    {"totals": cursor.get("totals", {})} if task.kind is TaskKind.BASELINE else {}
+                )
+                return _Run(changed, finished=True, cursor=kept, failed=failed)
         return _Run(changed, finished=False, cursor=cursor)
 
     async def _finish_scan(

@@ -8,6 +8,7 @@ import asyncpg
 
 from relay import accounts
 from relay.poller import Poller
+from relay.poller.progress import baseline_progress
 from tests.plugins.sandbox import SandboxHandle
 from tests.polling.helpers import check_round, events_after, last_seq, settle
 
@@ -114,11 +115,16 @@ async def test_an_incomplete_first_scan_of_a_late_client_is_no_baseline(
     )
     await sandbox.fault(kind="malformed_json", path="/sales", count=1000)
     await poller.run_account(account.id, run_seconds=60, idle_exit=True)
-    sales = sum(
-        1 for d in sandbox.sandbox.practice.documents[cid].values() if d["workspace"] == "sales"
-    )
+    docs = list(sandbox.sandbox.practice.documents[cid].values())
+    sales = sum(1 for d in docs if d["workspace"] == "sales")
     assert sales, "the seed gives the late client some sales items"
     assert not await _client_tasks_baselined(pool, account.id, cid)
+    # The account is active; its late client shows as a baseline of its own, not done yet.
+    fresh = await accounts.get_account(pool, account.id)
+    [progress] = (await baseline_progress(pool, [fresh], poller.policy)).values()
+    assert progress is not None
+    assert (progress.clients_done, progress.clients_total) == (0, 1)
+    assert progress.items_seen == len(docs) - sales
     await sandbox.clear_faults()
 
     # The next complete scan is the baseline: its sales items are history too.
@@ -126,6 +132,8 @@ async def test_an_incomplete_first_scan_of_a_late_client_is_no_baseline(
     await settle(poller, account.id)
     assert await _client_tasks_baselined(pool, account.id, cid)
     assert await events_after(pool, seq) == []
+    fresh = await accounts.get_account(pool, account.id)
+    assert await baseline_progress(pool, [fresh], poller.policy) == {account.id: None}
     stored = await pool.fetchval(
         "SELECT count(*) FROM snapshots WHERE object_type = 'document' AND client_id = $1", cid
     )
