@@ -3,26 +3,34 @@ while a real poller baselines a real sandbox through its rate limit."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import math
+import os
+import re
+import socket
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import asyncpg
+import orjson
 from aiohttp.test_utils import TestClient
 
 from relay import accounts
 from relay.api.app import create_app
 from relay.poller import Poller
-from relay.poller.progress import compute_progress
+from relay.poller.progress import baseline_progress, compute_progress
 from relay.scheduling import BaselineRow, Policy, TaskKind
 from relay.settings import Settings
 from relay.vault import Vault
 from tests.conftest import TEST_ADMIN_TOKEN
 from tests.plugins.sandbox import SandboxFactory
 from tests.polling.conftest import TEST_POLICY
-from tests.polling.helpers import last_seq
+from tests.polling.helpers import last_seq, settle
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 LISTS = (TaskKind.SUPPLIERS, TaskKind.EXPENSE_REPORTS, TaskKind.CONNECTIONS)
@@ -206,3 +214,88 @@ async def test_progress_rises_to_done_at_the_real_budget(
     assert await last_seq(pool) == 0
     pages = sum(math.ceil(n / 50) or 1 for sizes in truth.values() for n in sizes)
     assert max(p["requests_left"] or 0 for p in seen) <= pages + 2 * 3 + 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _relay(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_relay_accounts_show_draws_the_baseline_as_a_bar(
+    pool: asyncpg.Pool,
+    poller: Poller,
+    vault: Vault,
+    settings: Settings,
+    sandbox_factory: SandboxFactory,
+) -> None:
+    box = await sandbox_factory(clients=2, items=600, rate_limit=12, window_seconds=0.5)
+    tight = replace(poller, policy=replace(TEST_POLICY, rate_limit=12, window_seconds=0.5))
+    account = await accounts.create_account(
+        pool, vault, provider="dext", name="big", base_url=box.url, api_token=box.token
+    )
+    # Poll until one client is done and an estimate can be made: a baseline half-way.
+    for _ in range(20):
+        await tight.run_account(account.id, run_seconds=0.2)
+        fresh = await accounts.get_account(pool, account.id)
+        [progress] = (await baseline_progress(pool, [fresh], tight.policy)).values()
+        assert progress is not None
+        if progress.clients_done == 1 and progress.requests_left is not None:
+            break
+    else:
+        raise AssertionError("the baseline was never seen half-way")
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "RELAY_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+        "RELAY_SECRET_KEY": ",".join(settings.secret_keys),
+        "RELAY_UPSTREAM_SPEED": "120",
+        "RELAY_LOG_LEVEL": "warning",
+        "RELAY_API_URL": f"http://127.0.0.1:{port}",
+    }
+    api = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay", "api", "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(f"{env['RELAY_API_URL']}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("relay api did not start")
+        code, out, err = await _relay(env, "accounts", "show", account.id)
+        assert code == 0, err
+        [bar] = [line for line in out.splitlines() if line.startswith("baseline  [")]
+        assert re.fullmatch(
+            r"baseline  \[#+\.+\] 1/2 clients, [\d,]+ (of [\d,]+ )?items, ~\d+ s left", bar
+        ), bar
+        assert f"{progress.items_seen:,} " in bar
+        code, out, err = await _relay(env, "accounts", "show", account.id, "--json")
+        assert code == 0, err
+        assert orjson.loads(out)["baseline"] == progress.public()
+
+        await settle(tight, account.id)
+        code, out, err = await _relay(env, "accounts", "show", account.id)
+        assert code == 0, err
+        assert "active" in out
+        assert "baseline  [" not in out
+    finally:
+        api.terminate()
+        await api.wait()
