@@ -19,6 +19,9 @@ k times faster than real time):
 | connections | `/connections` | 1800 [900, 7200] | 1 |
 | sweep | all `/documents` pages, detail refresh, deletions; sliced | 1800 [1800, 21600] | 1 |
 
+A baseline whose scan had to skip a page is not done (the items on that page would later look
+new): it starts a fresh scan after `baseline_retry`, and the client's document kinds wait.
+
 Documents are read as cheap summaries; the full `/costs|/sales` item is fetched only for ids
 that are new or whose summary changed (and, on a sweep, for items whose detail-only fields may
 still change). `head`, `hot` and `sweep` of a client wait for its `baseline`.
@@ -472,10 +475,11 @@ async def baseline_rows(
     first-run tasks (every kind but the document polls, which run only after the baseline).
     Accounts with nothing left to baseline are absent: for them this costs one index probe."""
     rows = await conn.fetch(
-        "SELECT account_id, client_id, kind, baselined_at, created_at, cursor, est_cost "
-        "FROM poll_tasks t WHERE account_id = ANY($1::text[]) AND NOT (kind = ANY($2::text[])) "
-        "AND EXISTS (SELECT 1 FROM poll_tasks p WHERE p.account_id = t.account_id "
-        "AND NOT (p.kind = ANY($2::text[])) AND p.baselined_at IS NULL)",
+        "WITH pending AS (SELECT DISTINCT account_id FROM poll_tasks "
+        "WHERE account_id = ANY($1::text[]) AND NOT (kind = ANY($2::text[])) "
+        "AND baselined_at IS NULL) "
+        "SELECT t.account_id, client_id, kind, baselined_at, created_at, cursor, est_cost "
+        "FROM poll_tasks t JOIN pending USING (account_id) WHERE NOT (kind = ANY($2::text[]))",
         list(account_ids),
         [k.value for k in DOCUMENT_KINDS],
     )

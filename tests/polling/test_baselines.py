@@ -100,6 +100,15 @@ async def test_a_late_client_is_baselined_silently_then_its_changes_flow_once(
     seq = await last_seq(pool)
     await settle(poller, account.id)
     assert await events_after(pool, seq) == []
+    # Two busy simulated hours over every client, the late one among them: exactly as logged.
+    seq, since = await last_seq(pool), await change_seq(sandbox)
+    await sandbox.simulate(paused=False, change_rate=8)
+    await sandbox.advance(7200)
+    await sandbox.simulate(paused=True)
+    entries = await sandbox.changes(since)
+    assert any(e["client_id"] == cid for e in entries)
+    await settle(poller, account.id)
+    check_round(entries, await events_after(pool, seq))
 
 
 async def test_an_incomplete_first_scan_of_a_late_client_is_no_baseline(
