@@ -15,6 +15,49 @@ from relay.scheduling import Policy
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
+BASELINE_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "Progress of the first scans while the account, or a client that "
+    "appeared after its baseline, is baselining; null once done. The estimate spreads "
+    "the requests left over the account's rate limit as last seen (less the safety "
+    "margin), assuming the baseline gets the whole budget.",
+    "required": [
+        "clients_done",
+        "clients_total",
+        "items_seen",
+        "items_total",
+        "requests_left",
+        "estimated_seconds_left",
+    ],
+    "properties": {
+        "clients_done": {
+            "type": "integer",
+            "description": "clients whose documents, suppliers, expense reports and "
+            "connections all have their baseline",
+        },
+        "clients_total": {
+            "type": ["integer", "null"],
+            "description": "clients being baselined (all while the account is; else "
+            "the late ones); null until the client list has been read",
+        },
+        "items_seen": {"type": "integer", "description": "documents stored so far"},
+        "items_total": {
+            "type": ["integer", "null"],
+            "description": "documents in all, from the pages' totals; null while a "
+            "client's size is not known yet",
+        },
+        "requests_left": {
+            "type": ["integer", "null"],
+            "description": "upstream requests the baseline still needs (estimated "
+            "for workspaces not reached yet); null while nothing is known",
+        },
+        "estimated_seconds_left": {
+            "type": ["number", "null"],
+            "description": "requests_left at the account's request budget",
+        },
+    },
+}
+
 ACCOUNT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
@@ -51,48 +94,7 @@ ACCOUNT_SCHEMA: dict[str, Any] = {
         },
         "poll_requested_at": _TIME,
         "created_at": {"type": "string", "format": "date-time"},
-        "baseline": {
-            "type": ["object", "null"],
-            "description": "Progress of the first scans while the account, or a client that "
-            "appeared after its baseline, is baselining; null once done. The estimate spreads "
-            "the requests left over the account's rate limit as last seen (less the safety "
-            "margin), assuming the baseline gets the whole budget.",
-            "required": [
-                "clients_done",
-                "clients_total",
-                "items_seen",
-                "items_total",
-                "requests_left",
-                "estimated_seconds_left",
-            ],
-            "properties": {
-                "clients_done": {
-                    "type": "integer",
-                    "description": "clients whose documents, suppliers, expense reports and "
-                    "connections all have their baseline",
-                },
-                "clients_total": {
-                    "type": ["integer", "null"],
-                    "description": "clients being baselined (all while the account is; else "
-                    "the late ones); null until the client list has been read",
-                },
-                "items_seen": {"type": "integer", "description": "documents stored so far"},
-                "items_total": {
-                    "type": ["integer", "null"],
-                    "description": "documents in all, from the pages' totals; null while a "
-                    "client's size is not known yet",
-                },
-                "requests_left": {
-                    "type": ["integer", "null"],
-                    "description": "upstream requests the baseline still needs (estimated "
-                    "for workspaces not reached yet); null while nothing is known",
-                },
-                "estimated_seconds_left": {
-                    "type": ["number", "null"],
-                    "description": "requests_left at the account's request budget",
-                },
-            },
-        },
+        "baseline": BASELINE_SCHEMA,
     },
 }
 
@@ -204,6 +206,8 @@ ROUTES = [
         "accounts",
         {200: "Account"},
         path_kind="account",
+        description="While the account, or a client that appeared after its baseline, is "
+        "baselining, `baseline` shows how far it is and an estimate of the time left.",
     ),
     Route(
         "PATCH",
