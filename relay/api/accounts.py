@@ -109,7 +109,8 @@ CREATE_BODY = Body(
         "base_url": Url(required=True, description=_BASE_URL.description),
         "api_token": String(required=True, max_length=4096, description=_TOKEN.description),
         "backfill": Boolean(
-            description="emit `*.created` events for the first scan too (default false)"
+            description="emit `*.created` events for the first scan too (default false); "
+            "clients that appear after it are history either way"
         ),
     }
 )

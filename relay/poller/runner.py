@@ -187,7 +187,10 @@ class Poller(PollTasks):
                     ):
                         raise LeaseLost(account_id)
                     before = _requests(metrics)
-                    emit = account.backfill or _emits(task, tasks)
+                    # `backfill` asks for the account's first scan as events; a client that
+                    # appears after it is history all the same (relay.md, "Events").
+                    backfill = account.backfill and account.baseline_completed_at is None
+                    emit = backfill or _emits(task, tasks)
                     run = await self._run_task(client, account, task, emit)
                     cost = _requests(metrics) - before
                     budget.spend(cost)

@@ -9,6 +9,7 @@ import asyncpg
 from relay import accounts
 from relay.poller import Poller
 from relay.poller.progress import baseline_progress
+from relay.vault import Vault
 from tests.plugins.sandbox import SandboxHandle
 from tests.polling.helpers import check_round, events_after, last_seq, settle
 
@@ -175,3 +176,26 @@ async def test_an_account_whose_first_scan_missed_a_page_is_still_baselining(
     stored = await pool.fetchval("SELECT count(*) FROM snapshots WHERE object_type = 'document'")
     assert stored == sum(len(docs) for docs in sandbox.sandbox.practice.documents.values())
     assert await last_seq(pool) == 0, "what the first scan missed is history too"
+
+
+async def test_backfill_sends_the_first_scan_but_a_late_client_is_history_still(
+    pool: asyncpg.Pool, poller: Poller, vault: Vault, sandbox: SandboxHandle
+) -> None:
+    account = await accounts.create_account(
+        pool,
+        vault,
+        provider="dext",
+        name="backfilled",
+        base_url=sandbox.url,
+        api_token=sandbox.token,
+        backfill=True,
+    )
+    await settle(poller, account.id)
+    practice = sandbox.sandbox.practice
+    created = await pool.fetchval("SELECT count(*) FROM events WHERE type = 'document.created'")
+    assert created == sum(len(docs) for docs in practice.documents.values())
+    seq = await last_seq(pool)
+    cid = await _late_client(sandbox, 80)
+    await settle(poller, account.id)
+    assert await events_after(pool, seq) == []
+    assert await _client_tasks_baselined(pool, account.id, cid)
