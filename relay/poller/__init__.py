@@ -28,8 +28,8 @@ next successful pass stores `account.recovered`. A malformed page is logged and 
 scan becomes partial); an upstream outage ends the pass and leaves the task due.
 
 The package: `runner` (the `Poller`, its run loop under the lease, and the account's pass and
-auth bookkeeping), `tasks` (what each task kind does) and `pages` (reading upstream lists page
-by page).
+auth bookkeeping), `tasks` (what each task kind does), `pages` (reading upstream lists page
+by page) and `progress` (how far baselines are, for the account resource).
 """
 
 from __future__ import annotations
