@@ -155,7 +155,6 @@ class PollTasks:
                     scan_id=scan_id,
                     page=f"{ws}:{page_no}",
                 )
-            if page is not None:
                 # The workspace's size, for the account's baseline progress.
                 cursor["totals"] = {**cursor.get("totals", {}), ws: page.total}
             if page is not None and page.has_next:
