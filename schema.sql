@@ -185,6 +185,10 @@ CREATE TABLE IF NOT EXISTS poll_tasks (
     PRIMARY KEY (account_id, client_id, kind)
 );
 CREATE INDEX IF NOT EXISTS poll_tasks_due ON poll_tasks (account_id, due_at);
+-- When the task was made: a client's tasks are made when it first appears, so the baseline
+-- progress of late clients counts the ones that appeared together (rows made before this
+-- column say "when migrated", which only matters while their client is baselining).
+ALTER TABLE poll_tasks ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now();
 
 CREATE TABLE IF NOT EXISTS poll_state (
     account_id text PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,

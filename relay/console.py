@@ -159,6 +159,50 @@ def _show_one(payload: Any) -> None:
         print_table(attempts, ["at", "status_code", "latency_ms", "error", "response_excerpt"])
 
 
+BAR_WIDTH = 30
+
+
+def _duration(seconds: float) -> str:
+    """A rough time for people: `~45 s`, `~18 min`, `~2 h 5 min`."""
+    if seconds < 60:
+        return f"~{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"~{minutes} min"
+    return f"~{minutes // 60} h {minutes % 60} min"
+
+
+def baseline_bar(progress: dict[str, Any]) -> str:
+    """One line for an account's baseline progress, e.g.
+    `[#########.....................] 12/30 clients, 4,210 items, ~18 min left`.
+
+    The bar fills by items when their total is known (clients differ in size), else by
+    clients; the text says what is known and nothing more.
+    """
+    done, total = progress.get("clients_done") or 0, progress.get("clients_total")
+    seen, items = progress.get("items_seen") or 0, progress.get("items_total")
+    if items:
+        share = seen / items
+    elif total:
+        share = done / total
+    else:
+        share = 0.0
+    filled = min(BAR_WIDTH, int(share * BAR_WIDTH))
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    clients = f"{done}/{total} clients" if total is not None else "client list not read yet"
+    counted = f"{seen:,} of {items:,} items" if items is not None else f"{seen:,} items"
+    left = progress.get("estimated_seconds_left")
+    eta = f"{_duration(float(left))} left" if left is not None else "time left not known yet"
+    return f"[{bar}] {clients}, {counted}, {eta}"
+
+
+def _show_account(payload: Any) -> None:
+    print_record(payload, skip=("baseline",))
+    progress = payload.get("baseline")
+    if progress:
+        print(f"\nbaseline  {baseline_bar(progress)}")
+
+
 def _show_secret(payload: Any) -> None:
     print_record(payload)
     print("\nKeep the secret now: it is shown only once.")
@@ -248,7 +292,11 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     )
     _paging(_add(acts, "list", "list accounts", _list_call("accounts", []), _show_list("accounts")))
     _add(
-        acts, "show", "show one account", lambda a: Call("GET", f"/v1/accounts/{a.id}", {})
+        acts,
+        "show",
+        "show one account, with a bar of its baseline progress while it baselines",
+        lambda a: Call("GET", f"/v1/accounts/{a.id}", {}),
+        _show_account,
     ).add_argument("id", help="the account's id")
     _add(
         acts, "poll", "poll an account now", lambda a: Call("POST", f"/v1/accounts/{a.id}/poll", {})

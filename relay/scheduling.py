@@ -19,6 +19,9 @@ k times faster than real time):
 | connections | `/connections` | 1800 [900, 7200] | 1 |
 | sweep | all `/documents` pages, detail refresh, deletions; sliced | 1800 [1800, 21600] | 1 |
 
+A baseline whose scan had to skip a page is not done (the items on that page would later look
+new): it starts a fresh scan after `baseline_retry`, and the client's document kinds wait.
+
 Documents are read as cheap summaries; the full `/costs|/sales` item is fetched only for ids
 that are new or whose summary changed (and, on a sweep, for items whose detail-only fields may
 still change). `head`, `hot` and `sweep` of a client wait for its `baseline`.
@@ -116,6 +119,7 @@ class Policy:
     window_seconds: float = 60.0
     rate_limit: int = 60
     broken_retry: float = 900.0  # a broken account is tried again at most this often
+    baseline_retry: float = 300.0  # an incomplete baseline scan is started again after this
     lease_seconds: float = 60.0  # a worker that dies frees its account after this
     run_seconds: float = 120.0  # one poll job works this long, then lets the cron re-enqueue
     sweep_pages: int = 5  # /documents pages per sweep slice
@@ -137,6 +141,7 @@ class Policy:
             kinds=kinds,
             window_seconds=self.window_seconds / factor,
             broken_retry=self.broken_retry / factor,
+            baseline_retry=self.baseline_retry / factor,
         )
 
     @property
@@ -431,15 +436,67 @@ async def force_full_pass(conn: asyncpg.Connection | asyncpg.Pool, account_id: s
 
 
 async def next_due_at(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> float | None:
-    """When the account's earliest task is due (unix seconds; 0 when one is forced), or None."""
+    """When the account's earliest task is due (unix seconds; 0 when one is forced), or None.
+
+    Tasks that cannot run yet (a client's document kinds before its baseline, which may be
+    waiting to retry an incomplete scan) do not count: the poller would wait for them in vain.
+    """
     row = await conn.fetchrow(
-        "SELECT bool_or(forced) AS forced, min(due_at) AS due FROM poll_tasks "
-        "WHERE account_id = $1 AND NOT (kind = 'baseline' AND baselined_at IS NOT NULL)",
+        "SELECT bool_or(forced) AS forced, min(due_at) AS due FROM poll_tasks t "
+        "WHERE account_id = $1 AND NOT (kind = 'baseline' AND baselined_at IS NOT NULL) "
+        "AND NOT (kind = ANY($2::text[]) AND NOT EXISTS (SELECT 1 FROM poll_tasks b "
+        "WHERE b.account_id = t.account_id AND b.client_id = t.client_id "
+        "AND b.kind = 'baseline' AND b.baselined_at IS NOT NULL))",
         account_id,
+        [k.value for k in DOCUMENT_KINDS],
     )
     if row is None or row["due"] is None:
         return None
     return 0.0 if row["forced"] else float(row["due"].timestamp())
+
+
+@dataclass(frozen=True)
+class BaselineRow:
+    """A task that has (or had) a first run to make: what the baseline progress reads."""
+
+    account_id: str
+    client_id: str
+    kind: TaskKind
+    baselined_at: datetime | None
+    created_at: datetime
+    cursor: dict[str, Any]
+    est_cost: float
+
+
+async def baseline_rows(
+    conn: asyncpg.Connection | asyncpg.Pool, account_ids: Sequence[str]
+) -> dict[str, list[BaselineRow]]:
+    """Per account whose baseline is not all done (the account's or a late client's), its
+    first-run tasks (every kind but the document polls, which run only after the baseline).
+    Accounts with nothing left to baseline are absent: for them this costs one index probe."""
+    rows = await conn.fetch(
+        "WITH pending AS (SELECT DISTINCT account_id FROM poll_tasks "
+        "WHERE account_id = ANY($1::text[]) AND NOT (kind = ANY($2::text[])) "
+        "AND baselined_at IS NULL) "
+        "SELECT t.account_id, client_id, kind, baselined_at, created_at, cursor, est_cost "
+        "FROM poll_tasks t JOIN pending USING (account_id) WHERE NOT (kind = ANY($2::text[]))",
+        list(account_ids),
+        [k.value for k in DOCUMENT_KINDS],
+    )
+    found: dict[str, list[BaselineRow]] = {}
+    for row in rows:
+        found.setdefault(row["account_id"], []).append(
+            BaselineRow(
+                account_id=row["account_id"],
+                client_id=row["client_id"],
+                kind=TaskKind(row["kind"]),
+                baselined_at=row["baselined_at"],
+                created_at=row["created_at"],
+                cursor=dict(row["cursor"] or {}),
+                est_cost=row["est_cost"],
+            )
+        )
+    return found
 
 
 async def all_baselined(conn: asyncpg.Connection | asyncpg.Pool, account_id: str) -> bool:

@@ -7,11 +7,56 @@ from typing import Any
 from aiohttp import web
 
 from relay import accounts
-from relay.api.keys import POOL, REDIS, VAULT
+from relay.api.keys import POOL, REDIS, SETTINGS, VAULT
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, Boolean, String, Url
+from relay.poller.progress import baseline_progress
+from relay.scheduling import Policy
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+
+BASELINE_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "Progress of the first scans while the account, or a client that "
+    "appeared after its baseline, is baselining; null once done. The estimate spreads "
+    "the requests left over the account's rate limit as last seen (less the safety "
+    "margin), assuming the baseline gets the whole budget.",
+    "required": [
+        "clients_done",
+        "clients_total",
+        "items_seen",
+        "items_total",
+        "requests_left",
+        "estimated_seconds_left",
+    ],
+    "properties": {
+        "clients_done": {
+            "type": "integer",
+            "description": "clients whose documents, suppliers, expense reports and "
+            "connections all have their baseline",
+        },
+        "clients_total": {
+            "type": ["integer", "null"],
+            "description": "clients being baselined (all while the account is; else "
+            "the late ones); null until the client list has been read",
+        },
+        "items_seen": {"type": "integer", "description": "documents stored so far"},
+        "items_total": {
+            "type": ["integer", "null"],
+            "description": "documents in all, from the pages' totals; null while a "
+            "client's size is not known yet",
+        },
+        "requests_left": {
+            "type": ["integer", "null"],
+            "description": "upstream requests the baseline still needs (estimated "
+            "for workspaces not reached yet); null while nothing is known",
+        },
+        "estimated_seconds_left": {
+            "type": ["number", "null"],
+            "description": "requests_left at the account's request budget",
+        },
+    },
+}
 
 ACCOUNT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -49,6 +94,7 @@ ACCOUNT_SCHEMA: dict[str, Any] = {
         },
         "poll_requested_at": _TIME,
         "created_at": {"type": "string", "format": "date-time"},
+        "baseline": BASELINE_SCHEMA,
     },
 }
 
@@ -63,11 +109,22 @@ CREATE_BODY = Body(
         "base_url": Url(required=True, description=_BASE_URL.description),
         "api_token": String(required=True, max_length=4096, description=_TOKEN.description),
         "backfill": Boolean(
-            description="emit `*.created` events for the first scan too (default false)"
+            description="emit `*.created` events for the first scan too (default false); "
+            "clients that appear after it are history either way"
         ),
     }
 )
 UPDATE_BODY = Body({"name": _NAME, "base_url": _BASE_URL, "api_token": _TOKEN})
+
+
+async def _resources(request: web.Request, items: list[accounts.Account]) -> list[dict[str, Any]]:
+    """The accounts as the API shows them: their public fields and their baseline progress."""
+    speed = request.app[SETTINGS].upstream_speed
+    policy = Policy().scaled(speed) if speed != 1.0 else Policy()
+    progress = await baseline_progress(request.app[POOL], items, policy)
+    return [
+        {**a.public(), "baseline": p.public() if (p := progress.get(a.id)) else None} for a in items
+    ]
 
 
 async def create_account(request: web.Request, inp: Input) -> web.Response:
@@ -80,26 +137,29 @@ async def create_account(request: web.Request, inp: Input) -> web.Response:
         api_token=inp.body["api_token"],
         backfill=inp.body.get("backfill", False),
     )
-    return json_response(account.public(), status=201)
+    [resource] = await _resources(request, [account])
+    return json_response(resource, status=201)
 
 
 async def list_accounts(request: web.Request, inp: Input) -> web.Response:
     items, next_cursor = await accounts.list_accounts(
         request.app[POOL], limit=inp.query["limit"], cursor=inp.query["cursor"]
     )
-    return page_response([a.public() for a in items], next_cursor)
+    return page_response(await _resources(request, items), next_cursor)
 
 
 async def get_account(request: web.Request, inp: Input) -> web.Response:
     account = await accounts.get_account(request.app[POOL], inp.path["id"])
-    return json_response(account.public())
+    [resource] = await _resources(request, [account])
+    return json_response(resource)
 
 
 async def update_account(request: web.Request, inp: Input) -> web.Response:
     account = await accounts.update_account(
         request.app[POOL], request.app[VAULT], inp.path["id"], **inp.body
     )
-    return json_response(account.public())
+    [resource] = await _resources(request, [account])
+    return json_response(resource)
 
 
 async def delete_account(request: web.Request, inp: Input) -> web.Response:
@@ -148,6 +208,8 @@ ROUTES = [
         "accounts",
         {200: "Account"},
         path_kind="account",
+        description="While the account, or a client that appeared after its baseline, is "
+        "baselining, `baseline` shows how far it is and an estimate of the time left.",
     ),
     Route(
         "PATCH",

@@ -10,7 +10,10 @@ task kind does (the module docstring of `relay.scheduling` says how often):
   per run with the cursor kept in Postgres, recorded as one complete scan. At its end the scan's
   deletion candidates are confirmed one by one (`GET /costs/{id}` -> 404) and only those are
   reported deleted; a page that failed makes the scan partial, which deletes nothing. The
-  first such scan of a client is its baseline (emits nothing unless the account backfills).
+  first such scan of a client is its baseline (emits nothing unless the account backfills),
+  also for a client that appears after the account's baseline: its backlog is history, not
+  news. A first scan that skipped a page is no baseline; it starts again after
+  `Policy.baseline_retry`, and the client's document polls wait for it.
 - `head`: /documents page 1 (newest first, per_page 100) and the next pages while their tail
   is still unseen; full items are fetched only for new or changed summaries.
 - `hot`: /documents?status=ready every page, and processing/review only when a stored item in
@@ -25,8 +28,8 @@ next successful pass stores `account.recovered`. A malformed page is logged and 
 scan becomes partial); an upstream outage ends the pass and leaves the task due.
 
 The package: `runner` (the `Poller`, its run loop under the lease, and the account's pass and
-auth bookkeeping), `tasks` (what each task kind does) and `pages` (reading upstream lists page
-by page).
+auth bookkeeping), `tasks` (what each task kind does), `pages` (reading upstream lists page
+by page) and `progress` (how far baselines are, for the account resource).
 """
 
 from __future__ import annotations

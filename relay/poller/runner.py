@@ -187,7 +187,10 @@ class Poller(PollTasks):
                     ):
                         raise LeaseLost(account_id)
                     before = _requests(metrics)
-                    emit = account.backfill or _emits(task, tasks)
+                    # `backfill` asks for the account's first scan as events; a client that
+                    # appears after it is history all the same (relay.md, "Events").
+                    backfill = account.backfill and account.baseline_completed_at is None
+                    emit = backfill or _emits(task, tasks)
                     run = await self._run_task(client, account, task, emit)
                     cost = _requests(metrics) - before
                     budget.spend(cost)
@@ -201,7 +204,16 @@ class Poller(PollTasks):
                         cursor=run.cursor,
                     )
                     if run.failed:
-                        done = dc_replace(task, due_at=self.clock() + task.interval)
+                        # Nothing usable, or an incomplete first read: the task stays as it was
+                        # (no baseline yet) and is tried again later, not at once in this pass.
+                        # A baseline (interval 0) starts a fresh scan after `baseline_retry`.
+                        wait = task.interval or self.policy.baseline_retry
+                        done = dc_replace(
+                            task,
+                            due_at=self.clock() + wait,
+                            forced=False,
+                            cursor=task.cursor if run.cursor is None else run.cursor,
+                        )
                     await save_task(self.pool, done)
                     if run.suspect_deletion:
                         await hurry_sweep(self.pool, account_id, task.client_id)

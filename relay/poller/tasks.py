@@ -129,6 +129,8 @@ class PollTasks:
                     "ws": WORKSPACES[0],
                     "page": 1,
                 }
+                if "totals" in task.cursor:  # from an earlier attempt: sizes to estimate with
+                    cursor["totals"] = task.cursor["totals"]
         scan_id = int(cursor["scan_id"])
         pages = BASELINE_PAGES if task.kind is TaskKind.BASELINE else self.policy.sweep_pages
         changed = 0
@@ -142,6 +144,7 @@ class PollTasks:
                 _page_skipped(account.id, f"/{ws}", page_no, exc)
                 async with _connection(self.pool) as conn:
                     await snapshots.mark_scan_partial(conn, scan_id, f"{ws} page {page_no}: {exc}")
+                cursor["gaps"] = int(cursor.get("gaps", 0)) + 1
             if page is not None:
                 changed += await self._diff(
                     account,
@@ -152,6 +155,8 @@ class PollTasks:
                     scan_id=scan_id,
                     page=f"{ws}:{page_no}",
                 )
+                # The workspace's size, for the account's baseline progress.
+                cursor["totals"] = {**cursor.get("totals", {}), ws: page.total}
             if page is not None and page.has_next:
                 cursor.update(page=page_no + 1, total_pages=page.total_pages)
             elif page is None and page_no < int(cursor.get("total_pages", 0)):
@@ -160,7 +165,22 @@ class PollTasks:
                 cursor = _next_workspace(cursor)
             if cursor["ws"] == "done":
                 changed += await self._finish_scan(client, account, cid, scan_id, emit)
-                return _Run(changed, finished=True, cursor={})
+                # A first scan with a page it could not read is no baseline: the items on that
+                # page are history and would come back as news. The baseline starts again,
+                # from a fresh scan. (An object set aside is no gap: the rest of its page is in.)
+                failed = task.kind is TaskKind.BASELINE and bool(cursor.get("gaps"))
+                if failed:
+                    log.warning(
+                        "baseline_incomplete",
+                        account_id=account.id,
+                        client_id=cid,
+                        pages_skipped=cursor["gaps"],
+                    )
+                # A baseline keeps the workspaces' sizes: its progress estimates from them.
+                kept = (
+                    {"totals": cursor.get("totals", {})} if task.kind is TaskKind.BASELINE else {}
+                )
+                return _Run(changed, finished=True, cursor=kept, failed=failed)
         return _Run(changed, finished=False, cursor=cursor)
 
     async def _finish_scan(
@@ -342,4 +362,6 @@ class PollTasks:
 def _next_workspace(cursor: dict[str, Any]) -> dict[str, Any]:
     index = WORKSPACES.index(cursor["ws"]) + 1
     nxt = WORKSPACES[index] if index < len(WORKSPACES) else "done"
-    return {"scan_id": cursor["scan_id"], "ws": nxt, "page": 1}
+    # What the scan has learnt so far (its gaps, the workspaces' totals) travels along.
+    kept = {k: v for k, v in cursor.items() if k not in ("ws", "page", "total_pages")}
+    return {**kept, "ws": nxt, "page": 1}

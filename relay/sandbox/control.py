@@ -21,6 +21,8 @@ _NESTED: Final = {
     "publish_status": ("publish", "status"),
 }
 _IMMUTABLE: Final = frozenset({"id", "client_id", "created_at", "workspace"})
+# `create_client` builds its backlog in the request: a bound keeps one call under a few seconds.
+MAX_ITEMS: Final = 20_000
 
 
 async def _body(request: web.Request) -> Any:
@@ -138,6 +140,14 @@ def _apply(sandbox: Sandbox, body: Any) -> list[JSON]:
         if doc["status"] == "processing":
             sandbox.simulation.after_capture(doc["id"], now)
         return [entry]
+    if action == "create_client":
+        items = body.get("items", 0)
+        if isinstance(items, bool) or not isinstance(items, int) or not 0 <= items <= MAX_ITEMS:
+            raise ApiError(400, "validation_error", f"items must be an integer 0..{MAX_ITEMS}")
+        unknown = set(body) - {"action", "items"}
+        if unknown:
+            raise ApiError(400, "validation_error", f"unknown fields {sorted(unknown)}")
+        return sandbox.simulation.add_client(items, now)
     object_type = body.get("object_type")
     object_id = body.get("object_id")
     if object_type not in OBJECT_TYPES:
@@ -175,7 +185,9 @@ def _apply(sandbox: Sandbox, body: Any) -> list[JSON]:
         (practice.forbidden.add if forbidden else practice.forbidden.discard)(object_id)
         return []
     raise ApiError(
-        400, "validation_error", "action must be create_document, update, delete or forbid"
+        400,
+        "validation_error",
+        "action must be create_document, create_client, update, delete or forbid",
     )
 
 

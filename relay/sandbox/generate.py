@@ -322,41 +322,52 @@ def make_expense_report(
     }
 
 
+def populate_client(
+    p: Practice, rng: Random, index: int, items: int, start: float, *, kind: str = "created"
+) -> str:
+    """One client with its connection, suppliers, `items` documents and expense reports, all
+    made at `start`; returns its id. `kind` is what the change log calls the client's own
+    objects' entries: "existing" for a client added mid-run, whose items are history."""
+    history = HISTORY_DAYS * DAY
+    client = make_client(p, rng, index, start - history - rng.uniform(DAY, 400 * DAY), start)
+    cid: str = client["id"]
+    p.create("client", cid, client, start)
+    p.create("connection", cid, make_connection(rng, client, start), start)
+    for party, names, count in (
+        ("supplier", catalog.SUPPLIER_NAMES, rng.randint(6, 12)),
+        ("customer", catalog.CUSTOMER_NAMES, rng.randint(3, 6)),
+    ):
+        for name in rng.sample(names, count):
+            when = start - history - rng.uniform(0, 200 * DAY)
+            supplier = make_supplier(p, rng, cid, party, name, when)
+            p.create("supplier", cid, supplier, start, kind=kind)
+    # Older items are rarer than recent ones, as a practice's inbox is.
+    times = sorted(start - history * rng.random() ** 1.5 for _ in range(items))
+    for created in times:
+        doc = make_capture(p, rng, cid, created)
+        _settle(p, rng, doc, start)
+        p.create("document", cid, doc, start, kind=kind)
+    expenses = [d["id"] for d in p.select("document", cid, lambda d: d["type"] == "expense")]
+    for _ in range(max(1, items // 40)):
+        picked = rng.sample(expenses, min(len(expenses), rng.randint(1, 4)))
+        when = start - rng.uniform(DAY, history)
+        report = make_expense_report(p, rng, cid, when, picked)
+        status = rng.choices(catalog.EXPENSE_STATUSES, weights=(10, 15, 20, 5, 50))[0]
+        report["status"] = status
+        if status != "draft":
+            report["submitted_at"] = rfc3339(when + rng.uniform(3600, DAY))
+        if status in ("approved", "rejected", "reimbursed"):
+            report["approver"] = rng.choice(catalog.APPROVERS)
+            report["decided_at"] = rfc3339(when + rng.uniform(DAY, 3 * DAY))
+        p.create("expense_report", cid, report, start, kind=kind)
+    return cid
+
+
 def build_practice(seed: int, clients: int, items: int, start: float) -> Practice:
     """The initial practice for a seed: same arguments, same practice, byte for byte."""
     p = Practice(seed)
     rng = Random(f"practice:{seed}")
-    history = HISTORY_DAYS * DAY
     for index in range(clients):
-        client = make_client(p, rng, index, start - history - rng.uniform(DAY, 400 * DAY), start)
-        cid = client["id"]
-        p.create("client", cid, client, start)
-        p.create("connection", cid, make_connection(rng, client, start), start)
-        for kind, names, count in (
-            ("supplier", catalog.SUPPLIER_NAMES, rng.randint(6, 12)),
-            ("customer", catalog.CUSTOMER_NAMES, rng.randint(3, 6)),
-        ):
-            for name in rng.sample(names, count):
-                when = start - history - rng.uniform(0, 200 * DAY)
-                p.create("supplier", cid, make_supplier(p, rng, cid, kind, name, when), start)
-        # Older items are rarer than recent ones, as a practice's inbox is.
-        times = sorted(start - history * rng.random() ** 1.5 for _ in range(items))
-        for created in times:
-            doc = make_capture(p, rng, cid, created)
-            _settle(p, rng, doc, start)
-            p.create("document", cid, doc, start)
-        expenses = [d["id"] for d in p.select("document", cid, lambda d: d["type"] == "expense")]
-        for _ in range(max(1, items // 40)):
-            picked = rng.sample(expenses, min(len(expenses), rng.randint(1, 4)))
-            when = start - rng.uniform(DAY, history)
-            report = make_expense_report(p, rng, cid, when, picked)
-            status = rng.choices(catalog.EXPENSE_STATUSES, weights=(10, 15, 20, 5, 50))[0]
-            report["status"] = status
-            if status != "draft":
-                report["submitted_at"] = rfc3339(when + rng.uniform(3600, DAY))
-            if status in ("approved", "rejected", "reimbursed"):
-                report["approver"] = rng.choice(catalog.APPROVERS)
-                report["decided_at"] = rfc3339(when + rng.uniform(DAY, 3 * DAY))
-            p.create("expense_report", cid, report, start)
+        populate_client(p, rng, index, items, start)
     p.log = ChangeLog()  # the starting state is not a change
     return p

@@ -67,7 +67,11 @@ def sync_document_fields(document: JSON) -> JSON:
 
 
 class ChangeLog:
-    """Append-only record of every change, with a monotonically increasing `seq` from 1."""
+    """Append-only record of every change, with a monotonically increasing `seq` from 1.
+
+    An entry's `kind` is `created`, `updated`, `deleted`, or `existing`: an object that came
+    with a client added mid-run, already there before the relay could see it (history).
+    """
 
     def __init__(self) -> None:
         self.entries: list[JSON] = []
@@ -185,7 +189,12 @@ class Practice:
         self._versions[key] = self._versions.get(key, 0) + 1
 
     # mutations ------------------------------------------------------------------------------
-    def create(self, object_type: str, client_id: str, obj: JSON, at: float) -> JSON:
+    def create(
+        self, object_type: str, client_id: str, obj: JSON, at: float, *, kind: str = "created"
+    ) -> JSON:
+        """Add an object. `kind` "existing" logs an object that arrives with its history (a
+        client added mid-run brings its backlog): it is in the practice now, but it is no news
+        a relay should report; its later changes are logged as usual."""
         object_id = obj["id"] if object_type != "connection" else client_id
         if object_type == "document":
             sync_document_fields(obj)
@@ -200,7 +209,7 @@ class Practice:
             client_id=client_id,
             object_type=object_type,
             object_id=object_id,
-            kind="created",
+            kind=kind,
             changes={},
             obj=obj,
         )

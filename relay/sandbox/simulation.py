@@ -23,6 +23,7 @@ from relay.sandbox.generate import (
     make_expense_report,
     make_supplier,
     pick_category,
+    populate_client,
     published,
 )
 from relay.sandbox.practice import JSON, Practice, rfc3339
@@ -96,6 +97,20 @@ class Simulation:
     def schedule(self, at: float, action: str, target: str) -> None:
         self._n += 1
         heapq.heappush(self._queue, (float(int(at)), self._n, action, target))
+
+    def add_client(self, items: int, at: float) -> list[JSON]:
+        """A client joins the practice mid-run with `items` documents of history (and its
+        suppliers and expense reports); returns its change-log entries. Only the client and its
+        connection are `created`: its backlog is logged as `existing`, history a relay must
+        not report as new. From now on it changes like every other client."""
+        before = self.p.log.seq
+        index = len(self.p.clients)
+        rng = Random(f"client:{self.seed}:{index}:{before}")
+        cid = populate_client(self.p, rng, index, items, at, kind="existing")
+        self.schedule(at + rng.uniform(0, DAY), "health_refresh", cid)
+        for doc in self.p.select("document", cid, lambda d: d["status"] == "processing"):
+            self.schedule(at + rng.uniform(30, 600), "finish_processing", doc["id"])
+        return self.p.log.since(before)
 
     def after_capture(self, doc_id: str, at: float) -> None:
         """A capture submitted from outside finishes processing a few minutes later."""

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from relay.snapshots.diff import DiffResult, changed_summary_ids, diff_objects
 from relay.snapshots.hashing import content_hash, quick_hash, summary_hash
-from relay.snapshots.reads import should_emit, stored_by_status, stored_workspaces
+from relay.snapshots.reads import (
+    should_emit,
+    stored_by_status,
+    stored_document_counts,
+    stored_workspaces,
+)
 from relay.snapshots.scans import (
     SCANNABLE_TYPES,
     ScanOutcome,
@@ -35,6 +40,7 @@ __all__ = [
     "record_scan_page",
     "should_emit",
     "stored_by_status",
+    "stored_document_counts",
     "stored_workspaces",
     "summary_hash",
 ]

@@ -59,3 +59,18 @@ async def stored_workspaces(
         list(ids),
     )
     return {row["object_id"]: row["ws"] for row in rows}
+
+
+async def stored_document_counts(
+    db: Executor, account_id: str, client_ids: Sequence[str]
+) -> dict[str, int]:
+    """Live stored documents per client: what a baseline has seen so far (an index-only count
+    on snapshots_live_keys)."""
+    rows = await db.fetch(
+        "SELECT client_id, count(*) AS n FROM snapshots WHERE account_id = $1"
+        " AND object_type = 'document' AND client_id = ANY ($2::text[]) AND deleted_at IS NULL"
+        " GROUP BY client_id",
+        account_id,
+        list(client_ids),
+    )
+    return {row["client_id"]: int(row["n"]) for row in rows}

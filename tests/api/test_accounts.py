@@ -390,3 +390,23 @@ async def test_scheduler_state_transitions(pool: asyncpg.Pool, settings: Setting
     recovered = await accounts.get_account(pool, account.id)
     assert recovered.status == "active"
     assert recovered.last_error is None
+
+
+async def test_a_new_account_shows_a_baseline_not_started_and_openapi_says_so(
+    client: TestClient[Any, Any],
+) -> None:
+    account = await create_account(client)
+    assert account["baseline"] == {
+        "clients_done": 0,
+        "clients_total": None,
+        "items_seen": 0,
+        "items_total": None,
+        "requests_left": None,
+        "estimated_seconds_left": None,
+    }
+    shown = await (await client.get(f"/v1/accounts/{account['id']}")).json()
+    assert shown["baseline"] == account["baseline"]
+    spec = await (await client.get("/openapi.json")).json()
+    baseline = spec["components"]["schemas"]["Account"]["properties"]["baseline"]
+    assert baseline["type"] == ["object", "null"]
+    assert set(baseline["required"]) == set(account["baseline"])

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from relay.cli import build_parser
-from relay.console import run_operator_command
+from relay.console import baseline_bar, run_operator_command
 from relay.errors import ConfigError
 from relay.settings import Settings
 
@@ -166,3 +166,27 @@ async def test_errors_are_one_line(cli: Any) -> None:
 
     with pytest.raises(ConfigError, match="RELAY_ADMIN_TOKEN"):
         await cli("accounts", "list", admin_token=None)
+
+
+def test_the_baseline_bar_says_what_is_known_and_nothing_more() -> None:
+    progress = {
+        "clients_done": 12,
+        "clients_total": 30,
+        "items_seen": 4210,
+        "items_total": None,
+        "requests_left": 1000,
+        "estimated_seconds_left": 1080.0,
+    }
+    assert baseline_bar(progress) == (
+        "[############..................] 12/30 clients, 4,210 items, ~18 min left"
+    )
+    # With the items' total known the bar follows the items; hours read as hours.
+    sized = {**progress, "items_total": 8420, "estimated_seconds_left": 7500.0}
+    assert baseline_bar(sized) == (
+        "[###############...............] 12/30 clients, 4,210 of 8,420 items, ~2 h 5 min left"
+    )
+    unknown = {k: None for k in progress} | {"clients_done": 0, "items_seen": 0}
+    assert baseline_bar(unknown) == (
+        "[..............................] client list not read yet, 0 items, "
+        "time left not known yet"
+    )

@@ -56,6 +56,10 @@ class SandboxHandle:
         result = await self._control("POST", "/changes", change)
         return list(result["changes"])
 
+    async def add_client(self, items: int) -> list[dict[str, Any]]:
+        """A client joins mid-run with `items` documents of history; its change-log entries."""
+        return await self.apply({"action": "create_client", "items": items})
+
     async def fault(self, **kwargs: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self._control("POST", "/faults", kwargs)
         return result

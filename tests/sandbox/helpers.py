@@ -76,7 +76,7 @@ def replay(before: Snapshot, changes: list[dict[str, Any]]) -> Snapshot:
     state = {key: dict(value) for key, value in before.items()}
     for entry in changes:
         key = (entry["object_type"], entry["object_id"])
-        if entry["kind"] == "created":
+        if entry["kind"] in ("created", "existing"):
             assert key not in state, entry
             state[key] = dict(entry["object"])
         elif entry["kind"] == "deleted":

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.plugins.sandbox import SandboxHandle
-from tests.sandbox.helpers import Dext
+from tests.sandbox.helpers import Dext, Snapshot, replay
 
 
 async def _first_cost(dext: Dext) -> dict[str, Any]:
@@ -211,3 +211,65 @@ async def test_relay_sandbox_command_serves_a_changing_practice() -> None:
     assert second["change_seq"] > first["change_seq"]
     assert b"sandbox_started" in stderr
     assert f"http://127.0.0.1:{port}".encode() in stderr
+
+
+async def test_a_client_added_mid_run_brings_history_not_changes(
+    dext: Dext, sandbox: SandboxHandle
+) -> None:
+    before = await dext.snapshot()
+    entries = await sandbox.add_client(120)
+    after = await dext.snapshot()
+    assert replay(before, entries) == after, "the log accounts for every new object"
+    assert entries == await sandbox.changes(), "the entries are the log's, in order"
+    [client] = [e for e in entries if e["object_type"] == "client"]
+    cid = client["object_id"]
+    assert cid not in {k[1] for k in before if k[0] == "client"}
+    assert (await dext.ok("/clients"))["pagination"]["total"] == len(before_clients(before)) + 1
+    # The client and its connection are new; its backlog is history, not change.
+    kinds = {(e["object_type"], e["kind"]) for e in entries}
+    assert kinds == {
+        ("client", "created"),
+        ("connection", "created"),
+        ("supplier", "existing"),
+        ("document", "existing"),
+        ("expense_report", "existing"),
+    }
+    docs = [e for e in entries if e["object_type"] == "document"]
+    assert len(docs) == 120
+    assert {e["client_id"] for e in entries} == {cid}
+    served = await dext.all_pages("/costs", client_id=cid) + await dext.all_pages(
+        "/sales", client_id=cid
+    )
+    assert sorted(d["id"] for d in served) == sorted(e["object_id"] for e in docs)
+    # Its items are older than now, like any practice's backlog.
+    now = (await sandbox.state())["now"]
+    assert all(e["object"]["created_at"] < now for e in docs)
+
+    # Later changes of the new client are logged as usual.
+    [created] = await sandbox.apply({"action": "create_document", "client_id": cid})
+    assert created["kind"] == "created"
+    assert created["client_id"] == cid
+
+
+def before_clients(snapshot: Snapshot) -> list[str]:
+    return [key[1] for key in snapshot if key[0] == "client"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "create_client", "items": -1},
+        {"action": "create_client", "items": "5"},
+        {"action": "create_client", "items": True},
+        {"action": "create_client", "items": 10**9},
+        {"action": "create_client", "items": 3, "name": "x"},
+    ],
+)
+async def test_create_client_rejects_bad_input(
+    sandbox: SandboxHandle, body: dict[str, Any]
+) -> None:
+    async with sandbox.http.post(f"{sandbox.url}/_sandbox/changes", json=body) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["code"] == "validation_error"
+    assert (await sandbox.state())["clients"] == 3
