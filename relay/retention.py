@@ -1,0 +1,177 @@
+"""Retention: deletes events (with their deliveries and attempts) and gone snapshots past
+`RELAY_RETENTION_DAYS`, in small batches.
+
+Why batches and not one `DELETE ... WHERE created_at < cutoff`: one statement over months of
+history holds its row locks and its snapshot for minutes, blocks the dispatcher's updates of the
+same deliveries, and leaves a burst of dead tuples that autovacuum reclaims only afterwards (the
+table bloats by the whole slice at once). A batch of a few hundred events is a short
+transaction; a pause between batches lets autovacuum and the dispatcher keep up. Several workers
+may run it at once: each batch claims its events with `FOR UPDATE SKIP LOCKED`, so two runs
+split the work instead of waiting on each other.
+
+What is never deleted:
+- an event not fanned out yet (its deliveries do not exist yet);
+- an event with a pending delivery, or with a delivery touched inside the retention window (a
+  recent replay or retry of an old event keeps the whole event, its history stays readable);
+- the snapshot of a live object (only rows whose object was reported gone before the cutoff).
+
+The events' rows are removed by `DELETE FROM events`; `deliveries` follow by their
+`ON DELETE CASCADE` and `delivery_attempts` by the statement trigger of schema.sql.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("relay.retention")
+
+EVENT_BATCH = 500
+SNAPSHOT_BATCH = 1000
+# Between batches: long enough that a run at full speed takes a few percent of one core of
+# Postgres, short enough that a day's worth of history (tens of thousands of events) goes in
+# well under a minute.
+BATCH_PAUSE = 0.05
+# A run stops after this long and leaves the rest for the next one (the cron runs it often), so
+# it never outlives its arq job timeout.
+RUN_BUDGET = 120.0
+
+_PRUNABLE = """
+    e.created_at < $1 AND e.fanned_out_at IS NOT NULL
+    AND NOT EXISTS (
+        SELECT 1 FROM deliveries d
+        WHERE d.event_id = e.id AND (d.status = 'pending' OR d.updated_at >= $1)
+    )
+"""
+
+# 1. claim a batch of candidate events (a concurrent run skips them);
+_CLAIM_EVENTS = f"""
+SELECT e.id FROM events e
+WHERE {_PRUNABLE}
+ORDER BY e.created_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+# 2. lock their settled deliveries, so a retry racing us either commits first (its delivery is
+#    pending when step 3 looks, so the event stays) or waits and then finds the delivery gone;
+_LOCK_DELIVERIES = """
+SELECT 1 FROM deliveries WHERE event_id = ANY($1::text[]) AND status <> 'pending' FOR UPDATE
+"""
+# 3. delete, re-checking with a snapshot taken after both locks are held.
+_DELETE_EVENTS = f"""
+WITH gone AS (
+    DELETE FROM events e WHERE e.id = ANY($2::text[]) AND {_PRUNABLE}
+    RETURNING e.id
+)
+SELECT count(*) FROM gone
+"""
+_DELIVERY_COUNT = "SELECT count(*) FROM deliveries WHERE event_id = ANY($1::text[])"
+_ATTEMPT_COUNT = """
+SELECT count(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+WHERE d.event_id = ANY($1::text[])
+"""
+
+_DELETE_SNAPSHOTS = """
+WITH gone AS (
+    DELETE FROM snapshots WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM snapshots
+        WHERE deleted_at IS NOT NULL AND deleted_at < $1
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+
+@dataclass
+class PruneResult:
+    """What one run deleted; `complete` is false when it stopped at its time budget."""
+
+    events: int = 0
+    deliveries: int = 0
+    attempts: int = 0
+    snapshots: int = 0
+    batches: int = 0
+    complete: bool = True
+    seconds: float = field(default=0.0, compare=False)
+
+
+async def prune(
+    pool: asyncpg.Pool,
+    retention_days: float,
+    *,
+    event_batch: int = EVENT_BATCH,
+    snapshot_batch: int = SNAPSHOT_BATCH,
+    pause: float = BATCH_PAUSE,
+    budget: float = RUN_BUDGET,
+) -> PruneResult:
+    """Delete what is older than `retention_days`, batch by batch, until nothing is left or
+    `budget` seconds have passed. Returns the counts; safe to run from several workers at once."""
+    result = PruneResult()
+    started = time.monotonic()
+    cutoff_at = await pool.fetchval("SELECT now() - $1::interval", timedelta(days=retention_days))
+    while time.monotonic() - started < budget:
+        claimed, deleted = await _prune_event_batch(pool, cutoff_at, event_batch, result)
+        if claimed < event_batch:
+            break
+        if deleted == 0:
+            break  # every candidate was kept by a race; the next run looks again
+        await asyncio.sleep(pause)
+    else:
+        result.complete = False
+    while result.complete and time.monotonic() - started < budget:
+        n = await pool.fetchval(_DELETE_SNAPSHOTS, cutoff_at, snapshot_batch)
+        result.snapshots += n
+        result.batches += 1
+        if n < snapshot_batch:
+            break
+        await asyncio.sleep(pause)
+    else:
+        if result.complete:
+            result.complete = False
+    result.seconds = time.monotonic() - started
+    if result.events or result.snapshots or not result.complete:
+        log.info(
+            "retention_pruned",
+            events=result.events,
+            deliveries=result.deliveries,
+            attempts=result.attempts,
+            snapshots=result.snapshots,
+            batches=result.batches,
+            complete=result.complete,
+            seconds=round(result.seconds, 3),
+            retention_days=retention_days,
+        )
+    return result
+
+
+async def _prune_event_batch(
+    pool: asyncpg.Pool, cutoff_at: object, limit: int, result: PruneResult
+) -> tuple[int, int]:
+    """One short transaction: claim, lock, re-check and delete. Returns (claimed, deleted)."""
+    async with pool.acquire() as conn, conn.transaction():
+        ids = [r["id"] for r in await conn.fetch(_CLAIM_EVENTS, cutoff_at, limit)]
+        if not ids:
+            return 0, 0
+        await conn.execute(_LOCK_DELIVERIES, ids)
+        # Counted before the delete, under the locks just taken: what the cascade will remove.
+        deliveries = await conn.fetchval(_DELIVERY_COUNT, ids)
+        attempts = await conn.fetchval(_ATTEMPT_COUNT, ids)
+        deleted: int = await conn.fetchval(_DELETE_EVENTS, cutoff_at, ids)
+        if deleted == len(ids):
+            result.deliveries += deliveries
+            result.attempts += attempts
+        else:
+            # Some were kept by a race: count what is actually gone (only the kept ones remain).
+            result.deliveries += deliveries - await conn.fetchval(_DELIVERY_COUNT, ids)
+            result.attempts += attempts - await conn.fetchval(_ATTEMPT_COUNT, ids)
+    result.events += deleted
+    result.batches += 1
+    return len(ids), deleted
