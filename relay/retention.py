@@ -15,8 +15,9 @@ What is never deleted:
   recent replay or retry of an old event keeps the whole event, its history stays readable);
 - the snapshot of a live object (only rows whose object was reported gone before the cutoff).
 
-The events' rows are removed by `DELETE FROM events`; `deliveries` follow by their
-`ON DELETE CASCADE` and `delivery_attempts` by the statement trigger of schema.sql.
+One statement per batch deletes the events, their deliveries and their attempts (the
+`ON DELETE CASCADE` and the attempts trigger of schema.sql, which would do the same, then find
+nothing), so the counts it reports are exact.
 """
 
 from __future__ import annotations
@@ -62,18 +63,22 @@ FOR UPDATE SKIP LOCKED
 _LOCK_DELIVERIES = """
 SELECT 1 FROM deliveries WHERE event_id = ANY($1::text[]) AND status <> 'pending' FOR UPDATE
 """
-# 3. delete, re-checking with a snapshot taken after both locks are held.
+# 3. delete, re-checking with a snapshot taken after both locks are held. Deliveries and attempts
+#    are deleted explicitly (the cascade and the trigger then find nothing left), which counts
+#    them in the same statement; `$3` false leaves attempts alone (partitions drop them).
 _DELETE_EVENTS = f"""
 WITH gone AS (
     DELETE FROM events e WHERE e.id = ANY($2::text[]) AND {_PRUNABLE}
     RETURNING e.id
+), dels AS (
+    DELETE FROM deliveries d USING gone WHERE d.event_id = gone.id
+    RETURNING d.id
+), atts AS (
+    DELETE FROM delivery_attempts a USING dels WHERE $3 AND a.delivery_id = dels.id
+    RETURNING 1
 )
-SELECT count(*) FROM gone
-"""
-_DELIVERY_COUNT = "SELECT count(*) FROM deliveries WHERE event_id = ANY($1::text[])"
-_ATTEMPT_COUNT = """
-SELECT count(*) FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
-WHERE d.event_id = ANY($1::text[])
+SELECT (SELECT count(*) FROM gone) AS events, (SELECT count(*) FROM dels) AS deliveries,
+       (SELECT count(*) FROM atts) AS attempts
 """
 
 _DELETE_SNAPSHOTS = """
@@ -111,14 +116,20 @@ async def prune(
     snapshot_batch: int = SNAPSHOT_BATCH,
     pause: float = BATCH_PAUSE,
     budget: float = RUN_BUDGET,
+    delete_attempts: bool = True,
 ) -> PruneResult:
     """Delete what is older than `retention_days`, batch by batch, until nothing is left or
-    `budget` seconds have passed. Returns the counts; safe to run from several workers at once."""
+    `budget` seconds have passed. Returns the counts; safe to run from several workers at once.
+
+    `delete_attempts=False` is for a schema whose attempts are partitioned by time and leave by
+    whole partitions (the prototype in bench/retention.py); the product's schema needs True."""
     result = PruneResult()
     started = time.monotonic()
     cutoff_at = await pool.fetchval("SELECT now() - $1::interval", timedelta(days=retention_days))
     while time.monotonic() - started < budget:
-        claimed, deleted = await _prune_event_batch(pool, cutoff_at, event_batch, result)
+        claimed, deleted = await _prune_event_batch(
+            pool, cutoff_at, event_batch, result, delete_attempts
+        )
         if claimed < event_batch:
             break
         if deleted == 0:
@@ -153,7 +164,7 @@ async def prune(
 
 
 async def _prune_event_batch(
-    pool: asyncpg.Pool, cutoff_at: object, limit: int, result: PruneResult
+    pool: asyncpg.Pool, cutoff_at: object, limit: int, result: PruneResult, attempts: bool
 ) -> tuple[int, int]:
     """One short transaction: claim, lock, re-check and delete. Returns (claimed, deleted)."""
     async with pool.acquire() as conn, conn.transaction():
@@ -161,17 +172,10 @@ async def _prune_event_batch(
         if not ids:
             return 0, 0
         await conn.execute(_LOCK_DELIVERIES, ids)
-        # Counted before the delete, under the locks just taken: what the cascade will remove.
-        deliveries = await conn.fetchval(_DELIVERY_COUNT, ids)
-        attempts = await conn.fetchval(_ATTEMPT_COUNT, ids)
-        deleted: int = await conn.fetchval(_DELETE_EVENTS, cutoff_at, ids)
-        if deleted == len(ids):
-            result.deliveries += deliveries
-            result.attempts += attempts
-        else:
-            # Some were kept by a race: count what is actually gone (only the kept ones remain).
-            result.deliveries += deliveries - await conn.fetchval(_DELIVERY_COUNT, ids)
-            result.attempts += attempts - await conn.fetchval(_ATTEMPT_COUNT, ids)
-    result.events += deleted
+        row = await conn.fetchrow(_DELETE_EVENTS, cutoff_at, ids, attempts)
+    assert row is not None
+    result.events += row["events"]
+    result.deliveries += row["deliveries"]
+    result.attempts += row["attempts"]
     result.batches += 1
-    return len(ids), deleted
+    return len(ids), int(row["events"])
