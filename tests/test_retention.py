@@ -138,7 +138,9 @@ async def test_prune_goes_in_batches_and_runs_split_the_work(pool: asyncpg.Pool)
         await _event(pool, sub_id, age_days=31, attempts=1)
     keep = await _event(pool, sub_id, age_days=31, status="pending")
 
-    results = await asyncio.gather(*(prune(pool, 30, event_batch=4, pause=0.0) for _ in range(3)))
+    results = await asyncio.gather(
+        *(prune(pool, 30, event_batch=4, pause=0.0, duty=1.0) for _ in range(3))
+    )
 
     assert sum(r.events for r in results) == 40
     assert sum(r.attempts for r in results) == 40
@@ -154,7 +156,7 @@ async def test_prune_stops_at_its_budget_and_the_next_run_finishes(pool: asyncpg
     first = await prune(pool, 30, event_batch=2, pause=0.2, budget=0.1)
     assert not first.complete
     assert 0 < first.events < 12
-    rest = await prune(pool, 30, event_batch=2, pause=0.0)
+    rest = await prune(pool, 30, event_batch=2, pause=0.0, duty=1.0)
     assert rest.complete
     assert first.events + rest.events == 12
 
