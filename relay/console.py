@@ -512,8 +512,8 @@ async def _retry_in_steps(settings: Settings, call: Call) -> dict[str, int]:
 
 def run_operator_command(args: argparse.Namespace, settings: Settings) -> int:
     """Build the call from the arguments, confirm it if destructive, send it, print the answer."""
-    call: Call = args.build(args)
     try:
+        call: Call = args.build(args)
         if not confirmed(args):
             print("relay: not done", file=sys.stderr)
             return 1
