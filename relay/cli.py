@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Webhook relay and change-detection daemon for Dext and InvoiceXT. "
         "Settings come from the environment: DATABASE_URL, REDIS_URL, RELAY_ADMIN_TOKEN, "
         "RELAY_SECRET_KEY, RELAY_ALLOW_PRIVATE_TARGETS, RELAY_LOG_FORMAT, "
-        "RELAY_RETRY_SCHEDULE, RELAY_DELIVERY_TIMEOUT.",
+        "RELAY_RETRY_SCHEDULE, RELAY_DELIVERY_TIMEOUT, RELAY_RETENTION_DAYS.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.set_defaults(func=_cmd_api)
 
-    p = sub.add_parser("worker", help="run a worker: polling, diffing, delivery, sweeping")
+    p = sub.add_parser("worker", help="run a worker: polling, diffing, delivery, sweeping, pruning")
     p.add_argument(
         "--burst",
         action="store_true",

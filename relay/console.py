@@ -309,7 +309,9 @@ def _paging(parser: argparse.ArgumentParser) -> None:
 def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     """Add `accounts`, `subscriptions`, `events` and `deliveries` to the `relay` parser."""
     # ---- accounts
-    group = sub.add_parser("accounts", help="upstream accounts: add, list, show, poll")
+    group = sub.add_parser(
+        "accounts", help="upstream accounts: add, list, show, poll, update, delete"
+    )
     group.set_defaults(func=dispatch)
     acts = group.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _add(acts, "add", "add an upstream account", _account_add)
