@@ -399,11 +399,16 @@ SIZED_TABLES = ("events", "deliveries", "delivery_attempts", "snapshots")
 
 
 async def _tables(conn: Connection) -> list[Metric]:
-    """Estimated rows (the planner's `reltuples`, kept by autovacuum) rather than `count(*)`,
-    which on a hundred-million-row attempts table takes longer than a scrape may."""
+    """Rows and bytes from the catalog's statistics (`reltuples`, `relpages`: as of the last
+    autovacuum or analyze), not `count(*)` or `pg_total_relation_size()`: a count of a
+    hundred-million-row attempts table takes longer than a scrape may, and the size functions
+    lock the table, so a migration's lock would block the scrape."""
     found = await conn.fetch(
         "SELECT c.relname AS name, greatest(c.reltuples, 0)::bigint AS rows, "
-        "pg_total_relation_size(c.oid) AS bytes FROM pg_class c "
+        "(c.relpages + coalesce(t.relpages, 0) + coalesce((SELECT sum(i.relpages) "
+        " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid), 0)"
+        ")::bigint * current_setting('block_size')::bigint AS bytes "
+        "FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid "
         "WHERE c.relname = ANY($1::text[]) AND c.relnamespace = 'public'::regnamespace "
         "ORDER BY c.relname",
         list(SIZED_TABLES),
@@ -414,7 +419,9 @@ async def _tables(conn: Connection) -> list[Metric]:
         labels=["table"],
     )
     size = GaugeMetricFamily(
-        "relay_table_bytes", "Bytes on disk per table, indexes and TOAST included", labels=["table"]
+        "relay_table_bytes",
+        "Bytes on disk per table, indexes and TOAST included (as of the last analyze)",
+        labels=["table"],
     )
     for row in found:
         rows.add_metric([row["name"]], row["rows"])

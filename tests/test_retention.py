@@ -144,7 +144,9 @@ async def test_prune_goes_in_batches_and_runs_split_the_work(pool: asyncpg.Pool)
 
     assert sum(r.events for r in results) == 40
     assert sum(r.attempts for r in results) == 40
-    assert all(r.batches >= 2 for r in results)  # 4 at a time, never one big statement
+    # 4 at a time, never one big statement: at least 10 event batches, plus each run's
+    # snapshot batch. (Under load one run may find everything claimed by the other two.)
+    assert sum(r.batches for r in results) >= 10 + 3
     assert await _ids(pool, "events", "id") == {keep}
 
 
