@@ -2,6 +2,11 @@
 
 They talk HTTP to `RELAY_API_URL` with `RELAY_ADMIN_TOKEN`, so they work against a remote
 deployment exactly as against a local one, and print readable tables (or `--json`).
+
+Every `/v1` route of the admin API has a command here: tests/api/test_console_complete.py
+builds each command's `Call` and compares them with `GET /openapi.json`. A command that sends
+something other than one `Call` (a stream, say) declares what it calls with
+`set_defaults(routes=[("GET", "/v1/...")])`.
 """
 
 from __future__ import annotations
