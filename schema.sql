@@ -288,3 +288,10 @@ ALTER TABLE snapshots SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_an
 -- rotations at once (or within 24 h) never cut short a secret a rotation promised 24 h more.
 -- ---------------------------------------------------------------------------------------------
 ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS older_secrets jsonb NOT NULL DEFAULT '[]';
+
+-- ---------------------------------------------------------------------------------------------
+-- Retention (relay/retention.py): gone snapshots are found by when they went, without a scan
+-- of every live one (the index holds only the few rows reported deleted). Retention batches
+-- pick the oldest events through events_created.
+-- ---------------------------------------------------------------------------------------------
+CREATE INDEX IF NOT EXISTS snapshots_gone ON snapshots (deleted_at) WHERE deleted_at IS NOT NULL;

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from relay.errors import InvalidInput, NotFound
+from relay.errors import ConfigError, InvalidInput, NotFound
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.accounts")
@@ -368,3 +368,32 @@ async def complete_baseline(conn: Executor, account_id: str) -> None:
         "updated_at = now() WHERE id = $1",
         account_id,
     )
+
+
+async def rekey_tokens(
+    pool: asyncpg.Pool, vault: Vault, after: str, limit: int
+) -> tuple[str | None, int, int, list[str]]:
+    """One `relay rekey` batch: the next `limit` accounts after id `after` (deleted ones too,
+    their tokens are ciphertext all the same), each token re-encrypted under the newest key.
+
+    Rows are locked for the batch's short transaction, so a concurrent PATCH of the token waits
+    and then writes its own (newest-key) value. Returns (last id, rows seen, rows rewritten,
+    ids no listed key decrypts)."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT id, api_token_enc FROM accounts WHERE id > $1 ORDER BY id LIMIT $2 FOR UPDATE",
+            after,
+            limit,
+        )
+        changed: list[tuple[str, str]] = []
+        unreadable: list[str] = []
+        for row in rows:
+            try:
+                new = vault.rekeyed(row["api_token_enc"])
+            except ConfigError:
+                unreadable.append(row["id"])
+                continue
+            if new is not None:
+                changed.append((row["id"], new))
+        await conn.executemany("UPDATE accounts SET api_token_enc = $2 WHERE id = $1", changed)
+    return (rows[-1]["id"] if rows else None), len(rows), len(changed), unreadable

@@ -34,6 +34,49 @@ def _cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_rekey(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.db import create_pool
+    from relay.progress import ProgressLine
+    from relay.rekey import TableCount, rekey
+    from relay.vault import Vault
+
+    vault = Vault(settings.secret_keys)
+    line = ProgressLine()
+
+    def show(table: str, count: TableCount) -> None:
+        line.update(f"rekey: {table} {count.seen}/{count.total} looked at, {count.rekeyed} rekeyed")
+
+    async def run() -> dict[str, TableCount]:
+        pool = await create_pool(settings, min_size=1, max_size=2)
+        try:
+            return await rekey(pool, vault, batch_size=args.batch_size, progress=show)
+        finally:
+            await pool.close()
+
+    counts = asyncio.run(run())
+    line.finish()
+    failed = False
+    for table, count in counts.items():
+        current = count.seen - count.rekeyed - len(count.unreadable)
+        print(
+            f"{table}: {count.rekeyed} rekeyed, {current} already under the newest key, "
+            f"{len(count.unreadable)} unreadable"
+        )
+        if count.unreadable:
+            failed = True
+            print(
+                f"relay: these {table} hold a secret no key in RELAY_SECRET_KEY decrypts: "
+                + ", ".join(count.unreadable),
+                file=sys.stderr,
+            )
+    if failed:
+        print("relay: keep every old key listed until they are fixed", file=sys.stderr)
+        return 1
+    if len(settings.secret_keys) > 1:
+        print("every secret is under the newest key: the older keys can be removed")
+    return 0
+
+
 def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from relay.api.app import run_api
 
@@ -100,13 +143,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay",
         description="Webhook relay and change-detection daemon for Dext and InvoiceXT. "
         "Settings come from the environment: DATABASE_URL, REDIS_URL, RELAY_ADMIN_TOKEN, "
         "RELAY_SECRET_KEY, RELAY_ALLOW_PRIVATE_TARGETS, RELAY_LOG_FORMAT, "
-        "RELAY_RETRY_SCHEDULE, RELAY_DELIVERY_TIMEOUT.",
+        "RELAY_RETRY_SCHEDULE, RELAY_DELIVERY_TIMEOUT, RELAY_RETENTION_DAYS.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -116,12 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="print a new RELAY_SECRET_KEY")
     p.set_defaults(func=_cmd_keygen)
 
+    p = sub.add_parser(
+        "rekey",
+        help="re-encrypt every stored token and secret with the newest RELAY_SECRET_KEY",
+        description="Re-encrypt every upstream token and webhook signing secret under the "
+        "first key of RELAY_SECRET_KEY, in batches. Rotate a key by listing the new key first "
+        "and the old one after it, running `relay rekey`, then removing the old key. Safe to "
+        "interrupt and run again: rows already under the newest key are skipped.",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=200,
+        help="rows per transaction (default 200)",
+    )
+    p.set_defaults(func=_cmd_rekey)
+
     p = sub.add_parser("api", help="serve the admin API")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.set_defaults(func=_cmd_api)
 
-    p = sub.add_parser("worker", help="run a worker: polling, diffing, delivery, sweeping")
+    p = sub.add_parser("worker", help="run a worker: polling, diffing, delivery, sweeping, pruning")
     p.add_argument(
         "--burst",
         action="store_true",

@@ -2,6 +2,11 @@
 
 They talk HTTP to `RELAY_API_URL` with `RELAY_ADMIN_TOKEN`, so they work against a remote
 deployment exactly as against a local one, and print readable tables (or `--json`).
+
+Every `/v1` route of the admin API has a command here: tests/api/test_console_complete.py
+builds each command's `Call` and compares them with `GET /openapi.json`. A command that sends
+something other than one `Call` (a stream, say) declares what it calls with
+`set_defaults(routes=[("GET", "/v1/...")])`.
 """
 
 from __future__ import annotations
@@ -239,9 +244,59 @@ def _subscription_add(a: argparse.Namespace) -> Call:
     return Call("POST", "/v1/subscriptions", {}, body)
 
 
+def _nullable_csv(text: str | None) -> list[str] | str | None:
+    """`--account-ids any` (or '') clears the list (null: any); None: not given."""
+    if text is None:
+        return "unset"
+    if text.strip().lower() in ("", "any"):
+        return None
+    return _csv(text)
+
+
+def _account_update(a: argparse.Namespace) -> Call:
+    body: dict[str, Any] = {}
+    if a.name is not None:
+        body["name"] = a.name
+    if a.base_url is not None:
+        body["base_url"] = a.base_url
+    if a.api_token is not None:
+        read_stdin = a.api_token == "-"  # noqa: S105 - "-" means stdin, not a password
+        body["api_token"] = sys.stdin.readline().strip() if read_stdin else a.api_token
+    if not body:
+        raise ConfigError("nothing to change: give --name, --base-url or --api-token")
+    return Call("PATCH", f"/v1/accounts/{a.id}", {}, body)
+
+
+def _subscription_update(a: argparse.Namespace) -> Call:
+    body: dict[str, Any] = {}
+    for key in ("url", "kind", "description"):
+        if getattr(a, key) is not None:
+            body[key] = getattr(a, key)
+    if a.event_types is not None:
+        body["event_types"] = _csv(a.event_types)
+    for key in ("account_ids", "client_ids"):
+        value = _nullable_csv(getattr(a, key))
+        if value != "unset":
+            body[key] = value
+    if a.filter is not None:
+        body["filter"] = a.filter or None  # --filter '' removes it
+    if not body:
+        raise ConfigError("nothing to change: give at least one option (see --help)")
+    return Call("PATCH", f"/v1/subscriptions/{a.id}", {}, body)
+
+
+def _subscription_enabled(enabled: bool) -> Callable[[argparse.Namespace], Call]:
+    return lambda a: Call("PATCH", f"/v1/subscriptions/{a.id}", {}, {"enabled": enabled})
+
+
+# `deliveries retry --all-failed` queues this many per call, so thousands show progress and no
+# single call holds thousands of row locks for long.
+RETRY_STEP = 500
+
+
 def _delivery_retry(a: argparse.Namespace) -> Call:
     if a.all_failed:
-        body: dict[str, Any] = {"status": "failed"}
+        body: dict[str, Any] = {"status": "failed", "limit": a.step}
         for key in ("subscription_id", "since", "until"):
             if getattr(a, key) is not None:
                 body[key] = getattr(a, key)
@@ -262,11 +317,37 @@ def _add(
     help_text: str,
     build: Callable[[argparse.Namespace], Call],
     show: Callable[[Any], None] = _show_one,
+    *,
+    confirm: Callable[[argparse.Namespace], str] | None = None,
 ) -> argparse.ArgumentParser:
+    """One command. `confirm` makes it destructive: it gives the question asked on a terminal
+    before anything is sent, and the command takes `--yes` to skip it (and needs it when stdin
+    is not a terminal: a script must say so rather than hang on a prompt or guess)."""
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
     parser.add_argument("--json", action="store_true", help="print the API's JSON as it is")
-    parser.set_defaults(build=build, show=show)
+    if confirm is not None:
+        parser.add_argument("--yes", action="store_true", help="do it without asking")
+    parser.set_defaults(build=build, show=show, confirm=confirm)
     return parser
+
+
+def _show_done(what: str) -> Callable[[Any], None]:
+    return lambda payload: print(what)
+
+
+def confirmed(args: argparse.Namespace) -> bool:
+    """Whether a destructive command may go ahead: `--yes`, or "y" typed at the prompt.
+
+    Raises ConfigError when stdin is not a terminal and `--yes` was not given."""
+    question: Callable[[argparse.Namespace], str] | None = getattr(args, "confirm", None)
+    if question is None or getattr(args, "yes", False):
+        return True
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"{question(args)}: refusing without --yes, because stdin is not a terminal to ask on"
+        )
+    answer = input(f"{question(args)}? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _paging(parser: argparse.ArgumentParser) -> None:
@@ -277,7 +358,9 @@ def _paging(parser: argparse.ArgumentParser) -> None:
 def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     """Add `accounts`, `subscriptions`, `events` and `deliveries` to the `relay` parser."""
     # ---- accounts
-    group = sub.add_parser("accounts", help="upstream accounts: add, list, show, poll")
+    group = sub.add_parser(
+        "accounts", help="upstream accounts: add, list, show, poll, update, delete"
+    )
     group.set_defaults(func=dispatch)
     acts = group.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _add(acts, "add", "add an upstream account", _account_add)
@@ -300,6 +383,19 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     ).add_argument("id", help="the account's id")
     _add(
         acts, "poll", "poll an account now", lambda a: Call("POST", f"/v1/accounts/{a.id}/poll", {})
+    ).add_argument("id", help="the account's id")
+    p = _add(acts, "update", "change an account's name, base URL or token", _account_update)
+    p.add_argument("id", help="the account's id")
+    p.add_argument("--name", help="a new name")
+    p.add_argument("--base-url", help="a new upstream base URL")
+    p.add_argument("--api-token", help="a new upstream token ('-' reads stdin); clears `broken`")
+    _add(
+        acts,
+        "delete",
+        "delete an account: polling stops, its events are kept",
+        lambda a: Call("DELETE", f"/v1/accounts/{a.id}", {}),
+        _show_done("deleted"),
+        confirm=lambda a: f"Delete account {a.id} (polling stops for good)",
     ).add_argument("id", help="the account's id")
 
     # ---- subscriptions
@@ -341,6 +437,36 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
         "new secret; the old one keeps signing for 24 h",
         lambda a: Call("POST", f"/v1/subscriptions/{a.id}/rotate-secret", {}),
         _show_secret,
+    ).add_argument("id", help="the subscription's id")
+    p = _add(acts, "update", "change a subscription", _subscription_update)
+    p.add_argument("id", help="the subscription's id")
+    p.add_argument("--url", help="a new endpoint (http or https)")
+    p.add_argument("--kind", choices=["webhook", "slack"])
+    p.add_argument("--event-types", help="comma-separated types or wildcards (replaces them)")
+    p.add_argument("--account-ids", help="comma-separated account ids; 'any' removes the limit")
+    p.add_argument("--client-ids", help="comma-separated client ids; 'any' removes the limit")
+    p.add_argument("--filter", help="a JMESPath expression; '' removes the filter")
+    p.add_argument("--description")
+    _add(
+        acts,
+        "enable",
+        "resume deliveries to a subscription",
+        _subscription_enabled(True),
+    ).add_argument("id", help="the subscription's id")
+    _add(
+        acts,
+        "disable",
+        "pause deliveries to a subscription (queued ones are recorded as not sent)",
+        _subscription_enabled(False),
+        confirm=lambda a: f"Disable subscription {a.id} (its queued deliveries will not be sent)",
+    ).add_argument("id", help="the subscription's id")
+    _add(
+        acts,
+        "delete",
+        "delete a subscription (its deliveries stay readable)",
+        lambda a: Call("DELETE", f"/v1/subscriptions/{a.id}", {}),
+        _show_done("deleted"),
+        confirm=lambda a: f"Delete subscription {a.id} (no more webhooks to it)",
     ).add_argument("id", help="the subscription's id")
     _add(
         acts,
@@ -407,13 +533,53 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     p.add_argument("--subscription-id", dest="subscription_id")
     p.add_argument("--since", help="with --all-failed: created at or after (RFC 3339)")
     p.add_argument("--until", help="with --all-failed: created before (RFC 3339)")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=RETRY_STEP,
+        help=f"with --all-failed: deliveries queued per request (default {RETRY_STEP}); "
+        "progress is shown after each",
+    )
+
+
+async def _retry_in_steps(settings: Settings, call: Call) -> dict[str, int]:
+    """Repeat a bulk retry of `limit` deliveries until a step queues fewer; progress on stderr.
+
+    Deliveries queued by one step are `pending`, so the next step cannot pick them again; a
+    step that queues fewer than `limit` found no more."""
+    from relay.progress import ProgressLine
+
+    assert call.body is not None
+    step = int(call.body["limit"])
+    line = ProgressLine()
+    total = 0
+    try:
+        while True:
+            payload = await _request(settings, call)
+            total += int(payload["queued"])
+            line.update(f"retry: {total:,} failed deliveries queued")
+            if payload["queued"] < step:
+                break
+    finally:
+        line.finish()
+    return {"queued": total}
 
 
 def run_operator_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Build the call from the arguments, send it, and print the answer."""
-    call: Call = args.build(args)
+    """Build the call from the arguments, confirm it if destructive, send it, print the answer."""
     try:
-        payload = asyncio.run(_request(settings, call))
+        call: Call = args.build(args)
+        if not confirmed(args):
+            print("relay: not done", file=sys.stderr)
+            return 1
+    except ConfigError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if call.body is not None and "limit" in call.body and call.path == "/v1/deliveries/retry":
+            payload = asyncio.run(_retry_in_steps(settings, call))
+        else:
+            payload = asyncio.run(_request(settings, call))
     except AdminApiError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1

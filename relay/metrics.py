@@ -394,6 +394,41 @@ async def _accounts(conn: Connection) -> list[Metric]:
     return [accounts, remaining, limit]
 
 
+# The tables whose size `/metrics` shows: what retention (relay/retention.py) keeps bounded.
+SIZED_TABLES = ("events", "deliveries", "delivery_attempts", "snapshots")
+
+
+async def _tables(conn: Connection) -> list[Metric]:
+    """Rows and bytes from the catalog's statistics (`reltuples`, `relpages`: as of the last
+    autovacuum or analyze), not `count(*)` or `pg_total_relation_size()`: a count of a
+    hundred-million-row attempts table takes longer than a scrape may, and the size functions
+    lock the table, so a migration's lock would block the scrape."""
+    found = await conn.fetch(
+        "SELECT c.relname AS name, greatest(c.reltuples, 0)::bigint AS rows, "
+        "(c.relpages + coalesce(t.relpages, 0) + coalesce((SELECT sum(i.relpages) "
+        " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid), 0)"
+        ")::bigint * current_setting('block_size')::bigint AS bytes "
+        "FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid "
+        "WHERE c.relname = ANY($1::text[]) AND c.relnamespace = 'public'::regnamespace "
+        "ORDER BY c.relname",
+        list(SIZED_TABLES),
+    )
+    rows = GaugeMetricFamily(
+        "relay_table_rows",
+        "Rows per table, as estimated by Postgres' statistics (what retention keeps bounded)",
+        labels=["table"],
+    )
+    size = GaugeMetricFamily(
+        "relay_table_bytes",
+        "Bytes on disk per table, indexes and TOAST included (as of the last analyze)",
+        labels=["table"],
+    )
+    for row in found:
+        rows.add_metric([row["name"]], row["rows"])
+        size.add_metric([row["name"]], row["bytes"])
+    return [rows, size]
+
+
 async def _event_counts(conn: Connection, redis: aioredis.Redis) -> dict[str, int] | None:
     """Stored events by type, or None while a first count of a large table is catching up.
 
@@ -462,7 +497,11 @@ async def postgres_families(pool: asyncpg.Pool, redis: aioredis.Redis) -> list[M
     families: list[Metric] = []
     try:
         async with pool.acquire(timeout=STATEMENT_TIMEOUT) as conn:
-            for part, read in (("deliveries", _backlog), ("accounts", _accounts)):
+            for part, read in (
+                ("deliveries", _backlog),
+                ("accounts", _accounts),
+                ("tables", _tables),
+            ):
                 try:
                     async with conn.transaction(readonly=True):
                         await _limit(conn)

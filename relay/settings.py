@@ -46,6 +46,9 @@ class Settings:
     delivery_batch_size: int = 256
     delivery_lease: float = 60.0
     delivery_poll_interval: float = 1.0
+    # Housekeeping: events (with their deliveries and attempts) and gone snapshots older than
+    # this many days are deleted by the workers; 0 keeps everything forever.
+    retention_days: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +77,7 @@ class Settings:
             delivery_poll_interval=_parse_positive(env, "RELAY_DELIVERY_POLL_INTERVAL", 1.0),
             api_url=(env.get("RELAY_API_URL") or "http://127.0.0.1:8080").rstrip("/"),
             upstream_speed=_parse_positive(env, "RELAY_UPSTREAM_SPEED", 1.0),
+            retention_days=_parse_retention(env.get("RELAY_RETENTION_DAYS")),
         )
 
     def with_changes(self, **changes: Any) -> Settings:
@@ -101,6 +105,18 @@ def _parse_positive(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"{name} must be positive, not {raw!r}")
     return value
+
+
+def _parse_retention(raw: str | None) -> float:
+    if raw is None or not raw.strip():
+        return 30.0
+    try:
+        days = float(raw)
+    except ValueError:
+        raise ConfigError(f"RELAY_RETENTION_DAYS must be a number of days, not {raw!r}") from None
+    if not days >= 0 or days == float("inf"):
+        raise ConfigError(f"RELAY_RETENTION_DAYS must be 0 (keep forever) or more, not {raw!r}")
+    return days
 
 
 def _parse_schedule(raw: str | None) -> tuple[float, ...]:

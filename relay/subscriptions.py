@@ -28,7 +28,7 @@ import jmespath.exceptions
 import jmespath.parser
 import structlog
 
-from relay.errors import Conflict, InvalidInput, NotFound
+from relay.errors import ConfigError, Conflict, InvalidInput, NotFound
 from relay.settings import Settings
 from relay.signing import generate_secret, secret_key
 from relay.targets import validate_target_url
@@ -463,3 +463,48 @@ async def disable_subscription(conn: Querier, id: str, reason: str) -> bool:
         reason,
     )
     return done is not None
+
+
+async def rekey_secrets(
+    pool: asyncpg.Pool, vault: Vault, after: str, limit: int
+) -> tuple[str | None, int, int, list[str]]:
+    """One `relay rekey` batch: the next `limit` subscriptions after id `after` (deleted ones
+    too), with the current secret, the previous one and every `older_secrets` entry
+    re-encrypted under the newest key (expired ones as well: they are ciphertext under a key
+    about to be dropped, and rewriting them costs nothing).
+
+    Rows are locked for the batch's short transaction, so a rotation running at the same time
+    waits and then builds its lists from the rewritten values. Returns (last id, rows seen,
+    rows rewritten, ids of which some secret no listed key decrypts)."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT id, secret_enc, previous_secret_enc, older_secrets FROM subscriptions "
+            "WHERE id > $1 ORDER BY id LIMIT $2 FOR UPDATE",
+            after,
+            limit,
+        )
+        changed: list[tuple[str, str, str | None, list[dict[str, Any]]]] = []
+        unreadable: list[str] = []
+        for row in rows:
+            try:
+                secret = vault.rekeyed(row["secret_enc"])
+                previous = row["previous_secret_enc"]
+                new_previous = vault.rekeyed(previous) if previous else None
+                older = [dict(o) for o in row["older_secrets"]]
+                new_older = [vault.rekeyed(o["secret_enc"]) for o in older]
+            except ConfigError:
+                unreadable.append(row["id"])
+                continue
+            if secret is None and new_previous is None and not any(new_older):
+                continue
+            for entry, new in zip(older, new_older, strict=True):
+                if new is not None:
+                    entry["secret_enc"] = new
+            kept_secret = secret or row["secret_enc"]
+            changed.append((row["id"], kept_secret, new_previous or previous, older))
+        await conn.executemany(
+            "UPDATE subscriptions SET secret_enc = $2, previous_secret_enc = $3, "
+            "older_secrets = $4 WHERE id = $1",
+            changed,
+        )
+    return (rows[-1]["id"] if rows else None), len(rows), len(changed), unreadable

@@ -21,7 +21,9 @@ class Vault:
                 "RELAY_SECRET_KEY is not set; `relay keygen` prints a new key to put there"
             )
         try:
-            self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
+            fernets = [Fernet(key.encode()) for key in keys]
+            self._fernet = MultiFernet(fernets)
+            self._newest = fernets[0]
         except ValueError as exc:
             raise ConfigError(
                 "RELAY_SECRET_KEY must be comma-separated Fernet keys from `relay keygen`"
@@ -42,3 +44,21 @@ class Vault:
     def rotate(self, ciphertext: str) -> str:
         """Re-encrypt under the newest key."""
         return self._fernet.rotate(ciphertext.encode()).decode()
+
+    def rekeyed(self, ciphertext: str) -> str | None:
+        """The ciphertext re-encrypted under the newest key, or None when it already is.
+
+        `relay rekey` rewrites only what needs it, so a rerun after a crash skips the rows an
+        earlier run finished and its counts say what was left. Raises ConfigError when no
+        listed key decrypts it."""
+        try:
+            self._newest.decrypt(ciphertext.encode())
+            return None
+        except InvalidToken:
+            pass
+        try:
+            return self._fernet.rotate(ciphertext.encode()).decode()
+        except InvalidToken as exc:
+            raise ConfigError(
+                "a stored secret cannot be decrypted with any key in RELAY_SECRET_KEY"
+            ) from exc

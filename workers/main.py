@@ -27,6 +27,7 @@ from workers.delivery import (
 )
 from workers.polling import cron_jobs as polling_cron_jobs
 from workers.polling import functions as polling_functions
+from workers.retention import retention_cron_jobs
 
 log = structlog.get_logger("workers.main")
 
@@ -58,7 +59,7 @@ def worker_functions() -> list[Any]:
 
 def cron_jobs() -> list[Any]:
     """Periodic jobs (arq runs each once across all workers per tick)."""
-    return [*delivery_cron_jobs(), *polling_cron_jobs()]
+    return [*delivery_cron_jobs(), *polling_cron_jobs(), *retention_cron_jobs()]
 
 
 def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:

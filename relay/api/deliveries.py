@@ -9,7 +9,7 @@ from aiohttp import web
 from relay.api.events import QUEUED_COUNT
 from relay.api.keys import POOL
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
-from relay.api.validation import Body, DateTime, String
+from relay.api.validation import Body, DateTime, Integer, String
 from relay.delivery import store as deliveries
 
 _ID = String(max_length=100)
@@ -67,6 +67,12 @@ BULK_RETRY_BODY = Body(
         "subscription_id": _ID,
         "since": DateTime(description="created at or after (RFC 3339)"),
         "until": DateTime(description="created before (RFC 3339)"),
+        "limit": Integer(
+            minimum=1,
+            maximum=100_000,
+            description="queue at most this many, oldest first (default: all); repeat the "
+            "call while `queued` equals it to go in steps",
+        ),
     }
 )
 
@@ -92,6 +98,7 @@ async def retry_deliveries(request: web.Request, inp: Input) -> web.Response:
         subscription_id=body.get("subscription_id"),
         since=body.get("since"),
         until=body.get("until"),
+        limit=body.get("limit"),
     )
     return json_response({"queued": queued}, status=202)
 

@@ -234,10 +234,13 @@ async def retry_failed(
     subscription_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    limit: int | None = None,
 ) -> int:
     """Make every `failed` delivery (optionally of one subscription, created in [since, until))
     due now; returns how many were queued. Deliveries of disabled or deleted subscriptions are
-    left `failed`: queued, they could only be recorded as not sent.
+    left `failed`: queued, they could only be recorded as not sent. `limit` queues at most that
+    many, the oldest first, so a caller can go in steps and report progress (`relay deliveries
+    retry --all-failed` does); a step queues fewer only when fewer are left.
 
     Concurrent bulk retries never queue a delivery twice and their counts add up to the
     deliveries really queued: the rows are locked in id order (so two bulk retries wait for
@@ -250,12 +253,13 @@ async def retry_failed(
             "AND ($1::text IS NULL OR d.subscription_id = $1) "
             "AND ($2::timestamptz IS NULL OR d.created_at >= $2) "
             "AND ($3::timestamptz IS NULL OR d.created_at < $3) "
-            f"AND {_LIVE_SUBSCRIPTION} ORDER BY d.id FOR UPDATE OF d) "
+            f"AND {_LIVE_SUBSCRIPTION} ORDER BY d.id LIMIT $4 FOR UPDATE OF d) "
             "UPDATE deliveries AS d SET status = 'pending', next_attempt_at = now(), "
             "updated_at = now() FROM picked WHERE d.id = picked.id AND d.status = 'failed'",
             subscription_id,
             since,
             until,
+            limit,
         )
         count = int(status.rsplit(" ", 1)[1])
         if count:

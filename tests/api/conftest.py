@@ -74,3 +74,16 @@ async def error_of(response: aiohttp.ClientResponse, status: int) -> dict[str, A
     assert isinstance(error["message"], str)
     assert error["message"]
     return error
+
+
+@pytest.fixture
+def api_env(client: TestClient[Any, Any], settings: Settings) -> dict[str, str]:
+    """The environment a `relay` subprocess needs to run operator commands against `client`."""
+    import os
+
+    return {
+        **os.environ,
+        "RELAY_API_URL": str(client.make_url("")).rstrip("/"),
+        "RELAY_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+        "RELAY_LOG_LEVEL": "warning",
+    }
