@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from relay.errors import Conflict, InvalidInput, NotFound
-from relay.events import build_event
+from relay.events import build_event, event_key, reserve_sequences
 from relay.subscriptions import (
     Matcher,
     Querier,
@@ -343,12 +343,14 @@ async def send_test_event(pool: asyncpg.Pool, subscription_id: str) -> dict[str,
                 f"subscription {subscription_id!r} is disabled "
                 f"({live['disabled_reason'] or 'disabled'}); enable it to send a test"
             )
+        body["sequence"] = (await reserve_sequences(conn, [event_key(body)]))[0]
         await conn.execute(
-            "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at) "
-            "VALUES ($1, 'relay.ping', 'relay', $2, $3, now())",
+            "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at, sequence) "
+            "VALUES ($1, 'relay.ping', 'relay', $2, $3, now(), $4)",
             event_id,
             subscription_id,
             body,
+            body["sequence"],
         )
         delivery_id = await conn.fetchval(
             "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
