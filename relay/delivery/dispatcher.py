@@ -33,7 +33,9 @@ import asyncpg
 import structlog
 
 from relay.delivery.leases import claim, record, release
+from relay.delivery.ordering import promote
 from relay.delivery.policy import retry_delay
+from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
 from relay.delivery.store import WAKE_CHANNEL, fail_pending_deliveries, fan_out_events
 from relay.metrics import WorkerMetrics
@@ -70,6 +72,7 @@ class Job:
     keys: list[bytes]
     live: bool
     disabled_reason: str | None
+    order_key: str | None = None  # set for an ordered subscription: the event's object
 
 
 @dataclass(slots=True)
@@ -183,6 +186,8 @@ class Dispatcher:
         if self._fan_out_due:
             self._fan_out_due = False
             await fan_out_events(self._pool)
+        # Replay and backfill jobs queue their next batch when their window has room.
+        await advance_jobs(self._pool)
         claimed = 0
         while not self._stopping:
             room = min(self._batch, self._hold_capacity - self._held_total)
@@ -290,6 +295,7 @@ class Dispatcher:
             keys=keys,
             live=row["live"],
             disabled_reason=row["disabled_reason"],
+            order_key=row["order_key"],
         )
 
     def _hold(self, job: Job) -> None:
@@ -444,10 +450,21 @@ class Dispatcher:
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         gone = {o.job.subscription_id for o in batch if o.result.status_code == 410}
+        # Ordered queues whose head settled: the next delivery of each is due in this commit.
+        settled = [
+            (o.job.subscription_id, o.job.order_key)
+            for o in batch
+            if o.job.order_key is not None and o.status != "pending"
+        ]
+        promoted = 0
         async with self._pool.acquire() as conn, conn.transaction():
             await record(conn, columns)
             if gone:
                 await self._record_gone(conn, gone)
+            if settled:
+                promoted = await promote(conn, settled)
+        if promoted:
+            self._wake.set()
         self._log(batch)
         if self._metrics is not None:
             for o in batch:
