@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,7 +20,16 @@ from aiohttp import web
 from relay.events import build_event, insert_events
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import DispatcherFactory, make_account, subscribe, wait_until
+from tests.conftest import TEST_SECRET_KEY
+from tests.delivery.conftest import (
+    DispatcherFactory,
+    Endpoint,
+    make_account,
+    subscribe,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -162,3 +175,73 @@ async def _settled(pool: asyncpg.Pool, count: int) -> bool:
     )
     assert row is not None
     return bool(row["n"] == count and row["pending"] == 0)
+
+
+@pytest.fixture
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "RELAY_SECRET_KEY": TEST_SECRET_KEY,
+        "RELAY_ALLOW_PRIVATE_TARGETS": "true",
+        "RELAY_RETRY_SCHEDULE": "0.2,0.2,0.2,0.2",
+        "RELAY_DELIVERY_TIMEOUT": "2",
+        "RELAY_DELIVERY_LEASE": "1",
+        "RELAY_DELIVERY_POLL_INTERVAL": "0.2",
+        "RELAY_QUEUE_NAME": settings.queue_name,
+        "RELAY_LOG_FORMAT": "json",
+        "RELAY_LOG_LEVEL": "warning",
+    }
+
+
+async def _spawn_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as stderr:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "worker", env=env, cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+
+
+async def test_sigkill_mid_sequence_keeps_each_objects_order(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    settings: Settings,
+    endpoint: Endpoint,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    account = await make_account(pool)
+    await subscribe(pool, vault, settings, endpoint.url("/hold"), ordering="object")
+    await store_rounds(pool, account, objects=5, rounds=4)
+    log = tmp_path / "worker.log"
+    first = await _spawn_worker(worker_env, log)
+    second: asyncio.subprocess.Process | None = None
+    try:
+        await wait_until(lambda: _hits(endpoint, 5), seconds=20, what=f"held heads ({log})")
+        await asyncio.sleep(0.5)  # room for a sixth request, were one handed out
+        assert sorted(_sequences(endpoint)) == [1] * 5  # one head per object, no more
+        first.send_signal(signal.SIGKILL)  # every head is in flight
+        await first.wait()
+        endpoint.release.set()
+        second = await _spawn_worker(worker_env, log)
+        await wait_until(lambda: _settled(pool, 20), seconds=30, what=f"recovery ({log})")
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+    by_object: dict[str, list[int]] = {}
+    for hit in endpoint.to("/hold"):
+        body = orjson.loads(hit.body)
+        by_object.setdefault(body["object_id"], []).append(body["sequence"])
+    # The killed worker's heads went again (same webhook-id), then the rest in order.
+    assert by_object == {f"doc_{n}": [1, 1, 2, 3, 4] for n in range(5)}
+
+
+async def _hits(endpoint: Endpoint, n: int) -> bool:
+    return len(endpoint.to("/hold")) >= n
+
+
+def _sequences(endpoint: Endpoint) -> list[int]:
+    return [orjson.loads(h.body)["sequence"] for h in endpoint.to("/hold")]
