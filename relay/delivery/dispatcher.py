@@ -55,6 +55,7 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutErr
 _RECORD_BATCH = 1000
 _RECORD_EAGER = 200
 _RECORD_WAIT = 0.05
+_JOBS_INTERVAL = 0.1
 
 
 @dataclass(slots=True)
@@ -135,6 +136,7 @@ class Dispatcher:
         self._stopping = False
         self._fan_out_due = True
         self._next_due: float | None = None
+        self._jobs_due = 0.0
         self._keys: dict[tuple[Any, ...], tuple[list[bytes], datetime | None]] = {}
         self._listener: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
@@ -186,8 +188,11 @@ class Dispatcher:
         if self._fan_out_due:
             self._fan_out_due = False
             await fan_out_events(self._pool)
-        # Replay and backfill jobs queue their next batch when their window has room.
-        await advance_jobs(self._pool)
+        # Replay and backfill jobs queue their next batch when their window has room; a few
+        # looks a second are plenty (a batch is 1,000), and keep a busy pass at its one claim.
+        if time.monotonic() >= self._jobs_due:
+            self._jobs_due = time.monotonic() + _JOBS_INTERVAL
+            await advance_jobs(self._pool)
         claimed = 0
         while not self._stopping:
             room = min(self._batch, self._hold_capacity - self._held_total)

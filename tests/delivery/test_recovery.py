@@ -257,3 +257,33 @@ async def test_recovery_routes_refuse_bad_input_clearly(
 async def _count(pool: asyncpg.Pool, status: str, n: int) -> bool:
     got = await pool.fetchval("SELECT count(*) FROM deliveries WHERE status = $1", status)
     return bool(got == n)
+
+
+async def test_a_replay_to_an_ordered_subscription_keeps_each_objects_order(
+    api: Api,
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    account = await make_account(pool)
+    sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok/l"), ordering="object")
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    for _ in range(4):
+        await store(pool, account, "d1", "d2", "d3")
+    await pool.execute("UPDATE events SET fanned_out_at = now()")  # history, already sent
+    status, job = await answer(
+        api.post(f"/v1/subscriptions/{sub['id']}/replay", json={"since": since.isoformat()})
+    )
+    assert (status, job["queued"]) == (202, 12)
+    # Only one head per object is due; the rest wait parked.
+    due = await pool.fetchval("SELECT count(*) FROM deliveries WHERE next_attempt_at IS NOT NULL")
+    assert due == 3
+    await start_dispatcher()
+    await wait_until(lambda: job_done(api, job["id"], 12), what="the replay sent")
+    by_object: dict[str, list[int]] = {}
+    for hit in endpoint.to("/ok/l"):
+        body = orjson.loads(hit.body)
+        by_object.setdefault(body["object_id"], []).append(body["sequence"])
+    assert by_object == {oid: [1, 2, 3, 4] for oid in ("d1", "d2", "d3")}
