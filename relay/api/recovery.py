@@ -120,7 +120,8 @@ ROUTES = [
         description="Built from Postgres snapshots, with no upstream request. Each snapshot "
         "event carries the `sequence` of the object's last event, so a receiver can tell it "
         "from the live changes that follow (a later `sequence`). Sent to this subscription "
-        "alone, whatever its event types; progress as for replay. Concurrent calls: N "
+        "alone, whatever its event types and filter (only of its clients when it names "
+        "any); progress as for replay. Concurrent calls: N "
         "backfills. 409 when the subscription is disabled.",
     ),
     Route(

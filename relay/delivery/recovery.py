@@ -78,6 +78,7 @@ WITH picked AS MATERIALIZED (
     WHERE s.deleted_at IS NULL
       AND ($1::text[] IS NULL OR s.account_id = ANY($1))
       AND ($2::text[] IS NULL OR s.object_type = ANY($2))
+      AND ($11::text[] IS NULL OR s.client_id = ANY($11))
       AND {_SNAPSHOT_KEY} > ($3, $4, $5, $6)
     ORDER BY s.account_id, s.object_type, s.client_id, s.object_id
     LIMIT $7
@@ -127,7 +128,7 @@ def _types_filter(event_types: Sequence[str] | None) -> tuple[list[str] | None, 
 
 async def _live_subscription(conn: Querier, subscription_id: str) -> asyncpg.Record:
     row = await conn.fetchrow(
-        "SELECT id, enabled, disabled_reason, ordering, account_ids FROM subscriptions "
+        "SELECT id, enabled, disabled_reason, ordering, account_ids, client_ids FROM subscriptions "
         "WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
         subscription_id,
     )
@@ -186,8 +187,9 @@ async def start_backfill(
     object_types: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Create a backfill job (every live snapshot of these accounts and object types, by
-    default those of the subscription's accounts, as `<object_type>.snapshot` events) and
-    queue its first batch; returns the job. No upstream request is made."""
+    default those of the subscription's accounts, always only of its clients if it names
+    any, as `<object_type>.snapshot` events) and queue its first batch; returns the job. Its
+    event types and filter do not apply: a backfill is asked for. No upstream request."""
     for object_type in object_types or ():
         if object_type not in OBJECT_TYPES:
             raise InvalidInput(
@@ -200,15 +202,18 @@ async def start_backfill(
             account_ids = list(sub["account_ids"])
         accounts = list(account_ids) if account_ids is not None else None
         types = list(object_types) if object_types is not None else None
+        clients = list(sub["client_ids"]) if sub["client_ids"] is not None else None
         total = await conn.fetchval(
             "SELECT count(*) FROM snapshots AS s JOIN accounts AS a ON a.id = s.account_id "
             "AND a.deleted_at IS NULL WHERE s.deleted_at IS NULL "
             "AND ($1::text[] IS NULL OR s.account_id = ANY($1)) "
-            "AND ($2::text[] IS NULL OR s.object_type = ANY($2))",
+            "AND ($2::text[] IS NULL OR s.object_type = ANY($2)) "
+            "AND ($3::text[] IS NULL OR s.client_id = ANY($3))",
             accounts,
             types,
+            clients,
         )
-        params = {"account_ids": accounts, "object_types": types}
+        params = {"account_ids": accounts, "object_types": types, "client_ids": clients}
         job_id = await _create_job(
             conn, subscription_id, "backfill", params, total, {"key": ["", "", "", ""]}
         )
@@ -339,6 +344,7 @@ async def _backfill_batch(
         job["subscription_id"],
         ordered,
         job["id"],
+        params.get("client_ids"),
     )
     assert row is not None
     queued = int(row["queued"])
