@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
@@ -15,6 +16,8 @@ from aiohttp.test_utils import TestClient
 from relay.cli import build_parser
 from relay.console import run_operator_command
 from relay.console_jobs import progress_line
+from relay.delivery.store import fan_out_events
+from relay.events import build_event, insert_events
 from relay.settings import Settings
 
 
@@ -46,7 +49,7 @@ async def cli(client: TestClient[Any, Any], settings: Settings) -> Any:
 
 
 async def test_ordering_replay_and_backfill_from_the_cli(
-    cli: Any, client: TestClient[Any, Any]
+    cli: Any, client: TestClient[Any, Any], pool: asyncpg.Pool
 ) -> None:
     added = await cli(
         "subscriptions", "add", "--url", "https://hooks.example.com/x", "--ordering", "object",
@@ -68,9 +71,24 @@ async def test_ordering_replay_and_backfill_from_the_cli(
     assert bad.code == 1
     assert "invalid" in bad.err.lower()
 
-    # PATCH back to unordered; GET shows it; a bad value is a 400 with the envelope.
+    # Three events of one object: one head due, two parked behind it.
+    bodies = [
+        build_event("document.status_changed", account_id=None, client_id="c", object_id="d1",
+                    object={"id": "d1"})
+        for _ in range(3)
+    ]  # fmt: skip
+    async with pool.acquire() as conn, conn.transaction():
+        await insert_events(conn, bodies)
+    assert await fan_out_events(pool) == 3
+    due = "SELECT count(*) FROM deliveries WHERE next_attempt_at IS NOT NULL"
+    assert await pool.fetchval(due) == 1
+
+    # PATCH back to unordered releases the parked ones; GET shows it; a bad value is a 400.
     response = await client.patch(f"/v1/subscriptions/{sub['id']}", json={"ordering": "none"})
     assert (response.status, (await response.json())["ordering"]) == (200, "none")
+    assert await pool.fetchval(due) == 3
+    response = await client.get(f"/v1/subscriptions/{sub['id']}")
+    assert (await response.json())["ordering"] == "none"
     response = await client.patch(f"/v1/subscriptions/{sub['id']}", json={"ordering": "fifo"})
     assert response.status == 400
     assert (await response.json())["error"]["code"]

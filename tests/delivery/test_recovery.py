@@ -287,3 +287,72 @@ async def test_a_replay_to_an_ordered_subscription_keeps_each_objects_order(
         body = orjson.loads(hit.body)
         by_object.setdefault(body["object_id"], []).append(body["sequence"])
     assert by_object == {oid: [1, 2, 3, 4] for oid in ("d1", "d2", "d3")}
+
+
+async def test_live_events_do_not_wait_behind_a_large_replay(
+    api: Api,
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recovery, "BATCH", 5)
+    monkeypatch.setattr(recovery, "WINDOW", 5)
+    account = await make_account(pool)
+    sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/slow/0.02"))
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await store(pool, account, *(f"old_{n}" for n in range(60)))
+    await pool.execute("UPDATE events SET fanned_out_at = now()")
+    status, job = await answer(
+        api.post(f"/v1/subscriptions/{sub['id']}/replay", json={"since": since.isoformat()})
+    )
+    assert (status, job["total"]) == (202, 60)
+    await start_dispatcher()
+    await wait_until(lambda: _hits_at_least(endpoint, 10), what="the replay under way")
+    [live] = await store(pool, account, "live")
+    await wait_until(lambda: job_done(api, job["id"], 60), seconds=20, what="the replay sent")
+    await wait_until(lambda: _count(pool, "succeeded", 61), what="the live event")
+    ids = sent_ids(endpoint, "/slow/0.02")
+    position = ids.index(live["id"])
+    # Stored after ~10 replayed sends, it went within the next window, not after all 60.
+    assert position < 10 + 2 * recovery.WINDOW, position
+
+
+async def test_concurrent_backfills_are_each_whole(
+    api: Api,
+    api2: Api,
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    account = await make_account(pool)
+    async with pool.acquire() as conn:
+        await diff_objects(
+            conn,
+            account_id=account,
+            object_type="document",
+            objects=[{"id": f"doc_{n}"} for n in range(30)],
+            client_id="cli_1",
+            emit=False,
+        )
+    sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok/bf"))
+    path = f"/v1/subscriptions/{sub['id']}/backfill"
+    answers = await asyncio.gather(*(answer(c.post(path, json={})) for c in [api, api2] * 3))
+    assert [(s, j["total"], j["queued"]) for s, j in answers] == [(202, 30, 30)] * 6
+    await start_dispatcher()
+    for _, job in answers:
+        await wait_until(lambda job=job: job_done(api, job["id"], 30), what="each backfill")
+    rows = await pool.fetch(
+        "SELECT object_id, count(DISTINCT id) AS n FROM events "
+        "WHERE type = 'document.snapshot' GROUP BY object_id"
+    )
+    assert {r["object_id"]: r["n"] for r in rows} == {f"doc_{n}": 6 for n in range(30)}
+    assert len(endpoint.to("/ok/bf")) == 180
+
+
+async def _hits_at_least(endpoint: Endpoint, n: int) -> bool:
+    return len(endpoint.hits) >= n
