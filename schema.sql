@@ -295,3 +295,50 @@ ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS older_secrets jsonb NOT NULL 
 -- pick the oldest events through events_created.
 -- ---------------------------------------------------------------------------------------------
 CREATE INDEX IF NOT EXISTS snapshots_gone ON snapshots (deleted_at) WHERE deleted_at IS NOT NULL;
+
+-- Per-object order (relay/events.py, relay/delivery/ordering.py). `sequence` grows by one with
+-- each event of an object (account, object_type, object_id) in detection order: the counter
+-- row is taken (and so locked) in the transaction that stores the event, so two transactions
+-- storing events of one object commit in the order of their numbers. Events stored before
+-- this column have none (null).
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS object_sequences (
+    account_id text NOT NULL,                 -- '' for events without an account
+    object_type text NOT NULL,
+    object_id text NOT NULL,
+    sequence bigint NOT NULL,                 -- the last number handed out
+    PRIMARY KEY (account_id, object_type, object_id)
+);
+ALTER TABLE events ADD COLUMN IF NOT EXISTS sequence bigint;
+
+-- `ordering: "object"`: the deliveries of such a subscription carry `order_key` (the event's
+-- object). Of one (subscription, order_key) only the head (the earliest pending delivery) has a
+-- `next_attempt_at`; the others wait with none, so the claim, unchanged, cannot see them. The
+-- head settling promotes the next. Both indexes hold only ordered deliveries, so unordered
+-- fan-out, claims and records write no entry in them.
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS ordering text NOT NULL DEFAULT 'none';
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS order_key text;
+CREATE INDEX IF NOT EXISTS deliveries_ordered_pending ON deliveries (subscription_id, order_key)
+    WHERE status = 'pending' AND order_key IS NOT NULL;
+
+-- Replay windows and backfills (relay/delivery/recovery.py): a job streams its deliveries in
+-- batches, resuming from `cursor` (committed with each batch, so a crash repeats nothing), and
+-- only while fewer than a window of them are pending, so live traffic is never stuck behind it.
+CREATE TABLE IF NOT EXISTS delivery_jobs (
+    id text PRIMARY KEY DEFAULT relay_id('job'),
+    subscription_id text NOT NULL REFERENCES subscriptions (id) ON DELETE CASCADE,
+    kind text NOT NULL CHECK (kind IN ('replay', 'backfill')),
+    params jsonb NOT NULL,
+    status text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'cancelled')),
+    total integer NOT NULL,                   -- matching events or snapshots when it was made
+    queued integer NOT NULL DEFAULT 0,        -- deliveries created so far
+    cursor jsonb NOT NULL DEFAULT '{}',
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS delivery_jobs_running ON delivery_jobs (created_at) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS delivery_jobs_subscription ON delivery_jobs (subscription_id, id DESC);
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS job_id text;
+CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id, status) WHERE job_id IS NOT NULL;

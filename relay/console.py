@@ -238,6 +238,7 @@ def _subscription_add(a: argparse.Namespace) -> Call:
         ("client_ids", _csv(a.client_ids)),
         ("filter", a.filter),
         ("description", a.description),
+        ("ordering", a.ordering),
     ):
         if value is not None:
             body[key] = value
@@ -416,6 +417,11 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     p.add_argument("--client-ids", help="comma-separated client ids to limit it to")
     p.add_argument("--filter", help="a JMESPath expression on the event body")
     p.add_argument("--description")
+    p.add_argument(
+        "--ordering",
+        choices=["none", "object"],
+        help="object: the events of one object one at a time, in sequence order (default none)",
+    )
     _paging(
         _add(
             acts,
@@ -474,6 +480,9 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
         "send a relay.ping event",
         lambda a: Call("POST", f"/v1/subscriptions/{a.id}/test", {}),
     ).add_argument("id", help="the subscription's id")
+    from relay.console_jobs import add_recovery_commands
+
+    add_recovery_commands(acts, _add)
 
     # ---- events
     group = sub.add_parser("events", help="detected changes: list, show, replay")
@@ -541,6 +550,11 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
         "progress is shown after each",
     )
 
+    # ---- jobs (replays and backfills started by `relay subscriptions replay|backfill`)
+    from relay.console_jobs import add_job_commands
+
+    add_job_commands(sub, dispatch, _add)
+
 
 async def _retry_in_steps(settings: Settings, call: Call) -> dict[str, int]:
     """Repeat a bulk retry of `limit` deliveries until a step queues fewer; progress on stderr.
@@ -587,4 +601,5 @@ def run_operator_command(args: argparse.Namespace, settings: Settings) -> int:
         print_json(payload)
     else:
         args.show(payload)
-    return 0
+    follow: Callable[..., int] | None = getattr(args, "follow", None)
+    return follow(args, settings, payload) if follow is not None else 0

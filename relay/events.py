@@ -34,7 +34,23 @@ _COLUMNS = (
     "object_id",
     "body",
     "created_at",
+    "sequence",
 )
+
+# One statement reserves the numbers of a whole batch: each object's counter grows by its count
+# of events and returns its new last number. Keys in a fixed order, so two batches that share
+# objects lock their counters in the same order and never deadlock.
+_RESERVE_SEQUENCES = """
+INSERT INTO object_sequences AS o (account_id, object_type, object_id, sequence)
+SELECT a, t, i, n FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS k(a, t, i, n)
+ORDER BY a, t, i
+ON CONFLICT (account_id, object_type, object_id)
+DO UPDATE SET sequence = o.sequence + excluded.sequence
+RETURNING o.account_id, o.object_type, o.object_id, o.sequence
+"""
+
+# (account_id or "", object_type, object_id): what `sequence` counts.
+ObjectKey: TypeAlias = tuple[str, str, str]
 
 
 def format_time(at: datetime) -> str:
@@ -51,9 +67,13 @@ def build_event(
     object: Mapping[str, Any],
     previous: Mapping[str, Any] | None = None,
     at: datetime | None = None,
+    sequence: int | None = None,
 ) -> dict[str, Any]:
-    """An event body in the webhook shape of relay.md; `object_type` is the type's prefix."""
-    return {
+    """An event body in the webhook shape of relay.md; `object_type` is the type's prefix.
+
+    `sequence` is left out when None: `insert_events` numbers such bodies as it stores them.
+    """
+    body: dict[str, Any] = {
         "id": new_id("evt"),
         "type": type,
         "created_at": format_time(at or datetime.now(UTC)),
@@ -63,6 +83,43 @@ def build_event(
         "object_id": object_id,
         "data": {"object": dict(object), "previous": dict(previous or {})},
     }
+    if sequence is not None:
+        body["sequence"] = sequence
+    return body
+
+
+def event_key(body: Mapping[str, Any]) -> ObjectKey:
+    """The object an event body is about, as `sequence` counts it."""
+    return (body.get("account_id") or "", str(body["object_type"]), str(body["object_id"]))
+
+
+async def reserve_sequences(conn: Connection, keys: Sequence[ObjectKey]) -> list[int]:
+    """The `sequence` of each of a batch of new events, one key per event in detection order.
+
+    Call it in the transaction that stores the events: the counters it raises stay locked
+    until that commits, so a concurrent batch of the same object waits and numbers after it
+    (its events also get later `seq` values: per object, `seq` and `sequence` agree). A
+    rolled-back transaction gives its numbers back, so an object's numbers have no gaps.
+    """
+    if not keys:
+        return []
+    counts: dict[ObjectKey, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    columns: list[list[Any]] = [[], [], [], []]
+    for (account, object_type, object_id), n in counts.items():
+        columns[0].append(account)
+        columns[1].append(object_type)
+        columns[2].append(object_id)
+        columns[3].append(n)
+    rows = await conn.fetch(_RESERVE_SEQUENCES, *columns)
+    # The first number of each object's share, then one more per event in order.
+    following = {(r[0], r[1], r[2]): r[3] - counts[(r[0], r[1], r[2])] + 1 for r in rows}
+    numbers: list[int] = []
+    for key in keys:
+        numbers.append(following[key])
+        following[key] += 1
+    return numbers
 
 
 def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -76,17 +133,33 @@ def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
         body["object_id"],
         body,
         datetime.fromisoformat(body["created_at"]),
+        body.get("sequence"),
     )
 
 
-async def insert_events(conn: Connection, bodies: Iterable[Mapping[str, Any]]) -> None:
+async def insert_events(
+    conn: Connection, bodies: Iterable[Mapping[str, Any]], *, sequenced: bool = False
+) -> None:
     """Store event bodies (from `build_event`) in one COPY, in order (so `seq` follows it).
 
     Call it inside the transaction that made the change the events describe: that is the
     outbox, and it is what makes "stored before sent" and "no event without its change" hold.
-    `bodies` may be a generator (the COPY takes them as they come); an empty sequence stores
-    nothing and wakes nobody, so pass a generator only when it yields something.
+    Bodies without a `sequence` are numbered here (`reserve_sequences`), which needs them all
+    first; with `sequenced` the caller has numbered every body already and `bodies` may be a
+    generator (the COPY takes them as they come). An empty sequence stores nothing and wakes
+    nobody, so pass a generator only when it yields something.
     """
+    if not sequenced:
+        # The caller's own dicts get their numbers, so what it returns is what was stored.
+        listed = [body if isinstance(body, dict) else dict(body) for body in bodies]
+        numbers = await reserve_sequences(
+            conn, [event_key(body) for body in listed if "sequence" not in body]
+        )
+        given = iter(numbers)
+        for body in listed:
+            if "sequence" not in body:
+                body["sequence"] = next(given)
+        bodies = listed
     if isinstance(bodies, Sequence) and not bodies:
         return
     records = (_record(body) for body in bodies)
@@ -105,6 +178,7 @@ async def insert_event(
 ) -> dict[str, Any]:
     """Store one event made outside a diff (`account.auth_failed`, `account.recovered`,
     `relay.ping`) and return its body."""
+    key = (account_id or "", type.split(".", 1)[0], object_id)
     body = build_event(
         type,
         account_id=account_id,
@@ -112,10 +186,11 @@ async def insert_event(
         object_id=object_id,
         object=object,
         previous=previous,
+        sequence=(await reserve_sequences(conn, [key]))[0],
     )
     await conn.execute(
         "INSERT INTO events (id, type, account_id, client_id, object_type, object_id, body,"
-        " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        " created_at, sequence) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         *_record(body),
     )
     return body

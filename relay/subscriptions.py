@@ -42,6 +42,8 @@ Querier = Union[
     asyncpg.Pool, asyncpg.Connection, "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 ]
 KINDS = ("webhook", "slack")
+# "object": the events of one object are delivered one at a time, in `sequence` order.
+ORDERINGS = ("none", "object")
 ROTATION_OVERLAP = timedelta(hours=24)
 # The current secret and those still in their overlap: a bound on the signatures per webhook.
 MAX_SIGNING_SECRETS = 10
@@ -52,13 +54,23 @@ MAX_FILTER_LENGTH = 2000
 MAX_DESCRIPTION_LENGTH = 1000
 _EVENT_TYPE = re.compile(r"^(\*|[a-z][a-z_]*\.\*|[a-z][a-z_]*\.[a-z][a-z_]*)$")
 _UPDATABLE = frozenset(
-    {"url", "kind", "event_types", "account_ids", "client_ids", "filter", "description", "enabled"}
+    {
+        "url",
+        "kind",
+        "event_types",
+        "account_ids",
+        "client_ids",
+        "filter",
+        "description",
+        "enabled",
+        "ordering",
+    }
 )
 
 _COLUMNS = (
     "id, url, kind, event_types, account_ids, client_ids, filter, description, enabled, "
     "disabled_reason, created_at, updated_at, secret_enc, previous_secret_enc, "
-    "previous_secret_expires_at"
+    "previous_secret_expires_at, ordering"
 )
 
 
@@ -149,6 +161,12 @@ def _check_kind(value: object) -> str:
     return str(value)
 
 
+def _check_ordering(value: object) -> str:
+    if value not in ORDERINGS:
+        raise InvalidInput("ordering must be none or object", "ordering")
+    return str(value)
+
+
 def type_matches(patterns: Sequence[str], event_type: str) -> bool:
     """True when `event_type` is one of `patterns` (exact, `prefix.*` or `*`)."""
     prefix = event_type.split(".", 1)[0] + ".*"
@@ -164,6 +182,7 @@ class Matcher:
     account_ids: frozenset[str] | None
     client_ids: frozenset[str] | None
     filter: str | None
+    ordering: str = "none"
 
     def matches(
         self, event_type: str, account_id: str | None, client_id: str | None, body: Any
@@ -199,7 +218,7 @@ async def load_matchers(
     whose answer must not be overtaken by a concurrent PATCH or DELETE before it commits.
     """
     rows = await conn.fetch(
-        "SELECT id, event_types, account_ids, client_ids, filter FROM subscriptions "
+        "SELECT id, event_types, account_ids, client_ids, filter, ordering FROM subscriptions "
         "WHERE enabled AND deleted_at IS NULL AND ($1::text[] IS NULL OR id = ANY($1))"
         + (" ORDER BY id FOR SHARE" if lock else ""),
         None if ids is None else list(ids),
@@ -211,6 +230,7 @@ async def load_matchers(
             account_ids=frozenset(r["account_ids"]) if r["account_ids"] is not None else None,
             client_ids=frozenset(r["client_ids"]) if r["client_ids"] is not None else None,
             filter=r["filter"],
+            ordering=r["ordering"],
         )
         for r in rows
     ]
@@ -232,6 +252,7 @@ def _record(row: asyncpg.Record) -> dict[str, Any]:
         "description": row["description"],
         "enabled": row["enabled"],
         "disabled_reason": row["disabled_reason"],
+        "ordering": row["ordering"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
@@ -249,6 +270,7 @@ async def create_subscription(
     client_ids: list[str] | None = None,
     filter: str | None = None,
     description: str | None = None,
+    ordering: str = "none",
 ) -> tuple[dict[str, Any], str]:
     """Create a subscription; returns (record, secret). The secret is shown only here.
 
@@ -259,7 +281,8 @@ async def create_subscription(
     secret = generate_secret()
     row = await pool.fetchrow(
         f"INSERT INTO subscriptions (url, kind, event_types, account_ids, client_ids, filter, "
-        f"description, secret_enc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
+        f"description, secret_enc, ordering) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        f"RETURNING {_COLUMNS}",
         checked_url,
         _check_kind(kind),
         _check_event_types(event_types),
@@ -268,6 +291,7 @@ async def create_subscription(
         _check_filter(filter),
         _check_text(description, "description", MAX_DESCRIPTION_LENGTH),
         vault.encrypt(secret),
+        _check_ordering(ordering),
     )
     assert row is not None
     return _record(row), secret
@@ -302,9 +326,11 @@ async def update_subscription(
     pool: asyncpg.Pool, settings: Settings, id: str, changes: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Apply a PATCH: any of url, kind, event_types, account_ids, client_ids, filter,
-    description, enabled. Enabling clears `disabled_reason`; disabling sets it to
+    description, enabled, ordering. Enabling clears `disabled_reason`; disabling sets it to
     "disabled by an operator". Pending deliveries of a disabled subscription are failed
-    when they come due (and can be retried once it is enabled again).
+    when they come due (and can be retried once it is enabled again). A change of `ordering`
+    applies to deliveries queued from then on (the caller releases parked ones when it is
+    turned off: relay.delivery.ordering).
     """
     unknown = set(changes) - _UPDATABLE
     if unknown:
@@ -328,6 +354,8 @@ async def update_subscription(
         values["description"] = _check_text(
             changes["description"], "description", MAX_DESCRIPTION_LENGTH
         )
+    if "ordering" in changes:
+        values["ordering"] = _check_ordering(changes["ordering"])
     if "enabled" in changes:
         if not isinstance(changes["enabled"], bool):
             raise InvalidInput("enabled must be true or false", "enabled")

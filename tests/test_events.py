@@ -46,6 +46,7 @@ async def test_insert_event_stores_the_webhook_body(pool: asyncpg.Pool) -> None:
             "object": {"id": account, "status": "broken", "last_error": "invalid_token"},
             "previous": {},
         },
+        "sequence": 1,  # the account's first event
     }
     assert body["id"].startswith("evt_")
     created = datetime.strptime(body["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)

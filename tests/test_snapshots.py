@@ -39,6 +39,7 @@ EVENT_KEYS = {
     "client_id",
     "object_type",
     "object_id",
+    "sequence",
     "data",
 }
 

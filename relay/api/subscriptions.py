@@ -10,6 +10,7 @@ from relay import subscriptions
 from relay.api.keys import POOL, SETTINGS, VAULT
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, Boolean, String, StringList, Url
+from relay.delivery import ordering
 from relay.delivery import store as deliveries
 
 _TIME = {"type": "string", "format": "date-time"}
@@ -43,6 +44,7 @@ SUBSCRIPTION_SCHEMA: dict[str, Any] = {
         "description": {"type": ["string", "null"]},
         "enabled": {"type": "boolean"},
         "disabled_reason": {"type": ["string", "null"]},
+        "ordering": {"type": "string", "enum": list(subscriptions.ORDERINGS)},
         "created_at": _TIME,
         "updated_at": _TIME,
     },
@@ -87,6 +89,13 @@ _FIELDS = {
     "description": String(
         min_length=0, max_length=subscriptions.MAX_DESCRIPTION_LENGTH, nullable=True
     ),
+    "ordering": String(
+        enum=subscriptions.ORDERINGS,
+        description="none (default) or object: the events of one object one at a time, in "
+        "`sequence` order; a later one waits while an earlier one is retried, no other object "
+        "waits, and a failed (exhausted) one releases the next. A change applies to what is "
+        "queued from then on; turning it off releases every waiting delivery at once",
+    ),
 }
 CREATE_BODY = Body(
     {
@@ -124,6 +133,8 @@ async def update_subscription(request: web.Request, inp: Input) -> web.Response:
     record = await subscriptions.update_subscription(
         request.app[POOL], request.app[SETTINGS], inp.path["id"], inp.body
     )
+    if inp.body.get("ordering") == "none":
+        await ordering.release(request.app[POOL], inp.path["id"])
     return json_response(record)
 
 

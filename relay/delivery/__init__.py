@@ -5,6 +5,8 @@ policy      retry_delay (schedule, jitter, Retry-After), parse_retry_after
 sender      create_session (the worker's one ClientSession), post (one bounded attempt)
 dispatcher  Dispatcher: batched claims, per-endpoint caps, batched recording, leases
 leases      the claim, record and hand-back statements the dispatcher runs
+ordering    `ordering: "object"`: one head per object queue, promoted as each head settles
+recovery    replay-window and backfill jobs, queued in batches behind a window
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ import asyncpg
 import structlog
 
 from relay.delivery.leases import claim, record, release
+from relay.delivery.ordering import promote
 from relay.delivery.policy import retry_delay
+from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
 from relay.delivery.store import WAKE_CHANNEL, fail_pending_deliveries, fan_out_events
 from relay.metrics import WorkerMetrics
@@ -53,6 +55,7 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutErr
 _RECORD_BATCH = 1000
 _RECORD_EAGER = 200
 _RECORD_WAIT = 0.05
+_JOBS_INTERVAL = 0.1
 
 
 @dataclass(slots=True)
@@ -70,6 +73,7 @@ class Job:
     keys: list[bytes]
     live: bool
     disabled_reason: str | None
+    order_key: str | None = None  # set for an ordered subscription: the event's object
 
 
 @dataclass(slots=True)
@@ -132,6 +136,7 @@ class Dispatcher:
         self._stopping = False
         self._fan_out_due = True
         self._next_due: float | None = None
+        self._jobs_due = 0.0
         self._keys: dict[tuple[Any, ...], tuple[list[bytes], datetime | None]] = {}
         self._listener: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
@@ -183,6 +188,11 @@ class Dispatcher:
         if self._fan_out_due:
             self._fan_out_due = False
             await fan_out_events(self._pool)
+        # Replay and backfill jobs queue their next batch when their window has room; a few
+        # looks a second are plenty (a batch is 1,000), and keep a busy pass at its one claim.
+        if time.monotonic() >= self._jobs_due:
+            self._jobs_due = time.monotonic() + _JOBS_INTERVAL
+            await advance_jobs(self._pool)
         claimed = 0
         while not self._stopping:
             room = min(self._batch, self._hold_capacity - self._held_total)
@@ -290,6 +300,7 @@ class Dispatcher:
             keys=keys,
             live=row["live"],
             disabled_reason=row["disabled_reason"],
+            order_key=row["order_key"],
         )
 
     def _hold(self, job: Job) -> None:
@@ -444,10 +455,21 @@ class Dispatcher:
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         gone = {o.job.subscription_id for o in batch if o.result.status_code == 410}
+        # Ordered queues whose head settled: the next delivery of each is due in this commit.
+        settled = [
+            (o.job.subscription_id, o.job.order_key)
+            for o in batch
+            if o.job.order_key is not None and o.status != "pending"
+        ]
+        promoted = 0
         async with self._pool.acquire() as conn, conn.transaction():
             await record(conn, columns)
             if gone:
                 await self._record_gone(conn, gone)
+            if settled:
+                promoted = await promote(conn, settled)
+        if promoted:
+            self._wake.set()
         self._log(batch)
         if self._metrics is not None:
             for o in batch:

@@ -46,9 +46,9 @@ WITH scan AS (
     -- Only unindexed columns change: a HOT update, no index entries written (schema.sql).
     SET leased_until = now() + make_interval(secs => $2), lease_token = $8
     WHERE d.id = ANY(ARRAY(SELECT id FROM locked))
-    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count
+    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, d.order_key
 )
-SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, l.expired, e.body,
+SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, c.order_key, l.expired, e.body,
        s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
        s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets
 FROM claimed AS c

@@ -16,8 +16,9 @@ from typing import Any
 
 import asyncpg
 
+from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key, promote
 from relay.errors import Conflict, InvalidInput, NotFound
-from relay.events import build_event
+from relay.events import build_event, event_key, reserve_sequences
 from relay.subscriptions import (
     Matcher,
     Querier,
@@ -58,6 +59,22 @@ def _matching(
     return event_ids, subscription_ids
 
 
+def _order_keys(
+    events: Sequence[asyncpg.Record],
+    event_ids: Sequence[str],
+    subscription_ids: Sequence[str],
+    ordered: set[str],
+) -> list[str | None]:
+    """Per (event, subscription) pair the event's queue when the subscription is ordered."""
+    if not ordered:
+        return [None] * len(event_ids)
+    of_event = {e["id"]: event_order_key(e) for e in events}
+    return [
+        of_event[e] if s in ordered else None
+        for e, s in zip(event_ids, subscription_ids, strict=True)
+    ]
+
+
 async def fan_out_events(pool: asyncpg.Pool, *, batch_size: int = FAN_OUT_BATCH) -> int:
     """Create the deliveries of every event not yet fanned out; returns how many were created.
 
@@ -67,23 +84,34 @@ async def fan_out_events(pool: asyncpg.Pool, *, batch_size: int = FAN_OUT_BATCH)
     created = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
+            matchers = await load_matchers(conn)
+            ordered = {m.id for m in matchers if m.ordering == "object"}
+            if ordered:
+                # One fan-out at a time, so each object's events queue in `seq` order.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", FAN_OUT_LOCK)
             events = await conn.fetch(
-                "SELECT id, type, account_id, client_id, body FROM events "
-                "WHERE fanned_out_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "SELECT id, type, account_id, client_id, object_type, object_id, body "
+                "FROM events WHERE fanned_out_at IS NULL ORDER BY seq LIMIT $1 "
+                "FOR UPDATE SKIP LOCKED",
                 batch_size,
             )
             if not events:
                 return created
-            event_ids, subscription_ids = _matching(await load_matchers(conn), events)
+            event_ids, subscription_ids = _matching(matchers, events)
             if event_ids:
+                keys = _order_keys(events, event_ids, subscription_ids, ordered)
                 status = await conn.execute(
-                    "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
-                    "SELECT e, s, now() FROM unnest($1::text[], $2::text[]) AS t(e, s) "
+                    "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at, "
+                    "order_key) SELECT e, s, CASE WHEN k IS NULL THEN now() END, k "
+                    "FROM unnest($1::text[], $2::text[], $3::text[]) AS t(e, s, k) "
                     "ON CONFLICT (event_id, subscription_id, generation) DO NOTHING",
                     event_ids,
                     subscription_ids,
+                    keys,
                 )
                 created += int(status.rsplit(" ", 1)[1])
+                queues = zip(subscription_ids, keys, strict=True)
+                await promote(conn, [(s, k) for s, k in queues if k])
             await conn.execute(
                 "UPDATE events SET fanned_out_at = now() WHERE id = ANY($1::text[])",
                 [e["id"] for e in events],
@@ -167,6 +195,10 @@ async def list_deliveries(
     return page, encode_cursor(page[-1]["id"]) if len(rows) > limit else None
 
 
+# Due now, or for an ordered delivery parked behind its queue's head (`promote` then decides):
+# a retry or replay must not make a second head of one object.
+_DUE_OR_PARKED = "CASE WHEN d.order_key IS NULL THEN now() END"
+
 # A delivery whose subscription could take it: a retry of any other would only be recorded as
 # "not sent", so it is refused (one) or left out (bulk). Read without a lock on purpose: the
 # dispatcher locks deliveries and then their subscription (410 Gone), and a retry locking in the
@@ -193,11 +225,13 @@ async def retry_delivery(pool: asyncpg.Pool, id: str) -> dict[str, Any]:
     """
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            "UPDATE deliveries AS d SET status = 'pending', next_attempt_at = now(), "
+            "UPDATE deliveries AS d SET status = 'pending', next_attempt_at = "
+            f"{_DUE_OR_PARKED}, "
             "updated_at = now() WHERE d.id = $1 AND (d.lease_token IS NULL "
             "OR d.leased_until IS NULL OR d.leased_until <= now()) "
             "AND NOT (d.status = 'pending' AND d.next_attempt_at IS NOT NULL "
-            f"AND d.next_attempt_at <= now()) AND {_LIVE_SUBSCRIPTION} RETURNING d.id",
+            f"AND d.next_attempt_at <= now()) AND {_LIVE_SUBSCRIPTION} "
+            "RETURNING d.id, d.subscription_id, d.order_key",
             id,
         )
         if row is None:
@@ -224,6 +258,8 @@ async def retry_delivery(pool: asyncpg.Pool, id: str) -> dict[str, Any]:
                 )
             # Already due and not yet claimed: that attempt is this retry's attempt too.
         else:
+            if row["order_key"] is not None:
+                await promote(conn, [(row["subscription_id"], row["order_key"])])
             await notify_wake(conn)
     return await get_delivery(pool, id)
 
@@ -248,20 +284,22 @@ async def retry_failed(
     re-checked after its lock is granted and no longer matches `status = 'failed'`.
     """
     async with pool.acquire() as conn, conn.transaction():
-        status = await conn.execute(
+        rows = await conn.fetch(
             "WITH picked AS (SELECT d.id FROM deliveries AS d WHERE d.status = 'failed' "
             "AND ($1::text IS NULL OR d.subscription_id = $1) "
             "AND ($2::timestamptz IS NULL OR d.created_at >= $2) "
             "AND ($3::timestamptz IS NULL OR d.created_at < $3) "
             f"AND {_LIVE_SUBSCRIPTION} ORDER BY d.id LIMIT $4 FOR UPDATE OF d) "
-            "UPDATE deliveries AS d SET status = 'pending', next_attempt_at = now(), "
-            "updated_at = now() FROM picked WHERE d.id = picked.id AND d.status = 'failed'",
+            f"UPDATE deliveries AS d SET status = 'pending', next_attempt_at = {_DUE_OR_PARKED}, "
+            "updated_at = now() FROM picked WHERE d.id = picked.id AND d.status = 'failed' "
+            "RETURNING d.subscription_id, d.order_key",
             subscription_id,
             since,
             until,
             limit,
         )
-        count = int(status.rsplit(" ", 1)[1])
+        count = len(rows)
+        await promote(conn, [(r[0], r[1]) for r in rows if r[1] is not None])
         if count:
             await notify_wake(conn)
     return count
@@ -290,7 +328,7 @@ async def replay_event(
     """
     async with pool.acquire() as conn, conn.transaction():
         event = await conn.fetchrow(
-            "SELECT id, type, account_id, client_id, body FROM events "
+            "SELECT id, type, account_id, client_id, object_type, object_id, body FROM events "
             "WHERE id = $1 FOR NO KEY UPDATE",
             event_id,
         )
@@ -303,14 +341,19 @@ async def replay_event(
         _, targets = _matching(matchers, [event])
         if not targets:
             return 0
+        ordered = {m.id for m in matchers if m.ordering == "object"}
+        keys = _order_keys([event], [event_id] * len(targets), targets, ordered)
         status = await conn.execute(
-            "INSERT INTO deliveries (event_id, subscription_id, generation, next_attempt_at) "
-            "SELECT $1, s, coalesce((SELECT max(generation) + 1 FROM deliveries "
-            "WHERE event_id = $1 AND subscription_id = s), 0), now() "
-            "FROM unnest($2::text[]) AS s",
+            "INSERT INTO deliveries (event_id, subscription_id, generation, next_attempt_at, "
+            "order_key) SELECT $1, s, coalesce((SELECT max(generation) + 1 FROM deliveries "
+            "WHERE event_id = $1 AND subscription_id = s), 0), "
+            "CASE WHEN k IS NULL THEN now() END, k "
+            "FROM unnest($2::text[], $3::text[]) AS t(s, k)",
             event_id,
             targets,
+            keys,
         )
+        await promote(conn, [(s, k) for s, k in zip(targets, keys, strict=True) if k])
         await notify_wake(conn)
     return int(status.rsplit(" ", 1)[1])
 
@@ -347,12 +390,14 @@ async def send_test_event(pool: asyncpg.Pool, subscription_id: str) -> dict[str,
                 f"subscription {subscription_id!r} is disabled "
                 f"({live['disabled_reason'] or 'disabled'}); enable it to send a test"
             )
+        body["sequence"] = (await reserve_sequences(conn, [event_key(body)]))[0]
         await conn.execute(
-            "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at) "
-            "VALUES ($1, 'relay.ping', 'relay', $2, $3, now())",
+            "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at, sequence) "
+            "VALUES ($1, 'relay.ping', 'relay', $2, $3, now(), $4)",
             event_id,
             subscription_id,
             body,
+            body["sequence"],
         )
         delivery_id = await conn.fetchval(
             "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "

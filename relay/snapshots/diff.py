@@ -12,7 +12,7 @@ import structlog
 from xxhash import xxh3_128_digest
 
 from relay.errors import InvalidInput
-from relay.events import build_event, insert_events
+from relay.events import build_event, insert_events, reserve_sequences
 from relay.rules import (
     OBJECT_TYPES,
     VOLATILE_FIELDS,
@@ -223,9 +223,11 @@ def _event_bodies(
     batch: _Batch,
     account_id: str,
     into: list[dict[str, Any]],
+    sequences: Iterator[int],
 ) -> Iterator[dict[str, Any]]:
     """The events of a diff, built as the COPY takes them and kept in `into`: the COPY sends
-    each 512 KB as it fills, so Postgres parses the first bodies while Python builds the rest."""
+    each 512 KB as it fills, so Postgres parses the first bodies while Python builds the rest.
+    `sequences` holds each event's number, in the same order (from `_sequences`)."""
     at = datetime.now(UTC)
     for n, types, previous in fired:
         for event_type in types:
@@ -237,9 +239,27 @@ def _event_bodies(
                 object=batch.objects[n],
                 previous=previous,
                 at=at,
+                sequence=next(sequences),
             )
             into.append(body)
             yield body
+
+
+async def _sequences(
+    conn: Connection,
+    fired: list[tuple[int, list[str], dict[str, Any]]],
+    batch: _Batch,
+    account_id: str,
+) -> Iterator[int]:
+    """Reserve the `sequence` of every event the diff fires (one short statement for the
+    batch, before the COPY, so the bodies can still be built as the COPY takes them)."""
+    ids = batch.object_ids
+    keys = [
+        (account_id, event_type.split(".", 1)[0], ids[n])
+        for n, types, _ in fired
+        for event_type in types
+    ]
+    return iter(await reserve_sequences(conn, keys))
 
 
 async def diff_objects(
@@ -271,7 +291,8 @@ async def diff_objects(
     in each part while Python hashes the next) and Postgres finds the new and changed ids; only
     those objects are hashed canonically and their data travels, by a second COPY, and is
     stored set-based from there.
-    Their events are stored in the same transaction (the outbox): an event exists exactly when
+    Their events are stored in the same transaction (the outbox), each numbered by its object's
+    `sequence` counter (locked until commit, after the snapshot rows): an event exists exactly when
     its snapshot change does. A stored hash that differs while no field does (one written by an
     older digest, or no quick hash yet) is refreshed without counting as a change.
 
@@ -347,7 +368,12 @@ async def diff_objects(
                 result.changed.append(ids[n])
                 fired.append((n, *changed_event_types(object_type, before, after)))
         if emit and any(types for _, types, _ in fired):
-            await insert_events(conn, _event_bodies(fired, batch, account_id, result.events))
+            sequences = await _sequences(conn, fired, batch, account_id)
+            await insert_events(
+                conn,
+                _event_bodies(fired, batch, account_id, result.events, sequences),
+                sequenced=True,
+            )
     log.debug(
         "objects_diffed",
         account_id=account_id,
