@@ -114,6 +114,18 @@ def print_json(payload: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ commands
+# Shown under `relay subscriptions add --help`. `previous` holds only the fields that changed,
+# so asking whether `alert_level` is among them fires once, when the client *became* high; a
+# score refresh while it stays high does not match (tests/delivery/test_outreach.py).
+OUTREACH_FILTER = (
+    "data.object.alert_level == 'high' && contains(keys(data.previous), 'alert_level')"
+)
+OUTREACH_EXAMPLE = f"""example: a Slack message when a client's alert level becomes high
+  relay subscriptions add --kind slack --url https://hooks.slack.com/services/... \\
+      --event-types client.health_changed \\
+      --filter "{OUTREACH_FILTER}"
+"""
+
 LIST_COLUMNS = {
     "accounts": ["id", "provider", "name", "status", "last_poll_at", "last_error"],
     "subscriptions": ["id", "kind", "url", "event_types", "enabled", "disabled_reason"],
@@ -272,6 +284,8 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     p.add_argument("--client-ids", help="comma-separated client ids to limit it to")
     p.add_argument("--filter", help="a JMESPath expression on the event body")
     p.add_argument("--description")
+    p.epilog = OUTREACH_EXAMPLE
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     _paging(
         _add(
             acts,
