@@ -284,3 +284,12 @@ ALTER TABLE snapshots SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_an
 -- rotations at once (or within 24 h) never cut short a secret a rotation promised 24 h more.
 -- ---------------------------------------------------------------------------------------------
 ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS older_secrets jsonb NOT NULL DEFAULT '[]';
+
+-- ---------------------------------------------------------------------------------------------
+-- Dead endpoints (relay/delivery/endpoints.py): the failure streak of each subscription since
+-- its last successful attempt, kept up to date by the dispatcher's record transaction. A streak
+-- of at least 10 attempts older than RELAY_ENDPOINT_DISABLE_AFTER disables the subscription.
+-- Only written when something changes (a failure, or the first success after failures).
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS failing_since timestamptz;
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS failed_attempts integer NOT NULL DEFAULT 0;

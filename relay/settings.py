@@ -46,6 +46,9 @@ class Settings:
     delivery_batch_size: int = 256
     delivery_lease: float = 60.0
     delivery_poll_interval: float = 1.0
+    # A subscription whose every attempt failed for this long (seconds), with at least
+    # `relay.delivery.endpoints.MIN_FAILED_ATTEMPTS` attempts, is disabled (like Svix: 5 days).
+    endpoint_disable_after: float = 432000.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +77,7 @@ class Settings:
             delivery_poll_interval=_parse_positive(env, "RELAY_DELIVERY_POLL_INTERVAL", 1.0),
             api_url=(env.get("RELAY_API_URL") or "http://127.0.0.1:8080").rstrip("/"),
             upstream_speed=_parse_positive(env, "RELAY_UPSTREAM_SPEED", 1.0),
+            endpoint_disable_after=_parse_positive(env, "RELAY_ENDPOINT_DISABLE_AFTER", 432000.0),
         )
 
     def with_changes(self, **changes: Any) -> Settings:

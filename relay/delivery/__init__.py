@@ -5,6 +5,7 @@ policy      retry_delay (schedule, jitter, Retry-After), parse_retry_after
 sender      create_session (the worker's one ClientSession), post (one bounded attempt)
 dispatcher  Dispatcher: batched claims, per-endpoint caps, batched recording, leases
 leases      the claim, record and hand-back statements the dispatcher runs
+endpoints   dead endpoints: failure streaks, disabling (streak or 410), `subscription.disabled`
 """
 
 from __future__ import annotations
