@@ -374,6 +374,36 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
     p.add_argument("--since", help="with --all-failed: created at or after (RFC 3339)")
     p.add_argument("--until", help="with --all-failed: created before (RFC 3339)")
 
+    # ---- event types
+    p = sub.add_parser(
+        "event-types",
+        help="every event type Relay emits, with a description (and example bodies)",
+        description="Lists GET /v1/event-types: each type, who emits it and when. --type shows "
+        "one type with its example body; --json prints the whole catalogue with every example.",
+    )
+    p.add_argument("--json", action="store_true", help="print the API's JSON as it is")
+    p.add_argument("--type", dest="event_type", help="only this type, with its example body")
+    p.set_defaults(
+        func=dispatch,
+        build=lambda a: Call("GET", "/v1/event-types", {}),
+        show=None,
+    )
+
+
+def _show_event_types(payload: Any, only: str | None) -> None:
+    entries = [e for e in payload["data"] if only in (None, e["type"])]
+    if only is not None and not entries:
+        raise ConfigError(f"no event type {only!r}; `relay event-types` lists them all")
+    width = max((len(e["type"]) for e in entries), default=0)
+    for entry in entries:
+        providers = ",".join(entry["providers"])
+        print(f"{entry['type'].ljust(width)}  {providers.ljust(14)}  {entry['description']}")
+        if only is not None:
+            for key in ("example", "webhook_example", "invoicext_example"):
+                if key in entry:
+                    print(f"\n{key.replace('_', ' ')}:")
+                    print_json(entry[key])
+
 
 def run_operator_command(args: argparse.Namespace, settings: Settings) -> int:
     """Build the call from the arguments, send it, and print the answer."""
@@ -385,6 +415,8 @@ def run_operator_command(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     if args.json:
         print_json(payload)
+    elif args.show is None:  # `relay event-types`
+        _show_event_types(payload, args.event_type)
     else:
         args.show(payload)
     return 0

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from relay.api import accounts, deliveries, events, health, subscriptions
+from relay.api import accounts, deliveries, event_types, events, health, subscriptions
 from relay.api.keys import POOL, REDIS, ROUTES, SETTINGS, VAULT
 from relay.api.middleware import auth_middleware, error_middleware
 from relay.api.routing import MAX_BODY_BYTES, RouteTable
@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> web.Application:
     table.add(app, events.ROUTES, **events.SCHEMAS)
     table.add(app, subscriptions.ROUTES, **subscriptions.SCHEMAS)
     table.add(app, deliveries.ROUTES, **deliveries.SCHEMAS)
+    table.add(app, event_types.ROUTES, **event_types.SCHEMAS)
     app[ROUTES] = table
     app.cleanup_ctx.append(_resources)
     return app
