@@ -69,7 +69,8 @@ BODY_KEYS = {
 
 def _check_body(body: dict[str, Any], event_type: str) -> None:
     """The body shape of relay.md's "Webhook requests" (as GET /v1/events returns it)."""
-    assert set(body) == BODY_KEYS, event_type
+    # `sequence` (relay.md: every event carries one) is allowed, nothing else unexpected.
+    assert BODY_KEYS <= set(body) <= {*BODY_KEYS, "sequence"}, event_type
     assert body["type"] == event_type
     assert re.fullmatch(r"evt_[0-9a-f]+", body["id"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["created_at"])
