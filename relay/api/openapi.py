@@ -122,7 +122,7 @@ def build_openapi(table: RouteTable) -> dict[str, Any]:
             "and deliveries. Everything under /v1 needs `Authorization: Bearer "
             "$RELAY_ADMIN_TOKEN`. Lists are newest first with cursor pagination. Every event "
             "type, with a description and an example body, is listed by "
-            "[`GET /v1/event-types`](#/operations/list_event_types) (`relay event-types`).",
+            "`GET /v1/event-types` (operation `list_event_types`; `relay event-types`).",
         },
         "paths": paths,
         "components": {
