@@ -52,7 +52,7 @@ def _matching(
         for matcher in matchers:
             if (
                 event["type"] == "subscription.disabled"
-                and event["body"]["object_id"] == matcher.id
+                and event["body"].get("object_id") == matcher.id
             ):
                 continue  # never to the subscription it is about, even if re-enabled since
             if matcher.matches(
