@@ -342,3 +342,11 @@ CREATE INDEX IF NOT EXISTS delivery_jobs_running ON delivery_jobs (created_at) W
 CREATE INDEX IF NOT EXISTS delivery_jobs_subscription ON delivery_jobs (subscription_id, id DESC);
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS job_id text;
 CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id, status) WHERE job_id IS NOT NULL;
+
+-- Dead endpoints (relay/delivery/endpoints.py): the failure streak of each subscription since
+-- its last successful attempt, kept up to date by the dispatcher's record transaction. A streak
+-- of at least 10 attempts older than RELAY_ENDPOINT_DISABLE_AFTER disables the subscription.
+-- Only written when something changes (a failure, or the first success after failures).
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS failing_since timestamptz;
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS failed_attempts integer NOT NULL DEFAULT 0;

@@ -119,6 +119,18 @@ def print_json(payload: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ commands
+# Shown under `relay subscriptions add --help`. `previous` holds only the fields that changed,
+# so asking whether `alert_level` is among them fires once, when the client *became* high; a
+# score refresh while it stays high does not match (tests/delivery/test_outreach.py).
+OUTREACH_FILTER = (
+    "data.object.alert_level == 'high' && contains(keys(data.previous), 'alert_level')"
+)
+OUTREACH_EXAMPLE = f"""example: a Slack message when a client's alert level becomes high
+  relay subscriptions add --kind slack --url https://hooks.slack.com/services/... \\
+      --event-types client.health_changed \\
+      --filter "{OUTREACH_FILTER}"
+"""
+
 LIST_COLUMNS = {
     "accounts": ["id", "provider", "name", "status", "last_poll_at", "last_error"],
     "subscriptions": ["id", "kind", "url", "event_types", "enabled", "disabled_reason"],
@@ -422,6 +434,8 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
         choices=["none", "object"],
         help="object: the events of one object one at a time, in sequence order (default none)",
     )
+    p.epilog = OUTREACH_EXAMPLE
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     _paging(
         _add(
             acts,
@@ -555,6 +569,21 @@ def add_operator_commands(sub: Any, dispatch: Callable[..., int]) -> None:
 
     add_job_commands(sub, dispatch, _add)
 
+    # ---- event types
+    p = sub.add_parser(
+        "event-types",
+        help="every event type Relay emits, with a description (and example bodies)",
+        description="Lists GET /v1/event-types: each type, who emits it and when. --type shows "
+        "one type with its example body; --json prints the whole catalogue with every example.",
+    )
+    p.add_argument("--json", action="store_true", help="print the API's JSON as it is")
+    p.add_argument("--type", dest="event_type", help="only this type, with its example body")
+    p.set_defaults(
+        func=dispatch,
+        build=lambda a: Call("GET", "/v1/event-types", {}),
+        show=None,
+    )
+
 
 async def _retry_in_steps(settings: Settings, call: Call) -> dict[str, int]:
     """Repeat a bulk retry of `limit` deliveries until a step queues fewer; progress on stderr.
@@ -579,6 +608,21 @@ async def _retry_in_steps(settings: Settings, call: Call) -> dict[str, int]:
     return {"queued": total}
 
 
+def _show_event_types(payload: Any, only: str | None) -> None:
+    entries = [e for e in payload["data"] if only in (None, e["type"])]
+    if only is not None and not entries:
+        raise ConfigError(f"no event type {only!r}; `relay event-types` lists them all")
+    width = max((len(e["type"]) for e in entries), default=0)
+    for entry in entries:
+        providers = ",".join(entry["providers"])
+        print(f"{entry['type'].ljust(width)}  {providers.ljust(14)}  {entry['description']}")
+        if only is not None:
+            for key in ("example", "webhook_example", "invoicext_example"):
+                if key in entry:
+                    print(f"\n{key.replace('_', ' ')}:")
+                    print_json(entry[key])
+
+
 def run_operator_command(args: argparse.Namespace, settings: Settings) -> int:
     """Build the call from the arguments, confirm it if destructive, send it, print the answer."""
     try:
@@ -599,6 +643,8 @@ def run_operator_command(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     if args.json:
         print_json(payload)
+    elif args.show is None:  # `relay event-types`
+        _show_event_types(payload, args.event_type)
     else:
         args.show(payload)
     follow: Callable[..., int] | None = getattr(args, "follow", None)

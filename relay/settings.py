@@ -49,6 +49,9 @@ class Settings:
     # Housekeeping: events (with their deliveries and attempts) and gone snapshots older than
     # this many days are deleted by the workers; 0 keeps everything forever.
     retention_days: float = 30.0
+    # A subscription whose every attempt failed for this long (seconds), with at least
+    # `relay.delivery.endpoints.MIN_FAILED_ATTEMPTS` attempts, is disabled (like Svix: 5 days).
+    endpoint_disable_after: float = 432000.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +81,7 @@ class Settings:
             api_url=(env.get("RELAY_API_URL") or "http://127.0.0.1:8080").rstrip("/"),
             upstream_speed=_parse_positive(env, "RELAY_UPSTREAM_SPEED", 1.0),
             retention_days=_parse_retention(env.get("RELAY_RETENTION_DAYS")),
+            endpoint_disable_after=_parse_positive(env, "RELAY_ENDPOINT_DISABLE_AFTER", 432000.0),
         )
 
     def with_changes(self, **changes: Any) -> Settings:

@@ -326,7 +326,8 @@ async def update_subscription(
     pool: asyncpg.Pool, settings: Settings, id: str, changes: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Apply a PATCH: any of url, kind, event_types, account_ids, client_ids, filter,
-    description, enabled, ordering. Enabling clears `disabled_reason`; disabling sets it to
+    description, enabled, ordering. Enabling clears `disabled_reason` and the failure streak
+    that may have disabled it (relay/delivery/endpoints.py); disabling sets it to
     "disabled by an operator". Pending deliveries of a disabled subscription are failed
     when they come due (and can be retried once it is enabled again). A change of `ordering`
     applies to deliveries queued from then on (the caller releases parked ones when it is
@@ -361,6 +362,10 @@ async def update_subscription(
             raise InvalidInput("enabled must be true or false", "enabled")
         values["enabled"] = changes["enabled"]
         values["disabled_reason"] = None if changes["enabled"] else "disabled by an operator"
+        if changes["enabled"]:
+            # A fresh start: the failure streak that may have disabled it no longer counts.
+            values["failing_since"] = None
+            values["failed_attempts"] = 0
     if not values:
         return await get_subscription(pool, id)
     names = list(values)

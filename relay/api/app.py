@@ -7,7 +7,15 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from relay.api import accounts, deliveries, events, health, recovery, subscriptions
+from relay.api import (
+    accounts,
+    deliveries,
+    event_types,
+    events,
+    health,
+    recovery,
+    subscriptions,
+)
 from relay.api.keys import POOL, REDIS, ROUTES, SETTINGS, VAULT
 from relay.api.middleware import auth_middleware, error_middleware
 from relay.api.routing import MAX_BODY_BYTES, RouteTable
@@ -51,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     table.add(app, subscriptions.ROUTES, **subscriptions.SCHEMAS)
     table.add(app, deliveries.ROUTES, **deliveries.SCHEMAS)
     table.add(app, recovery.ROUTES, **recovery.SCHEMAS)
+    table.add(app, event_types.ROUTES, **event_types.SCHEMAS)
     app[ROUTES] = table
     app.cleanup_ctx.append(_resources)
     return app

@@ -120,7 +120,9 @@ def build_openapi(table: RouteTable) -> dict[str, Any]:
             "version": "1",
             "description": "Webhooks for Dext and InvoiceXT: accounts, events, subscriptions "
             "and deliveries. Everything under /v1 needs `Authorization: Bearer "
-            "$RELAY_ADMIN_TOKEN`. Lists are newest first with cursor pagination.",
+            "$RELAY_ADMIN_TOKEN`. Lists are newest first with cursor pagination. Every event "
+            "type, with a description and an example body, is listed by "
+            "`GET /v1/event-types` (operation `list_event_types`; `relay event-types`).",
         },
         "paths": paths,
         "components": {

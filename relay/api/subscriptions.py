@@ -43,7 +43,11 @@ SUBSCRIPTION_SCHEMA: dict[str, Any] = {
         "filter": {"type": ["string", "null"]},
         "description": {"type": ["string", "null"]},
         "enabled": {"type": "boolean"},
-        "disabled_reason": {"type": ["string", "null"]},
+        "disabled_reason": {
+            "type": ["string", "null"],
+            "description": "why it is off: an operator, `410 Gone`, or every attempt failing "
+            "for RELAY_ENDPOINT_DISABLE_AFTER (at least 10 attempts)",
+        },
         "ordering": {"type": "string", "enum": list(subscriptions.ORDERINGS)},
         "created_at": _TIME,
         "updated_at": _TIME,
@@ -110,7 +114,16 @@ CREATE_BODY = Body(
         ),
     }
 )
-UPDATE_BODY = Body({**_FIELDS, "enabled": Boolean(description="false pauses deliveries")})
+UPDATE_BODY = Body(
+    {
+        **_FIELDS,
+        "enabled": Boolean(
+            description="false pauses deliveries; true clears `disabled_reason` and the failure "
+            "count that may have disabled it (then `POST /v1/deliveries/retry` finds its "
+            "failed deliveries)"
+        ),
+    }
+)
 
 
 async def create_subscription(request: web.Request, inp: Input) -> web.Response:

@@ -7,6 +7,7 @@ dispatcher  Dispatcher: batched claims, per-endpoint caps, batched recording, le
 leases      the claim, record and hand-back statements the dispatcher runs
 ordering    `ordering: "object"`: one head per object queue, promoted as each head settles
 recovery    replay-window and backfill jobs, queued in batches behind a window
+endpoints   dead endpoints: failure streaks, disabling (streak or 410), `subscription.disabled`
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ One long-running `Dispatcher.run()` per worker process. Its cycle:
    its share of claims is left out of the next ones, so a slow or dead endpoint never holds
    back healthy ones, and claims still in the queue at shutdown are handed back;
 4. record outcomes in batches: one statement updates the deliveries and inserts their attempts,
-   fenced by the claim's lease token so a late result never overwrites a newer claim.
+   fenced by the claim's lease token so a late result never overwrites a newer claim. The
+   same transaction keeps each subscription's failure streak and disables dead endpoints
+   (a streak, or 410 Gone): `endpoints.py`.
 """
 
 from __future__ import annotations
@@ -32,20 +34,16 @@ import aiohttp
 import asyncpg
 import structlog
 
+from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
 from relay.delivery.leases import claim, record, release
 from relay.delivery.ordering import promote
 from relay.delivery.policy import retry_delay
 from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
-from relay.delivery.store import WAKE_CHANNEL, fail_pending_deliveries, fan_out_events
+from relay.delivery.store import WAKE_CHANNEL, fan_out_events
 from relay.metrics import WorkerMetrics
 from relay.settings import Settings
-from relay.subscriptions import (
-    Querier,
-    disable_subscription,
-    signing_keys,
-    signing_keys_change_at,
-)
+from relay.subscriptions import signing_keys, signing_keys_change_at
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.delivery")
@@ -296,7 +294,7 @@ class Dispatcher:
             token=token,
             url=row["url"],
             kind=row["kind"],
-            body=request_body(row["kind"], row["body"]) if row["live"] else b"",
+            body=request_body(row["kind"], row["body"], row["client_name"]) if row["live"] else b"",
             keys=keys,
             live=row["live"],
             disabled_reason=row["disabled_reason"],
@@ -454,7 +452,10 @@ class Dispatcher:
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
-        gone = {o.job.subscription_id for o in batch if o.result.status_code == 410}
+        gone = sorted({o.job.subscription_id for o in batch if o.result.status_code == 410})
+        batch_streaks = streaks(
+            (o.job.subscription_id, o.result.attempted, o.result.ok, o.result.at) for o in batch
+        )
         # Ordered queues whose head settled: the next delivery of each is due in this commit.
         settled = [
             (o.job.subscription_id, o.job.order_key)
@@ -463,9 +464,23 @@ class Dispatcher:
         ]
         promoted = 0
         async with self._pool.acquire() as conn, conn.transaction():
+            # Subscription rows before delivery rows, in every writer (endpoints.py says why).
+            locked = await lock_streaks(
+                conn,
+                [s.subscription_id for s in batch_streaks],
+                [s.subscription_id for s in batch_streaks if s.failures],
+            )
             await record(conn, columns)
-            if gone:
-                await self._record_gone(conn, gone)
+            if locked:
+                await record_streaks(
+                    conn,
+                    batch_streaks,
+                    locked,
+                    disable_after=self._settings.endpoint_disable_after,
+                )
+            for subscription_id in gone:
+                reason = f"endpoint answered 410 Gone at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+                await disable_endpoint(conn, subscription_id, reason)
             if settled:
                 promoted = await promote(conn, settled)
         if promoted:
@@ -475,22 +490,6 @@ class Dispatcher:
             for o in batch:
                 self._metrics.delivery_attempt(_metric_outcome(o), _sent_seconds(o.result))
             await self._metrics.flush()  # one Redis round trip per recorded batch
-
-    async def _record_gone(self, conn: Querier, gone: set[str]) -> None:
-        """Disable each subscription whose endpoint answered 410 Gone and stop its pending
-        deliveries, in the transaction that records the attempts."""
-        for subscription_id in gone:
-            reason = f"endpoint answered 410 Gone at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
-            if await disable_subscription(conn, subscription_id, reason):
-                stopped = await fail_pending_deliveries(
-                    conn, subscription_id, f"not sent: subscription disabled ({reason})"
-                )
-                log.warning(
-                    "subscription_disabled",
-                    subscription_id=subscription_id,
-                    reason=reason,
-                    pending_failed=stopped,
-                )
 
     def _log(self, batch: list[Outcome]) -> None:
         """One info line per recorded batch; each success only at debug (thousands a second

@@ -50,7 +50,14 @@ WITH scan AS (
 )
 SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, c.order_key, l.expired, e.body,
        s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
-       s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets
+       s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets,
+       -- A Slack message names the client as the practice knows it: one primary-key lookup of
+       -- its snapshot, only for Slack subscriptions (webhooks carry the ids alone).
+       CASE WHEN s.kind = 'slack' AND e.client_id IS NOT NULL THEN (
+           SELECT sn.data->>'name' FROM snapshots AS sn
+           WHERE sn.account_id = e.account_id AND sn.object_type = 'client'
+             AND sn.client_id = e.client_id AND sn.object_id = e.client_id
+       ) END AS client_name
 FROM claimed AS c
 JOIN locked AS l ON l.id = c.id
 JOIN events AS e ON e.id = c.event_id

@@ -64,10 +64,11 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-def request_body(kind: str, event_body: dict[str, Any]) -> bytes:
-    """The bytes to send: the event itself for webhooks, a Slack message for slack."""
+def request_body(kind: str, event_body: dict[str, Any], client_name: str | None = None) -> bytes:
+    """The bytes to send: the event itself for webhooks, a Slack message for slack (which names
+    the client by `client_name`, from its snapshot, where there is one)."""
     if kind == "slack":
-        return orjson.dumps(slack_message(event_body))
+        return orjson.dumps(slack_message(event_body, client_name))
     return orjson.dumps(event_body)
 
 

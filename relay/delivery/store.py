@@ -51,6 +51,11 @@ def _matching(
     subscription_ids: list[str] = []
     for event in events:
         for matcher in matchers:
+            if (
+                event["type"] == "subscription.disabled"
+                and event["body"].get("object_id") == matcher.id
+            ):
+                continue  # never to the subscription it is about, even if re-enabled since
             if matcher.matches(
                 event["type"], event["account_id"], event["client_id"], event["body"]
             ):

@@ -236,7 +236,9 @@ async def test_matching_by_type_account_client_filter_and_enabled(
             dsettings,
             url,
             event_types=["client.health_changed"],
-            filter="data.object.alert_level == 'high' && data.previous.alert_level != 'high'",
+            filter=(
+                "data.object.alert_level == 'high' && contains(keys(data.previous), 'alert_level')"
+            ),
         ),
         "off": await subscribe(pool, vault, dsettings, url),
     }

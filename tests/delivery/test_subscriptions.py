@@ -177,10 +177,11 @@ def test_matcher_ids_and_filter() -> None:
         event_types=("client.health_changed",),
         account_ids=frozenset({"acc_1"}),
         client_ids=None,
-        filter="data.object.alert_level == 'high' && data.previous.alert_level != 'high'",
+        filter="data.object.alert_level == 'high' && contains(keys(data.previous), 'alert_level')",
     )
     high = {"data": {"object": {"alert_level": "high"}, "previous": {"alert_level": "medium"}}}
-    still = {"data": {"object": {"alert_level": "high"}, "previous": {"alert_level": "high"}}}
+    # Staying high while the score moves: `previous` holds only the score.
+    still = {"data": {"object": {"alert_level": "high"}, "previous": {"health_score": 30}}}
     assert m.matches("client.health_changed", "acc_1", "c1", high)
     assert not m.matches("client.health_changed", "acc_1", "c1", still)
     assert not m.matches("client.health_changed", "acc_2", "c1", high)
