@@ -230,3 +230,48 @@ async def list_events(
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["seq"]) if more else None
     return EventPage(data=[dict(row["body"]) for row in rows], next_cursor=next_cursor)
+
+
+# ---- the live stream's reads (relay/api/stream.py) -------------------------------------------
+# A stream position is (xid, seq): the writing transaction of the last event passed, then its
+# seq. Every transaction below the snapshot's xmin has finished, so rows read in this order and
+# below that horizon can no longer be joined by an earlier one (unlike seq alone).
+StreamPosition: TypeAlias = tuple[int, int]
+_LAST_SEQ = 2**63 - 1
+
+
+async def stream_start(db: Executor) -> StreamPosition:
+    """The position just before any event that is not yet readable: "from now on"."""
+    horizon = await db.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+    return (int(horizon) - 1, _LAST_SEQ)
+
+
+async def stream_position_of(db: Executor, event_id: str) -> StreamPosition | None:
+    """The position of a stored event (a `Last-Event-ID`), or None when there is no such event."""
+    row = await db.fetchrow("SELECT xid::text AS xid, seq FROM events WHERE id = $1", event_id)
+    return None if row is None else (int(row["xid"]), int(row["seq"]))
+
+
+async def stream_position_since(db: Executor, since: datetime) -> StreamPosition:
+    """A position before every event created at or after `since` (older ones may follow; the
+    stream's `since` filter drops them)."""
+    xid = await db.fetchval("SELECT min(xid)::text FROM events WHERE created_at >= $1", since)
+    if xid is None:
+        return await stream_start(db)
+    return (int(xid) - 1, _LAST_SEQ)
+
+
+async def read_stream(
+    db: Executor, after: StreamPosition, *, limit: int = 500
+) -> list[tuple[StreamPosition, dict[str, Any]]]:
+    """Up to `limit` events after `after` in stream order, only those below the horizon."""
+    rows = await db.fetch(
+        "SELECT xid::text AS xid, seq, body FROM events"
+        " WHERE (xid, seq) > ($1::text::xid8, $2::bigint)"
+        " AND xid < pg_snapshot_xmin(pg_current_snapshot())"
+        " ORDER BY events.xid, events.seq LIMIT $3",
+        str(after[0]),
+        after[1],
+        limit,
+    )
+    return [((int(row["xid"]), int(row["seq"])), dict(row["body"])) for row in rows]

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from relay.api import accounts, deliveries, events, health, subscriptions
+from relay.api import accounts, deliveries, events, health, stream, subscriptions
 from relay.api.keys import POOL, REDIS, ROUTES, SETTINGS, VAULT
 from relay.api.middleware import auth_middleware, error_middleware
 from relay.api.routing import MAX_BODY_BYTES, RouteTable
@@ -48,10 +48,13 @@ def create_app(settings: Settings) -> web.Application:
     table.add(app, health.ROUTES)
     table.add(app, accounts.ROUTES, **accounts.SCHEMAS)
     table.add(app, events.ROUTES, **events.SCHEMAS)
+    table.add(app, stream.ROUTES)
     table.add(app, subscriptions.ROUTES, **subscriptions.SCHEMAS)
     table.add(app, deliveries.ROUTES, **deliveries.SCHEMAS)
     app[ROUTES] = table
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(stream.hub_context)
+    app.on_shutdown.append(stream.close_streams)
     return app
 
 
