@@ -14,6 +14,7 @@ from relay.api.routing import MAX_BODY_BYTES, RouteTable
 from relay.db import create_pool, create_redis
 from relay.errors import ConfigError
 from relay.settings import Settings
+from relay.ui import add_console
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.api")
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     table.add(app, subscriptions.ROUTES, **subscriptions.SCHEMAS)
     table.add(app, deliveries.ROUTES, **deliveries.SCHEMAS)
     app[ROUTES] = table
+    add_console(app)
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(stream.hub_context)
     app.on_shutdown.append(stream.close_streams)

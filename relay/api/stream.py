@@ -244,8 +244,9 @@ async def serve_stream(
     request: web.Request, filters: StreamFilter, last_event_id: str | None
 ) -> web.StreamResponse:
     """Answer with a server-sent event stream of the stored events that match `filters`."""
-    hub = request.app[STREAM_HUB]
-    pool = request.app[POOL]
+    # config_dict: the console's sub-app serves streams from the same hub and pool.
+    hub = request.config_dict[STREAM_HUB]
+    pool = request.config_dict[POOL]
     options = hub.options
     cursor = await start_position(pool, last_event_id, filters.since)
     response = web.StreamResponse(
