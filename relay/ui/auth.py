@@ -120,17 +120,17 @@ def clear_cookie(response: web.StreamResponse) -> None:
 def same_site(request: web.Request) -> bool:
     """False when the browser says this request came from another site.
 
-    Browsers send `Sec-Fetch-Site` and, on POSTs, `Origin`; a request with neither (curl, old
-    browsers) is judged by the CSRF token alone.
+    Browsers send `Sec-Fetch-Site` on every request; where it is present it decides. Otherwise
+    `Origin` must name this host. Under `Referrer-Policy: no-referrer` a browser may send
+    `Origin: null` for our own forms, and curl sends neither: those are judged by the session's
+    CSRF token alone.
     """
     fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
-        return False
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or origin == "null":
         return True
-    if origin == "null":
-        return False
     return urlsplit(origin).netloc == request.host
 
 

@@ -100,6 +100,9 @@
       source.onopen = function () { setStatus("live", "live"); };
       source.onerror = function () { setStatus("down", "reconnecting"); };
       source.onmessage = function () { soon(); };
+      // Close it when the page goes: a kept-open stream would hold one of the browser's few
+      // connections to this host while the next page loads.
+      window.addEventListener("pagehide", function () { source.close(); });
     }
     if (document.querySelector("[data-live]")) { setInterval(refresh, REFRESH_MS); }
   });
