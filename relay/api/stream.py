@@ -81,7 +81,9 @@ class StreamFilter:
         return True
 
 
-Item = tuple[StreamPosition, dict[str, Any]] | None  # None: the server is shutting down
+# (position, body, the body as one server-sent event): encoded once by the hub, for every
+# stream. None: the server is shutting down.
+Item = tuple[StreamPosition, dict[str, Any], bytes] | None
 
 
 @dataclass(eq=False)
@@ -116,7 +118,7 @@ class StreamHub:
         async with self._lock:
             if self.position is None or not self.listeners:
                 # Nobody was listening, so the hub did not read: start from the horizon.
-                self.position = await events.stream_start(self.pool)
+                self.position, _ = await events.stream_start(self.pool)
             listener = Listener(asyncio.Queue(maxsize=self.options.buffer))
             if self._closing:
                 listener.closed = True
@@ -173,13 +175,13 @@ class StreamHub:
         async with self._lock:
             while self.listeners and self.position is not None:
                 rows = await events.read_stream(self.pool, self.position, limit=self.options.page)
-                for item in rows:
-                    self.position = item[0]
-                    self._publish(item)
+                for position, body in rows:
+                    self.position = position
+                    self._publish((position, body, encode(body)))
                 if len(rows) < self.options.page:
                     return
 
-    def _publish(self, item: tuple[StreamPosition, dict[str, Any]]) -> None:
+    def _publish(self, item: tuple[StreamPosition, dict[str, Any], bytes]) -> None:
         for listener in list(self.listeners):
             try:
                 listener.queue.put_nowait(item)
@@ -218,8 +220,9 @@ def encode(body: Mapping[str, Any]) -> bytes:
 
 async def start_position(
     pool: asyncpg.Pool, last_event_id: str | None, since: datetime | None
-) -> StreamPosition:
-    """Where a stream begins: after `Last-Event-ID`, else at `since`, else from now on."""
+) -> tuple[StreamPosition, frozenset[str]]:
+    """Where a stream begins: after `Last-Event-ID`, else at `since`, else from now on; and
+    the ids of events after that position that were stored before the stream began."""
     if last_event_id is not None:
         last_event_id = last_event_id.strip()
         found = None
@@ -230,9 +233,11 @@ async def start_position(
                 "Last-Event-ID names no stored event; reconnect without it (or with `since`)",
                 field="Last-Event-ID",
             )
-        return found
+        return found, frozenset()
     if since is not None:
-        return await events.stream_position_since(pool, since)
+        position = await events.stream_position_since(pool, since)
+        if position is not None:
+            return position, frozenset()
     return await events.stream_start(pool)
 
 
@@ -248,7 +253,11 @@ async def serve_stream(
     hub = request.config_dict[STREAM_HUB]
     pool = request.config_dict[POOL]
     options = hub.options
-    cursor = await start_position(pool, last_event_id, filters.since)
+    cursor, stored_before = await start_position(pool, last_event_id, filters.since)
+
+    def wanted(body: Mapping[str, Any]) -> bool:
+        return filters.matches(body) and body.get("id") not in stored_before
+
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -260,7 +269,8 @@ async def serve_stream(
 
     async def write(data: bytes) -> None:
         try:
-            await asyncio.wait_for(response.write(data), options.write_timeout)
+            async with asyncio.timeout(options.write_timeout):
+                await response.write(data)
         except TimeoutError:
             log.info("event_stream_reader_stalled", remote=request.remote)
             raise _Gone from None
@@ -274,34 +284,44 @@ async def serve_stream(
         while True:
             listener, _ = await hub.subscribe()
             try:
-                # Catch up from Postgres: everything after our position, up to the horizon.
+                # Catch up from Postgres: everything after our position, up to the horizon,
+                # one write per page.
                 while True:
                     rows = await events.read_stream(pool, cursor, limit=options.page)
-                    for position, body in rows:
-                        cursor = position
-                        if filters.matches(body):
-                            await write(encode(body))
-                            sent += 1
+                    if rows:
+                        cursor = rows[-1][0]
+                    chunk = [encode(body) for _, body in rows if wanted(body)]
+                    if chunk:
+                        await write(b"".join(chunk))
+                        sent += len(chunk)
                     if len(rows) < options.page:
                         break
-                # Live: the hub's queue, skipping what the catch-up already sent.
+                # Live: the hub's queue, skipping what the catch-up already sent. Whatever is
+                # queued goes out in one write, so a busy stream costs one write per wake-up.
                 while not listener.closed:
                     if listener.overflowed and listener.queue.empty():
                         break  # fell behind: back to reading Postgres from `cursor`
                     try:
-                        item = await asyncio.wait_for(listener.queue.get(), options.heartbeat)
+                        async with asyncio.timeout(options.heartbeat):
+                            item = await listener.queue.get()
                     except TimeoutError:
                         await write(b": heartbeat\n\n")
                         continue
+                    chunk = []
+                    while item is not None:
+                        position, body, frame = item
+                        if position > cursor:
+                            cursor = position
+                            if wanted(body):
+                                chunk.append(frame)
+                        if listener.queue.empty():
+                            break
+                        item = listener.queue.get_nowait()
+                    if chunk:
+                        await write(b"".join(chunk))
+                        sent += len(chunk)
                     if item is None:
                         break
-                    position, body = item
-                    if position <= cursor:
-                        continue
-                    cursor = position
-                    if filters.matches(body):
-                        await write(encode(body))
-                        sent += 1
                 if listener.closed:
                     return response
             finally:
