@@ -1,12 +1,13 @@
 """The live stream's cost: delivery throughput with 200 SSE listeners and a stalled one.
 
     .venv/bin/python bench/stream_cost.py [--deliveries 5000] [--runs 3] [--listeners 200]
+        [--type client.health_changed]
 
 Delivery is measured as in bench/delivery_throughput.py (N due deliveries, one dispatcher,
 a local receiver process, delivered *and recorded* per second), first with nothing else
 running, then with a real `relay api` process serving `GET /v1/events/stream` to `--listeners`
-readers (one more process, each reader following every event) plus one reader that connects
-and never reads a byte. It prints the median of the runs of each and the median of the ratio
+readers (one more process; each follows every event unless `--type` filters them) plus one
+reader that connects and never reads a byte. It prints the median of the runs of each and the median of the ratio
 "with listeners / without". After each run it waits until every reader has every event of that
 run, so the figure also checks that the stream lost nothing, and prints how long that took.
 
@@ -47,7 +48,7 @@ TOKEN = "bench-admin-token"
 BENCH_DIR = Path(__file__).resolve().parent
 
 
-async def listen(url: str, count: int) -> None:
+async def listen(url: str, count: int, type: str) -> None:
     """The readers' process: `count` streams and a stalled one; prints the fewest events any
     reader has, every 0.2 s, until stdin closes."""
     received = [0] * count
@@ -60,7 +61,10 @@ async def listen(url: str, count: int) -> None:
 
         async def reader(i: int) -> None:
             nonlocal ready
-            async with http.get(url + "/v1/events/stream", headers=headers) as response:
+            params = {"type": type} if type != "*" else {}
+            async with http.get(
+                url + "/v1/events/stream", params=params, headers=headers
+            ) as response:
                 assert response.status == 200, response.status
                 ready += 1
                 if ready == count:
@@ -156,6 +160,8 @@ async def main(args: argparse.Namespace) -> None:
             api_url,
             "--listeners",
             str(args.listeners),
+            "--type",
+            args.type,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -167,7 +173,7 @@ async def main(args: argparse.Namespace) -> None:
             started = time.perf_counter()
             await seed_pending(pool, sub["id"], args.deliveries)
             loaded.append(await run_dispatcher(pool, settings, args.deliveries))
-            want = (run + 1) * args.deliveries
+            want = (run + 1) * args.deliveries if args.type in ("*", "document.*") else 0
             while True:
                 line = (await listeners.stdout.readline()).decode()
                 if int(line.split()[1]) >= want:
@@ -184,8 +190,8 @@ async def main(args: argparse.Namespace) -> None:
             f"delivery ({args.deliveries:,} per run, median of {args.runs}): "
             f"{statistics.median(alone):,.0f}/s alone, {statistics.median(loaded):,.0f}/s with "
             f"{args.listeners} stream listeners + 1 stalled, median ratio {ratio:.2f}; "
-            f"{args.listeners} x {args.deliveries:,} events streamed, none lost, all in "
-            f"{statistics.median(catch_up):.1f} s (median)"
+            f"listeners' filter {args.type!r}: every listener had every matching event "
+            f"{statistics.median(catch_up):.1f} s after its run began (median)"
         )
     finally:
         if listeners is not None and listeners.stdin is not None:
@@ -209,9 +215,15 @@ if __name__ == "__main__":
     parser.add_argument("--deliveries", type=int, default=5_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--listeners", type=int, default=200)
+    parser.add_argument(
+        "--type",
+        default="*",
+        help="the listeners' `type` filter; the bench's events are all document.categorized, "
+        "so e.g. client.health_changed measures listeners that are sent nothing (default *)",
+    )
     parser.add_argument("--listen", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     if parsed.listen:
-        asyncio.run(listen(parsed.listen, parsed.listeners))
+        asyncio.run(listen(parsed.listen, parsed.listeners, parsed.type))
     else:
         asyncio.run(main(parsed))

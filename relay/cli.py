@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="print a new RELAY_SECRET_KEY")
     p.set_defaults(func=_cmd_keygen)
 
-    p = sub.add_parser("api", help="serve the admin API")
+    p = sub.add_parser("api", help="serve the admin API and the operator console (/ui/)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.set_defaults(func=_cmd_api)
