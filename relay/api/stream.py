@@ -88,8 +88,10 @@ Item = tuple[StreamPosition, dict[str, Any], bytes] | None
 
 @dataclass(eq=False)
 class Listener:
-    """One open stream as the hub sees it: a bounded queue and whether it overflowed."""
+    """One open stream as the hub sees it: its filters, a bounded queue of the events that
+    match them, and whether that queue overflowed."""
 
+    filters: StreamFilter
     queue: asyncio.Queue[Item]
     overflowed: bool = False
     closed: bool = False
@@ -111,15 +113,15 @@ class StreamHub:
     _conn: asyncpg.Connection | None = None
     _closing: bool = False
 
-    async def subscribe(self) -> tuple[Listener, StreamPosition]:
-        """Join the hub: every event after the returned position will be put on the queue."""
+    async def subscribe(self, filters: StreamFilter) -> tuple[Listener, StreamPosition]:
+        """Join the hub: every matching event after the returned position goes on the queue."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="relay-stream-hub")
         async with self._lock:
             if self.position is None or not self.listeners:
                 # Nobody was listening, so the hub did not read: start from the horizon.
                 self.position, _ = await events.stream_start(self.pool)
-            listener = Listener(asyncio.Queue(maxsize=self.options.buffer))
+            listener = Listener(filters, asyncio.Queue(maxsize=self.options.buffer))
             if self._closing:
                 listener.closed = True
             self.listeners.add(listener)
@@ -167,6 +169,10 @@ class StreamHub:
                     await self._drain()
                 except _DB_ERRORS as exc:
                     log.warning("event_stream_read_failed", error=f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    # A bug here must not end every stream of the process for good: log it
+                    # and try again on the next wake-up (streams catch up from Postgres).
+                    log.exception("event_stream_hub_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.options.poll_interval)
             self._wake.clear()
@@ -175,21 +181,34 @@ class StreamHub:
         async with self._lock:
             while self.listeners and self.position is not None:
                 rows = await events.read_stream(self.pool, self.position, limit=self.options.page)
-                for position, body in rows:
-                    self.position = position
-                    self._publish((position, body, encode(body)))
+                self._publish(rows)
                 if len(rows) < self.options.page:
                     return
 
-    def _publish(self, item: tuple[StreamPosition, dict[str, Any], bytes]) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener.queue.put_nowait(item)
-            except asyncio.QueueFull:
-                # Not waited for: this stream reads Postgres from its own position instead.
-                listener.overflowed = True
-                self.overflows += 1
-                self.listeners.discard(listener)
+    def _publish(self, rows: list[tuple[StreamPosition, dict[str, Any]]]) -> None:
+        """Queue each event for the streams whose filters match it. Streams with the same
+        filters (every console tab, most `relay listen`s) cost one match per event together,
+        and an event is encoded once, however many streams take it."""
+        groups: dict[StreamFilter, list[Listener]] = {}
+        for listener in self.listeners:
+            groups.setdefault(listener.filters, []).append(listener)
+        for position, body in rows:
+            self.position = position
+            frame: bytes | None = None
+            for filters, members in groups.items():
+                if not filters.matches(body):
+                    continue
+                frame = frame or encode(body)
+                for listener in members:
+                    if listener.overflowed:
+                        continue
+                    try:
+                        listener.queue.put_nowait((position, body, frame))
+                    except asyncio.QueueFull:
+                        # Not waited for: this stream reads Postgres from its own position.
+                        listener.overflowed = True
+                        self.overflows += 1
+                        self.listeners.discard(listener)
 
 
 STREAM_HUB = web.AppKey("stream_hub", StreamHub)
@@ -282,7 +301,7 @@ async def serve_stream(
     try:
         await write(b"retry: 2000\n: stream open\n\n")
         while True:
-            listener, _ = await hub.subscribe()
+            listener, _ = await hub.subscribe(filters)
             try:
                 # Catch up from Postgres: everything after our position, up to the horizon,
                 # one write per page.
@@ -312,7 +331,7 @@ async def serve_stream(
                         position, body, frame = item
                         if position > cursor:
                             cursor = position
-                            if wanted(body):
+                            if body.get("id") not in stored_before:  # the hub matched it
                                 chunk.append(frame)
                         if listener.queue.empty():
                             break
