@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -15,6 +17,7 @@ from standardwebhooks import Webhook
 
 from relay import events
 from relay.api.app import create_app
+from relay.listen import Listener, ListenOptions
 from relay.settings import Settings
 from tests.conftest import TEST_ADMIN_TOKEN
 
@@ -89,3 +92,70 @@ async def test_listen_forwards_each_event_signed_and_prints_it(
     assert f"document.created [{bodies[1]['id']}]" in printed
     assert "<-- [204] POST" in printed
     assert "supplier.created" not in printed
+
+
+async def test_listen_resumes_after_a_dropped_stream_with_nothing_lost(
+    aiohttp_server: ServerFactory, settings: Settings, pool: asyncpg.Pool, redis_client: Any
+) -> None:
+    api = await aiohttp_server(create_app(settings))
+    got: list[str] = []
+
+    arrived = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(request.headers["webhook-id"])
+        arrived.set()
+        return web.Response(status=200)
+
+    async def until(count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(got) < count:
+                arrived.clear()
+                await arrived.wait()
+
+    local = web.Application()
+    local.router.add_post("/hook", hook)
+    receiver = await aiohttp_server(local)
+    listener = Listener(
+        settings.with_changes(api_url=str(api.make_url("")).rstrip("/")),
+        ListenOptions(forward_to=str(receiver.make_url("/hook"))),
+    )
+
+    def made(n: int) -> list[dict[str, Any]]:
+        return [
+            events.build_event(
+                "document.created",
+                account_id=None,
+                client_id="c1",
+                object_id=f"d{n}-{i}",
+                object={"id": i},
+            )
+            for i in range(3)
+        ]
+
+    async def store(bodies: list[dict[str, Any]]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await events.insert_events(conn, bodies)
+
+    async with aiohttp.ClientSession() as http:
+        first = asyncio.create_task(listener.follow_once(http))
+        await asyncio.sleep(0.5)
+        before = made(1)
+        await store(before)
+        await until(3)
+        for _ in range(100):  # the third forward's answer is recorded
+            if listener.last_event_id == before[-1]["id"]:
+                break
+            await asyncio.sleep(0.02)
+        first.cancel()  # the connection drops
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        assert listener.last_event_id == before[-1]["id"]
+        during = made(2)
+        await store(during)  # stored while nobody was listening
+        second = asyncio.create_task(listener.follow_once(http))
+        await until(6)
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+    assert got == [b["id"] for b in before + during]
