@@ -229,7 +229,7 @@ async def test_an_operator_fixes_a_failing_endpoint_from_the_console(
     # Fix the endpoint (slow, so the page is there before the answer), press Retry, and watch
     # the row turn succeeded with no reload: a marker set on this document survives.
     stack.receiver.failing = False
-    stack.receiver.delay = 1.5
+    stack.receiver.delay = 3.0
     await row.get_by_role("button", name=f"Retry {delivery_id}").click()
     await page.wait_for_url("**/ui/deliveries?notice=retried")
     await page.evaluate("window.__sameDocument = true")
