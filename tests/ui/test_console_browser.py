@@ -97,6 +97,9 @@ async def stack(
     redis_client: Any,
     sandbox: SandboxHandle,
 ) -> AsyncIterator[Stack]:
+    # The fixed endpoint answers slowly (3 s, so the page is there before the answer): give
+    # attempts room for that.
+    settings = settings.with_changes(delivery_timeout=10.0)
     api = await aiohttp_server(create_app(settings))
     receiver = Receiver()
     hooks = web.Application()
