@@ -350,3 +350,21 @@ CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id, status) WHERE j
 -- ---------------------------------------------------------------------------------------------
 ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS failing_since timestamptz;
 ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS failed_attempts integer NOT NULL DEFAULT 0;
+
+-- Live event stream (GET /v1/events/stream, relay/api/stream.py): `seq` values commit out of
+-- order, so a reader that only remembers "the last seq sent" would skip a late commit. Each
+-- event also records the transaction that wrote it; every transaction older than the snapshot's
+-- xmin has finished, so reading in (xid, seq) order below that horizon never skips a row.
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE events ADD COLUMN IF NOT EXISTS xid xid8 DEFAULT pg_current_xact_id();
+CREATE INDEX IF NOT EXISTS events_stream ON events (xid, seq);
+
+-- Operator console sessions (relay/ui/): only a hash of the cookie is stored, so a database
+-- read gives no usable session; `csrf` is the per-session token every console form carries.
+CREATE TABLE IF NOT EXISTS console_sessions (
+    token_hash text PRIMARY KEY,
+    csrf text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_sessions_expiry ON console_sessions (expires_at);

@@ -130,6 +130,17 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, minutes=args.minutes)
 
 
+def _cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.listen import ListenOptions, parse_event_types, run_listen
+
+    options = ListenOptions(
+        forward_to=args.forward_to,
+        event_types=tuple(parse_event_types(args.event_types)),
+        secret=args.secret,
+    )
+    return run_listen(settings, options)
+
+
 def _cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     from relay.console import run_operator_command
 
@@ -185,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_rekey)
 
-    p = sub.add_parser("api", help="serve the admin API")
+    p = sub.add_parser("api", help="serve the admin API and the operator console (/ui/)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.set_defaults(func=_cmd_api)
@@ -255,6 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many minutes (default: run until Ctrl-C)",
     )
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "listen",
+        help="follow the API's live event stream and forward each event to a local URL",
+        description="Follow GET /v1/events/stream on RELAY_API_URL (with RELAY_ADMIN_TOKEN) and "
+        "POST each event to --forward-to, signed per Standard Webhooks with a secret printed at "
+        "start, like `stripe listen`: no subscription and no public address needed. A dropped "
+        "stream reconnects and resumes where it was.",
+    )
+    p.add_argument("--forward-to", required=True, help="the local URL each event is POSTed to")
+    p.add_argument(
+        "--event-types",
+        default="*",
+        help="comma-separated types or prefix wildcards, e.g. 'document.*,client.health_changed' "
+        "(default: every event)",
+    )
+    p.add_argument(
+        "--secret",
+        default=None,
+        help="sign with this whsec_... secret instead of a new one (keeps it across runs)",
+    )
+    # The route it follows, for the test that every admin route has a command.
+    p.set_defaults(func=_cmd_listen, routes=[("GET", "/v1/events/stream")])
 
     from relay.console import add_operator_commands
 

@@ -176,13 +176,15 @@ class Demo:
         _say(f"""
 Relay demo is running.
   sandbox   {sandbox}   (a simulated Dext practice at {SANDBOX_SPEED:g}x speed)
+  console   {api}/ui/   sign in with the admin token below
   admin API {api}   token: {self.admin_token}
   receiver  {receiver}
   account   {account["id"]}   subscription {subscription["id"]}
   logs      {DEMO_DIR}/*.log
 
 The first poll is a baseline and sends nothing; every change after it arrives below as a
-verified webhook. Try:  curl -H 'Authorization: Bearer {self.admin_token}' {api}/v1/events
+verified webhook. Open the console to watch events arrive live and retry failed deliveries,
+or try:  curl -H 'Authorization: Bearer {self.admin_token}' {api}/v1/events
 Ctrl-C stops everything.
 """)
         stop = asyncio.Event()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -305,3 +306,71 @@ async def list_events(
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["seq"]) if more else None
     return EventPage(data=[dict(row["body"]) for row in rows], next_cursor=next_cursor)
+
+
+# ---- the live stream's reads (relay/api/stream.py) -------------------------------------------
+# A stream position is (xid, seq): the writing transaction of the last event passed, then its
+# seq. Below the horizon every transaction has finished, so rows read in this order and below
+# it can no longer be joined by an earlier one (unlike seq alone). The horizon is the oldest
+# transaction still running in this snapshot, ignoring those of *other* databases of the
+# cluster (xids are cluster-wide, and another application's long transaction must not stall
+# the stream); one that ended between the snapshot and the look at pg_stat_activity counts as
+# ours, so the horizon errs on the early side and the next read moves it on.
+StreamPosition: TypeAlias = tuple[int, int]
+_LAST_SEQ = 2**63 - 1
+_HORIZON = (
+    "(SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot()))"
+    " FROM pg_snapshot_xip(pg_current_snapshot()) AS x"
+    " WHERE (x::text::bigint % 4294967296) NOT IN ("
+    "  SELECT backend_xid::text::bigint FROM pg_stat_activity"
+    "  WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()))"
+)
+
+
+async def stream_start(db: Executor) -> tuple[StreamPosition, frozenset[str]]:
+    """Where "from now on" begins: the position before the horizon, and the ids of the events
+    after it that are already visible (stored before now, so not new: skip them)."""
+    async with _one_connection(db) as conn:
+        row = await conn.fetchrow(
+            "SELECT h::text AS horizon, (SELECT coalesce(array_agg(id), '{}') FROM events"
+            " WHERE xid >= h) AS visible FROM (SELECT " + _HORIZON + " AS h) AS horizon"
+        )
+    assert row is not None
+    return (int(row["horizon"]) - 1, _LAST_SEQ), frozenset(row["visible"])
+
+
+@asynccontextmanager
+async def _one_connection(db: Executor) -> AsyncIterator[Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
+
+
+async def stream_position_of(db: Executor, event_id: str) -> StreamPosition | None:
+    """The position of a stored event (a `Last-Event-ID`), or None when there is no such event."""
+    row = await db.fetchrow("SELECT xid::text AS xid, seq FROM events WHERE id = $1", event_id)
+    return None if row is None else (int(row["xid"]), int(row["seq"]))
+
+
+async def stream_position_since(db: Executor, since: datetime) -> StreamPosition | None:
+    """A position before every event created at or after `since`, or None if there is none yet
+    (older ones may follow; the stream's `since` filter drops them)."""
+    xid = await db.fetchval("SELECT min(xid)::text FROM events WHERE created_at >= $1", since)
+    return None if xid is None else (int(xid) - 1, _LAST_SEQ)
+
+
+async def read_stream(
+    db: Executor, after: StreamPosition, *, limit: int = 500
+) -> list[tuple[StreamPosition, dict[str, Any]]]:
+    """Up to `limit` events after `after` in stream order, only those below the horizon."""
+    rows = await db.fetch(
+        "SELECT xid::text AS xid, seq, body FROM events"
+        " WHERE (xid, seq) > ($1::text::xid8, $2::bigint)"
+        " AND xid < " + _HORIZON + " ORDER BY events.xid, events.seq LIMIT $3",
+        str(after[0]),
+        after[1],
+        limit,
+    )
+    return [((int(row["xid"]), int(row["seq"])), dict(row["body"])) for row in rows]

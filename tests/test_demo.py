@@ -35,6 +35,7 @@ async def test_demo_shows_verified_webhooks_then_stops(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Relay demo is running." in result.stdout
+    assert re.search(r"console   http://127.0.0.1:\d+/ui/", result.stdout), result.stdout
     # The receiver prints one line per webhook whose signature it verified.
     received = re.findall(
         r"^\S+Z\s+(document\.\w+|client\.\w+|supplier\.\w+|expense_report\.\w+"

@@ -14,6 +14,7 @@ from relay.api import (
     events,
     health,
     recovery,
+    stream,
     subscriptions,
 )
 from relay.api.keys import POOL, REDIS, ROUTES, SETTINGS, VAULT
@@ -22,6 +23,7 @@ from relay.api.routing import MAX_BODY_BYTES, RouteTable
 from relay.db import create_pool, create_redis
 from relay.errors import ConfigError
 from relay.settings import Settings
+from relay.ui import add_console
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.api")
@@ -56,12 +58,16 @@ def create_app(settings: Settings) -> web.Application:
     table.add(app, health.ROUTES)
     table.add(app, accounts.ROUTES, **accounts.SCHEMAS)
     table.add(app, events.ROUTES, **events.SCHEMAS)
+    table.add(app, stream.ROUTES)
     table.add(app, subscriptions.ROUTES, **subscriptions.SCHEMAS)
     table.add(app, deliveries.ROUTES, **deliveries.SCHEMAS)
     table.add(app, recovery.ROUTES, **recovery.SCHEMAS)
     table.add(app, event_types.ROUTES, **event_types.SCHEMAS)
     app[ROUTES] = table
+    add_console(app)
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(stream.hub_context)
+    app.on_shutdown.append(stream.close_streams)
     return app
 
 
