@@ -277,3 +277,19 @@ END $$;
 -- planner scans the whole table for every page's diff instead of probing the key.
 -- ---------------------------------------------------------------------------------------------
 ALTER TABLE snapshots SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 500);
+
+-- ---------------------------------------------------------------------------------------------
+-- Account warnings (relay/account_warnings.py): upstream objects set aside because they could
+-- not be used at all (not an object, no id, a watched or ordering field of an impossible type),
+-- one row per account and kind, shown as the account's `warnings`. Counts only grow; a kind
+-- whose `last_seen` is old has stopped happening.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS account_warnings (
+    account_id text NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    kind text NOT NULL,                       -- not_an_object, missing_id, unusable_field
+    count bigint NOT NULL,
+    first_seen timestamptz NOT NULL DEFAULT now(),
+    last_seen timestamptz NOT NULL DEFAULT now(),
+    example text NOT NULL,                    -- the latest reason: where, and what was wrong
+    PRIMARY KEY (account_id, kind)
+);

@@ -6,10 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import accounts
+from relay import account_warnings, accounts
 from relay.api.keys import POOL, REDIS, VAULT
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, Boolean, String, Url
+from relay.sources.models import SET_ASIDE_KINDS
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
@@ -49,6 +50,33 @@ ACCOUNT_SCHEMA: dict[str, Any] = {
         },
         "poll_requested_at": _TIME,
         "created_at": {"type": "string", "format": "date-time"},
+        "warnings": {
+            "type": "array",
+            "description": "Upstream objects the account's polls had to set aside because they "
+            "could not be used at all, one entry per kind. Their page, scan and account go on; "
+            "a scan that set an object aside deletes nothing. Counts only grow: a kind whose "
+            "`last_seen` is old has stopped happening.",
+            "items": {
+                "type": "object",
+                "required": ["kind", "count", "first_seen", "last_seen", "example"],
+                "properties": {
+                    "kind": {
+                        "type": "string",
+                        "enum": list(SET_ASIDE_KINDS),
+                        "description": "not_an_object, missing_id (no usable id) or "
+                        "unusable_field (a watched or ordering field of an impossible type)",
+                    },
+                    "count": {"type": "integer", "minimum": 1},
+                    "first_seen": {"type": "string", "format": "date-time"},
+                    "last_seen": {"type": "string", "format": "date-time"},
+                    "example": {
+                        "type": "string",
+                        "description": "the latest reason: endpoint, position, id and the "
+                        "field's problem (never a value or a secret)",
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -70,6 +98,12 @@ CREATE_BODY = Body(
 UPDATE_BODY = Body({"name": _NAME, "base_url": _BASE_URL, "api_token": _TOKEN})
 
 
+async def _shown(request: web.Request, items: list[accounts.Account]) -> list[dict[str, Any]]:
+    """The accounts as the API shows them, each with its `warnings`."""
+    found = await account_warnings.warnings_of(request.app[POOL], [a.id for a in items])
+    return [{**a.public(), "warnings": found[a.id]} for a in items]
+
+
 async def create_account(request: web.Request, inp: Input) -> web.Response:
     account = await accounts.create_account(
         request.app[POOL],
@@ -80,26 +114,26 @@ async def create_account(request: web.Request, inp: Input) -> web.Response:
         api_token=inp.body["api_token"],
         backfill=inp.body.get("backfill", False),
     )
-    return json_response(account.public(), status=201)
+    return json_response({**account.public(), "warnings": []}, status=201)
 
 
 async def list_accounts(request: web.Request, inp: Input) -> web.Response:
     items, next_cursor = await accounts.list_accounts(
         request.app[POOL], limit=inp.query["limit"], cursor=inp.query["cursor"]
     )
-    return page_response([a.public() for a in items], next_cursor)
+    return page_response(await _shown(request, items), next_cursor)
 
 
 async def get_account(request: web.Request, inp: Input) -> web.Response:
     account = await accounts.get_account(request.app[POOL], inp.path["id"])
-    return json_response(account.public())
+    return json_response((await _shown(request, [account]))[0])
 
 
 async def update_account(request: web.Request, inp: Input) -> web.Response:
     account = await accounts.update_account(
         request.app[POOL], request.app[VAULT], inp.path["id"], **inp.body
     )
-    return json_response(account.public())
+    return json_response((await _shown(request, [account]))[0])
 
 
 async def delete_account(request: web.Request, inp: Input) -> web.Response:
@@ -147,6 +181,7 @@ ROUTES = [
         "accounts",
         {200: "Account"},
         path_kind="account",
+        description="`warnings` lists the upstream objects its polls had to set aside, by kind.",
     ),
     Route(
         "PATCH",

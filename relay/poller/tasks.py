@@ -62,7 +62,15 @@ class PollTasks:
                 case TaskKind.HOT:
                     return await self._hot(client, account, task, emit)
                 case TaskKind.CONNECTIONS:
-                    objects = [await client.connections(cid)]
+                    unusable = client.set_aside.counts.total()
+                    try:
+                        objects = [await client.connections(cid)]
+                    except UpstreamProtocolError:
+                        if client.set_aside.counts.total() == unusable:
+                            raise  # not an odd object but a broken answer: retry later
+                        # An object that cannot be used is set aside, never a blind account:
+                        # the run counts (the baseline goes on), nothing is stored from it.
+                        return _Run()
                     return _Run(await self._diff(account, "connection", objects, cid, emit))
                 case TaskKind.SUPPLIERS | TaskKind.EXPENSE_REPORTS:
                     path, object_type, fetch = (
@@ -108,10 +116,13 @@ class PollTasks:
         return len(result.created) + len(result.changed)
 
     async def _clients(self, client: DextClient, account: accounts.Account, emit: bool) -> _Run:
+        unusable = client.set_aside.counts.total()
         items, complete = await _pages(account.id, "/clients", client.clients)
         changed = await self._diff(account, "client", items, None, emit)
         ids = [str(item["id"]) for item in items]
-        await ensure_tasks(self.pool, account.id, ids, self.clock(), self.policy, prune=complete)
+        # A client set aside is still there: only a list read whole and clean prunes tasks.
+        prune = complete and client.set_aside.counts.total() == unusable
+        await ensure_tasks(self.pool, account.id, ids, self.clock(), self.policy, prune=prune)
         return _Run(changed)
 
     async def _scan(
@@ -142,6 +153,13 @@ class PollTasks:
                 _page_skipped(account.id, f"/{ws}", page_no, exc)
                 async with _connection(self.pool) as conn:
                     await snapshots.mark_scan_partial(conn, scan_id, f"{ws} page {page_no}: {exc}")
+            if page is not None and page.set_aside:
+                # Its usable objects are stored, but the scan cannot vouch for what it did not
+                # see: it deletes nothing.
+                async with _connection(self.pool) as conn:
+                    await snapshots.mark_scan_partial(
+                        conn, scan_id, f"{ws} page {page_no}: {len(page.set_aside)} set aside"
+                    )
             if page is not None:
                 changed += await self._diff(
                     account,

@@ -19,6 +19,7 @@ from relay.rules import (
     canonical,
     changed_event_types,
     event_type_for,
+    same_content,
 )
 from relay.snapshots.hashing import _object_id, content_hash, summary_hash
 from relay.snapshots.scans import record_scan_page
@@ -341,7 +342,7 @@ async def diff_objects(
             if n in created or was_deleted:
                 result.created.append(ids[n])
                 fired.append((n, [created_type] if created_type else [], {}))
-            elif canonical(object_type, before) == canonical(object_type, after):
+            elif same_content(object_type, before, after):
                 continue  # only the stored hash was stale: refreshed, nothing changed
             else:
                 result.changed.append(ids[n])
