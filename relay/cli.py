@@ -60,6 +60,8 @@ def _cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
         rate_limit=args.rate_limit,
         speed=args.speed,
         provider=args.provider,
+        drift=args.drift,
+        drift_rate=args.drift_rate,
     )
     run_sandbox(options)
     return 0
@@ -97,6 +99,25 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _drift(text: str) -> frozenset[str]:
+    from relay.sandbox.drift import parse_drift
+
+    try:
+        return parse_drift(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
     return value
 
 
@@ -154,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dext", "invoicext"],
         default="dext",
         help="which upstream to simulate (default dext)",
+    )
+    p.add_argument(
+        "--drift",
+        type=_drift,
+        default=frozenset(),
+        metavar="KINDS",
+        help="make answers drift as the contract allows: all, or some of retype (unwatched "
+        "fields retyped, nulled or removed; decimal-string quantities), unknown (unknown "
+        "fields come and go), respell (watched numbers re-spelled, keys reordered), enums "
+        "(new values of unwatched enums), unusable (lists gain objects no one can use), "
+        "comma-separated (default none)",
+    )
+    p.add_argument(
+        "--drift-rate",
+        type=_fraction,
+        default=0.3,
+        help="how often each drift touches an object, 0 to 1 (default 0.3)",
     )
     p.set_defaults(func=_cmd_sandbox)
 
