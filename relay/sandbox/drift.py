@@ -237,12 +237,15 @@ class Drift:
             return f"<unusable {self._serial}>"
         if choice == 1:
             return {"name": "no id here", "status": "ready", "x_drift_serial": self._serial}
+        # One field each list depends on, of an impossible type: a document's or report's
+        # `status`, a client's `health_score`, a supplier's `name` (all its fields are watched).
         return {
             "id": f"x_unusable_{self._serial}",
             "status": ["ready"],
             "created_at": "2026-04-14T09:00:00Z",
             "health_score": {"not": "a number"},
             "alert_level": ["none"],
+            "name": ["not", "a", "name"],
         }
 
 
