@@ -108,6 +108,9 @@ DOCUMENTED_FIELDS: dict[str, frozenset[str]] = {
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
+_NUMBER_START = frozenset("-0123456789")
+
+
 def _number_text(number: Decimal) -> str:
     if number.is_zero():
         return "0"
@@ -122,24 +125,26 @@ def normalized(value: Any) -> Any:
     Upstreams re-spell values without changing them (relay.md, "Reading upstreams"); what a
     diff compares and hashes goes through this, so a re-spelling is neither an event nor a
     snapshot rewrite. Dict key order does not matter here either (dicts compare unordered and
-    the content hash sorts keys)."""
-    if isinstance(value, dict):
-        return {key: normalized(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [normalized(item) for item in value]
-    if isinstance(value, bool) or value is None:
+    the content hash sorts keys). It runs for every new or changed object a diff sees, so the
+    common cases (text, objects) are tested first, by exact type."""
+    kind = type(value)
+    if kind is str:
+        if value and value[0] in _NUMBER_START and len(value) < 64 and _DECIMAL.fullmatch(value):
+            return _number_text(Decimal(value))
         return value
-    if isinstance(value, int):
+    if kind is dict:
+        return {key: normalized(item) for key, item in value.items()}
+    if kind is list:
+        return [normalized(item) for item in value]
+    if kind is int:
         return str(value)
-    if isinstance(value, float):
+    if kind is float:
         try:
             number = Decimal(repr(value))
         except InvalidOperation:
             return value
         return _number_text(number) if number.is_finite() else value
-    if isinstance(value, str) and len(value) < 64 and _DECIMAL.fullmatch(value):
-        return _number_text(Decimal(value))
-    return value
+    return value  # None, bool, and whatever else JSON decoding may produce
 
 
 @dataclass(frozen=True)
