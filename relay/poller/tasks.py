@@ -197,6 +197,10 @@ class PollTasks:
                 alive.append(await _detail(client, workspaces.get(object_id, "costs"), object_id))
             except UpstreamNotFound:
                 gone.append(object_id)
+            except UpstreamProtocolError as exc:
+                # It answered, so it is there, even if it cannot be read: not gone, and the
+                # other candidates are still settled.
+                _page_skipped(account.id, "/{workspace}/{id}", 0, exc)
         changed = await self._diff(account, "document", alive, cid, emit) if alive else 0
         async with _connection(self.pool) as conn:
             outcome = await snapshots.finish_complete_scan(
