@@ -1,6 +1,7 @@
 """Freshness: how soon polling detects each upstream change, against a naive full-scan poller.
 
-Run from the repo root: `.venv/bin/python bench/freshness.py [--speed 40] [--minutes 60]`.
+Run from the repo root: `.venv/bin/python bench/freshness.py [--speed 40] [--minutes 60]
+[--drift all]` (`--drift`: the sandbox answers drift as the contract allows, see README).
 
 Each strategy gets its own in-process sandbox with the same seed (50 clients x 2,000 items,
 the simulation's realistic change stream, 60 requests per simulated minute), its own database
@@ -50,6 +51,7 @@ from relay.http import create_client_session
 from relay.logs import configure_logging
 from relay.poller import Poller
 from relay.ratelimit import RateLimiter
+from relay.sandbox.drift import parse_drift
 from relay.sandbox.server import SANDBOX, Sandbox, SandboxOptions, create_sandbox_app
 from relay.scheduling import Policy
 from relay.settings import Settings
@@ -187,7 +189,7 @@ async def run_strategy(name: str, args: argparse.Namespace, base: Settings) -> d
     speed = args.speed
     options = SandboxOptions(
         seed=args.seed, clients=args.clients, items=args.items, rate_limit=60, speed=speed,
-        simulate=False, port=0,
+        simulate=False, port=0, drift=parse_drift(args.drift),
     )  # fmt: skip
     app = create_sandbox_app(options)
     runner = web.AppRunner(app, access_log=None)
@@ -469,4 +471,7 @@ if __name__ == "__main__":
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--strategies", default="scheduler,naive")
+    parser.add_argument(
+        "--drift", default="none", help="the sandbox's drift switches: all, none or a list (none)"
+    )
     asyncio.run(main(parser.parse_args()))

@@ -86,7 +86,7 @@ def _cmd_receiver(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from relay.demo import run_demo
 
-    return run_demo(settings, minutes=args.minutes)
+    return run_demo(settings, minutes=args.minutes, drift=args.drift)
 
 
 def _cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
@@ -222,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="stop after this many minutes (default: run until Ctrl-C)",
+    )
+    p.add_argument(
+        "--drift",
+        type=_drift,
+        default=frozenset(),
+        metavar="KINDS",
+        help="let the sandbox's answers drift as the contract allows (see `relay sandbox "
+        "--help`): all, or some of retype,unknown,respell,enums,unusable (default none)",
     )
     p.set_defaults(func=_cmd_demo)
 
