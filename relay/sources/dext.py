@@ -330,8 +330,8 @@ class DextClient:
     ) -> SetAside | None:
         """None when `item` passes `check`; else the SetAside it becomes (and is counted as).
 
-        The reason names where the object was and the first problem, never a value: upstream
-        text can hold anything, and the reason is shown on the account."""
+        The reason names where the object was, its id and the first problem, never another
+        value: upstream text can hold anything, and the reason is shown on the account."""
         problem = check(item)
         if problem is None:
             return None

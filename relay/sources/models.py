@@ -29,7 +29,7 @@ SET_ASIDE_KINDS = ("not_an_object", "missing_id", "unusable_field")
 @dataclass(frozen=True)
 class SetAside:
     """One upstream object that could not be used at all; `reason` names the endpoint, the
-    position, the id when there is one and the first problem, never a value."""
+    position, the id when there is one and the first problem, never another value."""
 
     kind: str
     reason: str
