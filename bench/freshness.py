@@ -51,6 +51,7 @@ from relay.http import create_client_session
 from relay.logs import configure_logging
 from relay.poller import Poller
 from relay.ratelimit import RateLimiter
+from relay.rules import normalized
 from relay.sandbox.drift import parse_drift
 from relay.sandbox.server import SANDBOX, Sandbox, SandboxOptions, create_sandbox_app
 from relay.scheduling import Policy
@@ -351,7 +352,10 @@ def score(
                 at
                 for at in pending
                 if at <= born
-                and all(shown.get(k) == v for k, v in after.get((key[0], at), {}).items())
+                and all(
+                    _meaning(shown.get(k)) == _meaning(v)
+                    for k, v in after.get((key[0], at), {}).items()
+                )
             ]
             latencies[key[1]].extend((born - at) / 60.0 for at in absorbed)
             pending = [at for at in pending if at not in absorbed]
@@ -376,6 +380,20 @@ def score(
         "throttled": throttled,
         "max_window": max_window,
     }
+
+
+def _meaning(value: Any) -> Any:
+    """A value as the contract means it, so `--drift` answers compare with the change log:
+    spelling normalized, unknown `x_drift_...` keys and the drifting enum `software` left out."""
+    if isinstance(value, dict):
+        return {
+            k: _meaning(v)
+            for k, v in value.items()
+            if not k.startswith("x_drift") and k != "software"
+        }
+    if isinstance(value, list):
+        return [_meaning(v) for v in value]
+    return normalized(value)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -283,6 +283,15 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "created_at",
 )
 
+# The summary fields a rule watches: a summary whose only differences from the stored item are
+# elsewhere (a retyped `total_amount`, a new `source` value) is not worth a detail fetch from the
+# rate-limited upstream; the next sweep of full items stores what changed.
+WATCHED_SUMMARY_FIELDS: tuple[str, ...] = tuple(
+    name
+    for name in SUMMARY_FIELDS
+    if any(name in rule.fields for rule in RULES if rule.object_type == "document")
+)
+
 _VOLATILE_PATHS = {kind: [p.split(".") for p in paths] for kind, paths in VOLATILE_FIELDS.items()}
 
 

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from relay.rules import changed_event_types, normalized
-from relay.snapshots import content_hash
+from relay.snapshots import changed_summary_ids, content_hash
 from tests.test_snapshots_objects import (
     CLIENT,
     client,
@@ -17,6 +17,7 @@ from tests.test_snapshots_objects import (
     make_account,
     snapshot_versions,
     stored_events,
+    summary,
     supplier,
 )
 
@@ -97,3 +98,21 @@ def test_unknown_fields_inside_watched_objects_are_no_change() -> None:
     fired, previous = changed_event_types("document", before, after)
     assert fired == []
     assert set(previous) == {"supplier", "tax_rate"}  # it did change, just not what we watch
+
+
+async def test_a_summary_that_differs_only_in_unwatched_fields_fetches_no_detail(
+    pool: asyncpg.Pool,
+) -> None:
+    account = await make_account(pool)
+    await diff(pool, account, "document", [cost("d1"), cost("d2"), cost("d3")], emit=False)
+    drifted = {**summary(cost("d1")), "total_amount": 120.0, "source": "whatsapp", "x_new": 1}
+    respelled = {**summary(cost("d2")), "category_code": "400", "x_new": 2}
+    moved = {**summary(cost("d3")), "total_amount": None, "status": "ready"}
+    async with pool.acquire() as conn:
+        ids = await changed_summary_ids(
+            conn,
+            account_id=account,
+            client_id=CLIENT,
+            summaries=[drifted, respelled, moved, summary(cost("d4"))],
+        )
+    assert ids == ["d3", "d4"]  # a watched change, and a new item

@@ -34,6 +34,7 @@ _HISTORY = st.lists(
     max_examples=8,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
