@@ -355,6 +355,7 @@ def score(
                 and all(
                     _meaning(shown.get(k)) == _meaning(v)
                     for k, v in after.get((key[0], at), {}).items()
+                    if k in _ABOUT.get(key[1], (k,))
                 )
             ]
             latencies[key[1]].extend((born - at) / 60.0 for at in absorbed)
@@ -380,6 +381,24 @@ def score(
         "throttled": throttled,
         "max_window": max_window,
     }
+
+
+# The fields each document event type is about: a created object absorbs a change of that type
+# when it shows those fields' new values (unwatched fields that changed with them, which
+# `--drift retype` may null or retype in the answer, do not decide it).
+_ABOUT: dict[str, tuple[str, ...]] = {
+    "document.categorized": (
+        "category",
+        "category_code",
+        "supplier",
+        "customer",
+        "supplier_name",
+        "tax_rate",
+    ),
+    "document.status_changed": ("status",),
+    "document.approval_changed": ("approval", "approval_status"),
+    "document.sync_status_changed": ("publish", "publish_status", "integration"),
+}
 
 
 def _meaning(value: Any) -> Any:
