@@ -333,9 +333,16 @@ def previous_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict
 
 
 def same_content(object_type: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
-    """True when two versions differ at most in volatile fields, spelling and key order."""
-    return bool(
-        normalized(canonical(object_type, before)) == normalized(canonical(object_type, after))
+    """True when two versions differ at most in volatile fields, spelling and key order.
+
+    Field by field, normalizing only the fields whose raw values differ, and stopping at the
+    first real difference: a diff asks this of every object it rewrote, nearly all of which
+    really changed in a field or two."""
+    old, new = canonical(object_type, before), canonical(object_type, after)
+    if old.keys() != new.keys():
+        return False
+    return all(
+        value == new[key] or normalized(value) == normalized(new[key]) for key, value in old.items()
     )
 
 
