@@ -368,3 +368,18 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS console_sessions_expiry ON console_sessions (expires_at);
+
+-- Account warnings (relay/account_warnings.py): upstream objects set aside because they could
+-- not be used at all (not an object, no id, a watched or ordering field of an impossible type),
+-- one row per account and kind, shown as the account's `warnings`. Counts only grow; a kind
+-- whose `last_seen` is old has stopped happening.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS account_warnings (
+    account_id text NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    kind text NOT NULL,                       -- not_an_object, missing_id, unusable_field
+    count bigint NOT NULL,
+    first_seen timestamptz NOT NULL DEFAULT now(),
+    last_seen timestamptz NOT NULL DEFAULT now(),
+    example text NOT NULL,                    -- the latest reason: where, and what was wrong
+    PRIMARY KEY (account_id, kind)
+);

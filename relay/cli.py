@@ -103,6 +103,8 @@ def _cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
         rate_limit=args.rate_limit,
         speed=args.speed,
         provider=args.provider,
+        drift=args.drift,
+        drift_rate=args.drift_rate,
     )
     run_sandbox(options)
     return 0
@@ -127,7 +129,7 @@ def _cmd_receiver(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from relay.demo import run_demo
 
-    return run_demo(settings, minutes=args.minutes)
+    return run_demo(settings, minutes=args.minutes, drift=args.drift)
 
 
 def _cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
@@ -161,6 +163,25 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, not {text}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _drift(text: str) -> frozenset[str]:
+    from relay.sandbox.drift import parse_drift
+
+    try:
+        return parse_drift(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
     return value
 
 
@@ -235,6 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="dext",
         help="which upstream to simulate (default dext)",
     )
+    p.add_argument(
+        "--drift",
+        type=_drift,
+        default=frozenset(),
+        metavar="KINDS",
+        help="make answers drift as the contract allows: all, or some of retype (unwatched "
+        "fields retyped, nulled or removed; decimal-string quantities), unknown (unknown "
+        "fields come and go), respell (watched numbers re-spelled, keys reordered), enums "
+        "(new values of unwatched enums), unusable (lists gain objects no one can use), "
+        "comma-separated (default none)",
+    )
+    p.add_argument(
+        "--drift-rate",
+        type=_fraction,
+        default=0.3,
+        help="how often each drift touches an object, 0 to 1 (default 0.3)",
+    )
     p.set_defaults(func=_cmd_sandbox)
 
     p = sub.add_parser("receiver", help="a development webhook endpoint that verifies and prints")
@@ -264,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="stop after this many minutes (default: run until Ctrl-C)",
+    )
+    p.add_argument(
+        "--drift",
+        type=_drift,
+        default=frozenset(),
+        metavar="KINDS",
+        help="let the sandbox's answers drift as the contract allows (see `relay sandbox "
+        "--help`): all, or some of retype,unknown,respell,enums,unusable (default none)",
     )
     p.set_defaults(func=_cmd_demo)
 

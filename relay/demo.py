@@ -57,9 +57,10 @@ def _say(text: str) -> None:
 class Demo:
     """Starts the children, registers the account and subscription, and cleans up after."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, drift: frozenset[str] = frozenset()) -> None:
         DEMO_DIR.mkdir(exist_ok=True)
         self.settings = settings
+        self.drift = drift  # the sandbox's drift switches (relay.sandbox.drift)
         self.secret_key = ",".join(settings.secret_keys) or _demo_secret_key()
         self.admin_token = settings.admin_token or secrets.token_urlsafe(24)
         self.ports = {name: _free_port() for name in ("api", "sandbox", "receiver")}
@@ -129,6 +130,8 @@ class Demo:
                 "5",
                 "--items",
                 "200",
+                "--drift",
+                ",".join(sorted(self.drift)) or "none",
             )
             await self._spawn("api", "api", "--port", str(self.ports["api"]))
             await self._spawn("worker", "worker")
@@ -209,8 +212,8 @@ Ctrl-C stops everything.
                 await child.process.wait()
 
 
-async def _main(settings: Settings, minutes: float) -> int:
-    demo = Demo(settings)
+async def _main(settings: Settings, minutes: float, drift: frozenset[str]) -> int:
+    demo = Demo(settings, drift)
     try:
         return await demo.run(minutes)
     except RuntimeError as exc:
@@ -220,6 +223,9 @@ async def _main(settings: Settings, minutes: float) -> int:
         await demo.stop()
 
 
-def run_demo(settings: Settings, *, minutes: float = 0.0) -> int:
-    """Run the demo until Ctrl-C (or for `minutes`), then stop every child process."""
-    return asyncio.run(_main(settings, minutes))
+def run_demo(
+    settings: Settings, *, minutes: float = 0.0, drift: frozenset[str] = frozenset()
+) -> int:
+    """Run the demo until Ctrl-C (or for `minutes`), then stop every child process; `drift`
+    switches the sandbox's drift on (`relay sandbox --drift`)."""
+    return asyncio.run(_main(settings, minutes, drift))

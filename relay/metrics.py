@@ -18,6 +18,7 @@ Redis key layout (hash fields are JSON arrays of label values, in the order show
     relay:metrics:upstream         [account_id, endpoint, status_class]  -> count
     relay:metrics:throttled        [account_id]                          -> count of 429s
     relay:metrics:upstream_events  [account_id, kind]                    -> count
+    relay:metrics:set_aside        [account_id, kind]                    -> count of objects
     relay:metrics:attempts         [outcome]                             -> count
     relay:metrics:attempt_seconds  [le] per bucket (not cumulative), ["sum"] -> count / seconds
     relay:metrics:recoveries       [kind]                                -> count
@@ -65,6 +66,7 @@ POLLS_KEY = _PREFIX + "polls"
 UPSTREAM_KEY = _PREFIX + "upstream"
 THROTTLED_KEY = _PREFIX + "throttled"
 UPSTREAM_EVENTS_KEY = _PREFIX + "upstream_events"
+SET_ASIDE_KEY = _PREFIX + "set_aside"
 ATTEMPTS_KEY = _PREFIX + "attempts"
 LATENCY_KEY = _PREFIX + "attempt_seconds"
 RECOVERIES_KEY = _PREFIX + "recoveries"
@@ -74,6 +76,7 @@ WORKER_KEYS = (
     UPSTREAM_KEY,
     THROTTLED_KEY,
     UPSTREAM_EVENTS_KEY,
+    SET_ASIDE_KEY,
     ATTEMPTS_KEY,
     LATENCY_KEY,
     RECOVERIES_KEY,
@@ -164,6 +167,8 @@ class WorkerMetrics:
         for kind, n in upstream.events.items():
             if kind != "throttled":  # every 429 is already in the throttled counter
                 self._ints[(UPSTREAM_EVENTS_KEY, _field(account_id, kind))] += n
+        for kind, n in upstream.set_aside.items():
+            self._ints[(SET_ASIDE_KEY, _field(account_id, kind))] += n
 
     async def flush(self) -> bool:
         """Add everything counted so far to Redis in one transaction; False (deltas kept for the
@@ -290,6 +295,13 @@ async def worker_families(redis: aioredis.Redis) -> list[Metric]:
             "protocol_error)",
             ["account_id", "kind"],
             raw[UPSTREAM_EVENTS_KEY],
+        ),
+        _counter(
+            "relay_upstream_objects_set_aside_total",
+            "Upstream objects set aside as unusable, per account and kind (not_an_object, "
+            "missing_id, unusable_field)",
+            ["account_id", "kind"],
+            raw[SET_ASIDE_KEY],
         ),
         _counter(
             "relay_delivery_attempts_total",

@@ -2,14 +2,149 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 Trigger = Literal["created", "changed", "deleted"]
 
-# A rule watching ANY_FIELD fires when any top-level field other than `id` changed.
+# A rule watching ANY_FIELD fires when any top-level field the upstream contract documents for
+# its object type (DOCUMENTED_FIELDS), other than `id`, changed. Unknown fields never count:
+# upstreams add them to some responses and not to others.
 ANY_FIELD = "*"
+
+# The top-level fields dext-api.md documents, per object type.
+DOCUMENTED_FIELDS: dict[str, frozenset[str]] = {
+    "client": frozenset(
+        (
+            "id",
+            "name",
+            "practice_code",
+            "organisation_type",
+            "health_score",
+            "alert_level",
+            "bank_reconciliation_gap",
+            "debtor_days",
+            "last_sync_at",
+        )
+    ),
+    "connection": frozenset(
+        (
+            "main",
+            "additional",
+            "default_publishing_integration",
+            "default_expense_claims_integration",
+        )
+    ),
+    "document": frozenset(
+        (
+            "id",
+            "client_id",
+            "workspace",
+            "type",
+            "source",
+            "status",
+            "supplier_name",
+            "category_code",
+            "total_amount",
+            "currency",
+            "date",
+            "integration",
+            "publish_status",
+            "approval_status",
+            "created_at",
+            "supplier",
+            "customer",
+            "category",
+            "tax_rate",
+            "invoice_number",
+            "due_date",
+            "net_amount",
+            "tax_amount",
+            "paid",
+            "payment_method",
+            "description",
+            "project",
+            "line_items",
+            "publish",
+            "approval",
+        )
+    ),
+    "supplier": frozenset(
+        (
+            "id",
+            "name",
+            "type",
+            "tax_number",
+            "default_category_code",
+            "default_tax_code",
+            "auto_publish",
+            "integration",
+            "email",
+        )
+    ),
+    "expense_report": frozenset(
+        (
+            "id",
+            "client_id",
+            "title",
+            "submitter",
+            "status",
+            "total_amount",
+            "currency",
+            "item_ids",
+            "mileage_claims",
+            "submitted_at",
+            "approver",
+            "decided_at",
+        )
+    ),
+}
+
+# A string that spells a number: `"74"`, `"-1332.50"`, `"0.5"`; not `"0400"` (a leading zero
+# marks a code, which is text), not `"1e3"` or `" 7"` (no upstream spells numbers so).
+_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
+_NUMBER_START = frozenset("-0123456789")
+
+
+def _number_text(number: Decimal) -> str:
+    if number.is_zero():
+        return "0"
+    return format(number.normalize(), "f")
+
+
+def normalized(value: Any) -> Any:
+    """`value` as compared for change: numbers and decimal strings as one canonical decimal
+    text (`74`, `74.0` and `"74"` are `"74"`; `"1332.0"` and `"1332.00"` are `"1332"`), objects
+    and lists normalized inside; every other value as it is.
+
+    Upstreams re-spell values without changing them (relay.md, "Reading upstreams"); what a
+    diff compares and hashes goes through this, so a re-spelling is neither an event nor a
+    snapshot rewrite. Dict key order does not matter here either (dicts compare unordered and
+    the content hash sorts keys). It runs for every new or changed object a diff sees, so the
+    common cases (text, objects) are tested first, by exact type."""
+    kind = type(value)
+    if kind is str:
+        if value and value[0] in _NUMBER_START and len(value) < 64 and _DECIMAL.fullmatch(value):
+            return _number_text(Decimal(value))
+        return value
+    if kind is dict:
+        return {key: normalized(item) for key, item in value.items()}
+    if kind is list:
+        return [normalized(item) for item in value]
+    if kind is int:
+        return str(value)
+    if kind is float:
+        try:
+            number = Decimal(repr(value))
+        except InvalidOperation:
+            return value
+        return _number_text(number) if number.is_finite() else value
+    return value  # None, bool, and whatever else JSON decoding may produce
 
 
 @dataclass(frozen=True)
@@ -38,10 +173,13 @@ class Rule:
         """True when a watched field differs; `changed` is the top-level `previous` mapping."""
         if self.trigger != "changed":
             return False
-        if ANY_FIELD in self.fields and any(key != "id" for key in changed):
-            return True
+        if ANY_FIELD in self.fields:
+            documented = DOCUMENTED_FIELDS.get(self.object_type, frozenset())
+            if any(key != "id" and key in documented for key in changed):
+                return True
         return any(
-            path[0].removesuffix("[]") in changed and lookup(before, path) != lookup(after, path)
+            path[0].removesuffix("[]") in changed
+            and normalized(lookup(before, path)) != normalized(lookup(after, path))
             for path in self._paths
         )
 
@@ -71,10 +209,16 @@ RULES: tuple[Rule, ...] = (
         (
             "category.code",
             "category_code",
-            "supplier",
-            "customer",  # sales items name their counterparty `customer`
+            # Objects are watched by their documented sub-fields: an unknown one inside them
+            # comes and goes without a change.
+            "supplier.id",
+            "supplier.name",
+            "customer.id",  # sales items name their counterparty `customer`
+            "customer.name",
             "supplier_name",
-            "tax_rate",
+            "tax_rate.code",
+            "tax_rate.name",
+            "tax_rate.rate",
         ),
     ),
     Rule("document", "document.status_changed", "changed", ("status",)),
@@ -139,6 +283,15 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "created_at",
 )
 
+# The summary fields a rule watches: a summary whose only differences from the stored item are
+# elsewhere (a retyped `total_amount`, a new `source` value) is not worth a detail fetch from the
+# rate-limited upstream; the next sweep of full items stores what changed.
+WATCHED_SUMMARY_FIELDS: tuple[str, ...] = tuple(
+    name
+    for name in SUMMARY_FIELDS
+    if any(name in rule.fields for rule in RULES if rule.object_type == "document")
+)
+
 _VOLATILE_PATHS = {kind: [p.split(".") for p in paths] for kind, paths in VOLATILE_FIELDS.items()}
 
 
@@ -168,13 +321,29 @@ def canonical(object_type: str, obj: Mapping[str, Any]) -> Any:
 
 
 def previous_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """Every top-level field whose value differs, with its whole old value (absent: None)."""
+    """Every top-level field whose value differs, with its whole old value (absent: None); a
+    field that only changed its spelling (see `normalized`) did not change."""
     keys = [*before, *(key for key in after if key not in before)]
     return {
         key: before.get(key)
         for key in keys
-        if before.get(key, _MISSING) != after.get(key, _MISSING)
+        if (old := before.get(key, _MISSING)) != (new := after.get(key, _MISSING))
+        and (old is _MISSING or new is _MISSING or normalized(old) != normalized(new))
     }
+
+
+def same_content(object_type: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """True when two versions differ at most in volatile fields, spelling and key order.
+
+    Field by field, normalizing only the fields whose raw values differ, and stopping at the
+    first real difference: a diff asks this of every object it rewrote, nearly all of which
+    really changed in a field or two."""
+    old, new = canonical(object_type, before), canonical(object_type, after)
+    if old.keys() != new.keys():
+        return False
+    return all(
+        value == new[key] or normalized(value) == normalized(new[key]) for key, value in old.items()
+    )
 
 
 def changed_event_types(

@@ -6,12 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import accounts
+from relay import account_warnings, accounts
 from relay.api.keys import POOL, REDIS, SETTINGS, VAULT
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, Boolean, String, Url
 from relay.poller.progress import baseline_progress
 from relay.scheduling import Policy
+from relay.sources.models import SET_ASIDE_KINDS
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
@@ -95,6 +96,33 @@ ACCOUNT_SCHEMA: dict[str, Any] = {
         "poll_requested_at": _TIME,
         "created_at": {"type": "string", "format": "date-time"},
         "baseline": BASELINE_SCHEMA,
+        "warnings": {
+            "type": "array",
+            "description": "Upstream objects the account's polls had to set aside because they "
+            "could not be used at all, one entry per kind. Their page, scan and account go on; "
+            "a scan that set an object aside deletes nothing. Counts only grow: a kind whose "
+            "`last_seen` is old has stopped happening.",
+            "items": {
+                "type": "object",
+                "required": ["kind", "count", "first_seen", "last_seen", "example"],
+                "properties": {
+                    "kind": {
+                        "type": "string",
+                        "enum": list(SET_ASIDE_KINDS),
+                        "description": "not_an_object, missing_id (no usable id) or "
+                        "unusable_field (a watched or ordering field of an impossible type)",
+                    },
+                    "count": {"type": "integer", "minimum": 1},
+                    "first_seen": {"type": "string", "format": "date-time"},
+                    "last_seen": {"type": "string", "format": "date-time"},
+                    "example": {
+                        "type": "string",
+                        "description": "the latest reason: endpoint, position, id and the "
+                        "field's problem (never a value or a secret)",
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -118,12 +146,19 @@ UPDATE_BODY = Body({"name": _NAME, "base_url": _BASE_URL, "api_token": _TOKEN})
 
 
 async def _resources(request: web.Request, items: list[accounts.Account]) -> list[dict[str, Any]]:
-    """The accounts as the API shows them: their public fields and their baseline progress."""
+    """The accounts as the API shows them: their public fields, their baseline progress and
+    their `warnings`."""
     speed = request.app[SETTINGS].upstream_speed
     policy = Policy().scaled(speed) if speed != 1.0 else Policy()
     progress = await baseline_progress(request.app[POOL], items, policy)
+    found = await account_warnings.warnings_of(request.app[POOL], [a.id for a in items])
     return [
-        {**a.public(), "baseline": p.public() if (p := progress.get(a.id)) else None} for a in items
+        {
+            **a.public(),
+            "baseline": p.public() if (p := progress.get(a.id)) else None,
+            "warnings": found[a.id],
+        }
+        for a in items
     ]
 
 
@@ -209,7 +244,8 @@ ROUTES = [
         {200: "Account"},
         path_kind="account",
         description="While the account, or a client that appeared after its baseline, is "
-        "baselining, `baseline` shows how far it is and an estimate of the time left.",
+        "baselining, `baseline` shows how far it is and an estimate of the time left. "
+        "`warnings` lists the upstream objects its polls had to set aside, by kind.",
     ),
     Route(
         "PATCH",

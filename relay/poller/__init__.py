@@ -25,7 +25,10 @@ task kind does (the module docstring of `relay.scheduling` says how often):
 
 Errors: `invalid_token` marks the account broken and stores one `account.auth_failed`; the
 next successful pass stores `account.recovered`. A malformed page is logged and skipped (the
-scan becomes partial); an upstream outage ends the pass and leaves the task due.
+scan becomes partial); an object on a page that cannot be used is set aside by the connector
+(the page goes on, a scan with one deletes nothing, a client list with one prunes nothing) and
+the run's set-asides become the account's `warnings` (`relay.account_warnings`); an upstream
+outage ends the pass and leaves the task due.
 
 The package: `runner` (the `Poller`, its run loop under the lease, and the account's pass and
 auth bookkeeping), `tasks` (what each task kind does), `pages` (reading upstream lists page

@@ -18,7 +18,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from relay import accounts
+from relay import account_warnings, accounts
 from relay.errors import NotFound, UpstreamAuthError, UpstreamError
 from relay.events import insert_event
 from relay.poller.pages import _connection
@@ -239,6 +239,9 @@ class Poller(PollTasks):
             log.warning("poll_failed", account_id=account_id, error=str(exc), status=exc.status)
             await accounts.record_poll_error(self.pool, account_id, str(exc))
         finally:
+            set_aside = client.set_aside.drain()
+            metrics.set_aside.update(set_aside.counts)
+            await account_warnings.record_set_aside(self.pool, account_id, set_aside)
             report.requests = _requests(metrics)
             report.upstream = metrics
             state = await client.rate_limit_state()

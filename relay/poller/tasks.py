@@ -62,7 +62,15 @@ class PollTasks:
                 case TaskKind.HOT:
                     return await self._hot(client, account, task, emit)
                 case TaskKind.CONNECTIONS:
-                    objects = [await client.connections(cid)]
+                    unusable = client.set_aside.counts.total()
+                    try:
+                        objects = [await client.connections(cid)]
+                    except UpstreamProtocolError:
+                        if client.set_aside.counts.total() == unusable:
+                            raise  # not an odd object but a broken answer: retry later
+                        # An object that cannot be used is set aside, never a blind account:
+                        # the run counts (the baseline goes on), nothing is stored from it.
+                        return _Run()
                     return _Run(await self._diff(account, "connection", objects, cid, emit))
                 case TaskKind.SUPPLIERS | TaskKind.EXPENSE_REPORTS:
                     path, object_type, fetch = (
@@ -108,10 +116,13 @@ class PollTasks:
         return len(result.created) + len(result.changed)
 
     async def _clients(self, client: DextClient, account: accounts.Account, emit: bool) -> _Run:
+        unusable = client.set_aside.counts.total()
         items, complete = await _pages(account.id, "/clients", client.clients)
         changed = await self._diff(account, "client", items, None, emit)
         ids = [str(item["id"]) for item in items]
-        await ensure_tasks(self.pool, account.id, ids, self.clock(), self.policy, prune=complete)
+        # A client set aside is still there: only a list read whole and clean prunes tasks.
+        prune = complete and client.set_aside.counts.total() == unusable
+        await ensure_tasks(self.pool, account.id, ids, self.clock(), self.policy, prune=prune)
         return _Run(changed)
 
     async def _scan(
@@ -145,6 +156,13 @@ class PollTasks:
                 async with _connection(self.pool) as conn:
                     await snapshots.mark_scan_partial(conn, scan_id, f"{ws} page {page_no}: {exc}")
                 cursor["gaps"] = int(cursor.get("gaps", 0)) + 1
+            if page is not None and page.set_aside:
+                # Its usable objects are stored, but the scan cannot vouch for what it did not
+                # see: it deletes nothing.
+                async with _connection(self.pool) as conn:
+                    await snapshots.mark_scan_partial(
+                        conn, scan_id, f"{ws} page {page_no}: {len(page.set_aside)} set aside"
+                    )
             if page is not None:
                 changed += await self._diff(
                     account,
@@ -199,6 +217,10 @@ class PollTasks:
                 alive.append(await _detail(client, workspaces.get(object_id, "costs"), object_id))
             except UpstreamNotFound:
                 gone.append(object_id)
+            except UpstreamProtocolError as exc:
+                # It answered, so it is there, even if it cannot be read: not gone, and the
+                # other candidates are still settled.
+                _page_skipped(account.id, "/{workspace}/{id}", 0, exc)
         changed = await self._diff(account, "document", alive, cid, emit) if alive else 0
         async with _connection(self.pool) as conn:
             outcome = await snapshots.finish_complete_scan(

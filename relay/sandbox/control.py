@@ -10,6 +10,7 @@ from aiohttp import web
 
 from relay.sandbox import catalog
 from relay.sandbox.contract import ApiError, json_response
+from relay.sandbox.drift import DRIFT_KINDS, parse_drift
 from relay.sandbox.faults import parse_fault
 from relay.sandbox.generate import extraction, make_capture
 from relay.sandbox.practice import JSON, OBJECT_TYPES
@@ -236,6 +237,32 @@ async def list_faults(request: web.Request) -> web.Response:
     return json_response({"armed": [f.describe() for f in request.app[SANDBOX].faults.armed]})
 
 
+async def get_drift(request: web.Request) -> web.Response:
+    return json_response(request.app[SANDBOX].drift.describe())
+
+
+async def set_drift(request: web.Request) -> web.Response:
+    """`{"kinds": "all" | "retype,unknown" | [...], "rate"?: 0..1}`: switch drift on or off."""
+    drift = request.app[SANDBOX].drift
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "validation_error", "body must be a JSON object")
+    kinds = body.get("kinds", sorted(drift.kinds))
+    if isinstance(kinds, list) and all(isinstance(k, str) for k in kinds):
+        kinds = ",".join(kinds) or "none"
+    if not isinstance(kinds, str):
+        raise ApiError(400, "validation_error", f"kinds must be all, none or some of {DRIFT_KINDS}")
+    try:
+        chosen = parse_drift(kinds)
+    except ValueError as exc:
+        raise ApiError(400, "validation_error", str(exc)) from None
+    rate = _number(body, "rate") if "rate" in body else drift.rate
+    if rate > 1:
+        raise ApiError(400, "validation_error", "rate must be from 0 to 1")
+    drift.kinds, drift.rate = chosen, rate
+    return json_response(drift.describe())
+
+
 async def list_requests(request: web.Request) -> web.Response:
     since = _query_int(request, "since", 0) or 0
     entries = request.app[SANDBOX].access.requests
@@ -308,6 +335,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/_sandbox/faults", add_fault)
     app.router.add_get("/_sandbox/faults", list_faults)
     app.router.add_delete("/_sandbox/faults", clear_faults)
+    app.router.add_get("/_sandbox/drift", get_drift)
+    app.router.add_post("/_sandbox/drift", set_drift)
     app.router.add_get("/_sandbox/requests", list_requests)
     app.router.add_get("/_sandbox/requests/summary", requests_summary)
     app.router.add_post("/_sandbox/tokens", add_token)

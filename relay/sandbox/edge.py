@@ -171,6 +171,16 @@ async def _serve(
         # aiohttp's own 404/405: answered in the contract's envelope.
         code = "not_found" if exc.status == 404 else "validation_error"
         return ApiError(exc.status, code, exc.reason).response(), headers
+    if (
+        answer.status == 200
+        and isinstance(answer, web.Response)
+        and sandbox.drift.applies(request.path)
+    ):
+        assert isinstance(answer.body, bytes)
+        drifted = sandbox.drift.apply(request.path, orjson.loads(answer.body))
+        answer = web.Response(
+            body=orjson.dumps(drifted), status=200, content_type="application/json"
+        )
     if answer.status in (200, 201) and isinstance(answer, web.Response):
         spoilers = sandbox.faults.fire(request.path, AFTER)
         if spoilers:

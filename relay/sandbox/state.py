@@ -11,6 +11,7 @@ from aiohttp import web
 from relay.errors import ConfigError
 from relay.sandbox.access import Access, Token
 from relay.sandbox.clock import SimClock
+from relay.sandbox.drift import DRIFT_KINDS, Drift
 from relay.sandbox.faults import Faults
 from relay.sandbox.generate import build_practice
 from relay.sandbox.practice import JSON, Practice, rfc3339
@@ -49,6 +50,9 @@ class SandboxOptions:
     change_rate: float = 1.0
     start: float = DEFAULT_START
     idempotency_ttl: float = IDEMPOTENCY_TTL
+    # Drift switches (relay.sandbox.drift): which are on, and how often each touches an object.
+    drift: frozenset[str] = frozenset()
+    drift_rate: float = 0.3
 
     def validate(self) -> None:
         if self.provider != "dext":
@@ -65,6 +69,10 @@ class SandboxOptions:
             raise ConfigError("window_seconds must be positive")
         if self.change_rate < 0:
             raise ConfigError("change_rate must not be negative")
+        if not self.drift <= frozenset(DRIFT_KINDS):
+            raise ConfigError(f"drift must be some of {', '.join(DRIFT_KINDS)}")
+        if not 0 <= self.drift_rate <= 1:
+            raise ConfigError("drift_rate must be from 0 to 1")
 
     @property
     def window(self) -> float:
@@ -88,6 +96,7 @@ class Sandbox:
         for extra in options.tokens:
             self.access.add_token(extra, options.rate_limit)
         self.faults = Faults(options.seed)
+        self.drift = Drift(options.drift, options.drift_rate, options.seed)
         self.simulation = Simulation(
             self.practice,
             seed=options.seed,
@@ -152,6 +161,7 @@ class Sandbox:
             ],
             "change_seq": self.practice.log.seq,
             "simulation": self.simulation.describe(),
+            "drift": self.drift.describe(),
         }
 
 

@@ -16,9 +16,12 @@ from relay.events import build_event, insert_events, reserve_sequences
 from relay.rules import (
     OBJECT_TYPES,
     VOLATILE_FIELDS,
+    WATCHED_SUMMARY_FIELDS,
     canonical,
     changed_event_types,
     event_type_for,
+    normalized,
+    same_content,
 )
 from relay.snapshots.hashing import _object_id, content_hash, summary_hash
 from relay.snapshots.scans import record_scan_page
@@ -362,7 +365,7 @@ async def diff_objects(
             if n in created or was_deleted:
                 result.created.append(ids[n])
                 fired.append((n, [created_type] if created_type else [], {}))
-            elif canonical(object_type, before) == canonical(object_type, after):
+            elif same_content(object_type, before, after):
                 continue  # only the stored hash was stale: refreshed, nothing changed
             else:
                 result.changed.append(ids[n])
@@ -395,12 +398,17 @@ async def changed_summary_ids(
     summaries: Iterable[Mapping[str, Any]],
 ) -> list[str]:
     """Ids (in page order) of /documents summaries that are new, back after a deletion, or
-    whose summary fields differ from the stored full item's: the items worth a detail fetch.
+    whose watched summary fields differ from the stored full item's: the items worth a detail
+    fetch.
 
-    One COPY of (id, summary hash) and one anti-join against `snapshots.summary_hash`.
+    One COPY of (id, summary hash) and one anti-join against `snapshots.summary_hash`; the few
+    that differ are then compared on their watched fields, normalized, against the stored
+    items, so an upstream that re-spells or retypes unwatched summary fields (`total_amount`,
+    `source` ...) in some answers does not spend the budget on details that change nothing.
     """
     keys: dict[str, bytes] = {}
-    for obj in summaries:
+    summaries_seen = list(summaries)
+    for obj in summaries_seen:
         if not isinstance(obj, Mapping):
             raise InvalidInput("a document summary must be a JSON object", field="summaries")
         keys[_object_id(obj.get("id"), "a document summary")] = summary_hash(obj)
@@ -420,4 +428,28 @@ async def changed_summary_ids(
             " AND s.summary_hash = k.summary_hash AND s.deleted_at IS NULL) ORDER BY k.n",
             account_id,
         )
-    return [row["object_id"] for row in rows]
+        differing = [row["object_id"] for row in rows]
+        stored = {
+            row["object_id"]: row["data"]
+            for row in await conn.fetch(
+                "SELECT object_id, data FROM snapshots WHERE account_id = $1"
+                " AND object_type = 'document' AND client_id = $2 AND object_id = ANY($3::text[])"
+                " AND deleted_at IS NULL",
+                account_id,
+                client_id,
+                differing,
+            )
+        }
+    by_id = {_object_id(obj.get("id"), "a document summary"): obj for obj in summaries_seen}
+    return [
+        oid
+        for oid in differing
+        if oid not in stored or not _same_watched_summary(stored[oid], by_id[oid])
+    ]
+
+
+def _same_watched_summary(stored: Mapping[str, Any], summary: Mapping[str, Any]) -> bool:
+    return all(
+        normalized(stored.get(name)) == normalized(summary.get(name))
+        for name in WATCHED_SUMMARY_FIELDS
+    )

@@ -10,7 +10,7 @@ import orjson
 from xxhash import xxh3_128_digest
 
 from relay.errors import InvalidInput
-from relay.rules import SUMMARY_FIELDS, canonical
+from relay.rules import SUMMARY_FIELDS, canonical, normalized
 
 
 def _summary_digest(value: Any) -> bytes:
@@ -23,13 +23,15 @@ def _summary_digest(value: Any) -> bytes:
 
 def _canonical_json(object_type: str, obj: Mapping[str, Any], what: str) -> bytes:
     try:
-        return orjson.dumps(canonical(object_type, obj), option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(normalized(canonical(object_type, obj)), option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:  # orjson.JSONEncodeError: e.g. an int beyond 64 bits
         raise InvalidInput(f"{what} is not representable as JSON: {exc}", field="objects") from exc
 
 
 def content_hash(object_type: str, obj: Mapping[str, Any]) -> bytes:
-    """A stable 16-byte hash of the object's canonical form: sorted keys, volatile fields out.
+    """A stable 16-byte hash of the object's canonical form: sorted keys, volatile fields out,
+    values `normalized` (a number re-spelled `74` / `"74"` hashes the same, so it rewrites no
+    snapshot and the rules, which compare normalized too, see no change).
 
     XXH3-128: a diff hashes every object it sees, and this digest costs a twentieth of SHA-256
     on a 1.5 KB document. It only tells versions of one object apart (it guards against chance,

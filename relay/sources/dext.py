@@ -16,8 +16,12 @@ What each failure becomes (all are `relay.errors.UpstreamError`):
   is repeated, at most `max_throttled` times, then `UpstreamRateLimited`.
 - 500/502/503/504, timeouts, dropped connections: capped exponential backoff with jitter, at most
   `max_retries` retries, then `UpstreamUnavailable`.
-- Malformed JSON, wrong types, missing required fields: `UpstreamProtocolError` for that call
-  (the whole page), with `detail` naming the first problem.
+- Malformed JSON, a page without its `data` list or `pagination`: `UpstreamProtocolError` for
+  that call, with `detail` naming the first problem. A list item Relay cannot use (not an
+  object, no id, a field it depends on of an impossible type) is set aside instead: the page
+  comes back without it (`Page.set_aside`) and `set_aside`, the client's tally, counts it. A
+  single object (`connections`, one item) that cannot be used is counted there too and is an
+  `UpstreamProtocolError` for its call. Fields Relay does not depend on are never checked.
 
 Every attempt, /authenticate included, first takes a slot from the shared `RateLimiter` and
 feeds the response's rate-limit headers back to it.
@@ -58,6 +62,8 @@ from relay.sources.models import (
     ItemIterator,
     JsonObject,
     Page,
+    SetAside,
+    SetAsideTally,
     UpstreamMetrics,
 )
 
@@ -132,6 +138,8 @@ class DextClient:
         self._session: _Session | None = None
         self._auth_lock = asyncio.Lock()
         self._auth_failure: tuple[str, str] | None = None  # (code, url) once the token is refused
+        # Objects set aside since the poller last drained it (see SetAsideTally).
+        self.set_aside = SetAsideTally()
 
     def __repr__(self) -> str:
         return f"DextClient({self.base_url!r}, token_id={self.limiter.token_id!r})"
@@ -300,20 +308,55 @@ class DextClient:
             raise self._protocol_error(path, f"data: expected a list, got {type(data).__name__}")
         if problem := models.PAGINATION(pagination):
             raise self._protocol_error(path, f"pagination: {problem}")
+        items: list[JsonObject] = []
+        set_aside: list[SetAside] = []
         for index, item in enumerate(data):
-            if problem := check(item):
-                raise self._protocol_error(path, f"data[{index}]: {problem}")
+            if unusable := self._unusable(f"{path} page {page} item {index}", item, check):
+                set_aside.append(unusable)
+            else:
+                items.append(item)
         assert isinstance(pagination, dict)
         return Page(
-            items=data,
+            items=items,
             page=pagination["page"],
             per_page=pagination["per_page"],
             total=pagination["total"],
             total_pages=pagination["total_pages"],
+            set_aside=tuple(set_aside),
         )
 
-    def _checked_object(self, path: str, body: Any, check: Check) -> JsonObject:
-        if problem := check(body):
+    def _unusable(
+        self, where: str, item: Any, check: Check, *, has_id: bool = True
+    ) -> SetAside | None:
+        """None when `item` passes `check`; else the SetAside it becomes (and is counted as).
+
+        The reason names where the object was, its id and the first problem, never another
+        value: upstream text can hold anything, and the reason is shown on the account."""
+        problem = check(item)
+        if problem is None:
+            return None
+        if not isinstance(item, dict):
+            kind, reason = "not_an_object", f"{where}: {problem}"
+        elif has_id and (id_problem := models.ID(item.get("id"))) is not None:
+            kind, reason = "missing_id", f"{where}: id: {id_problem}"
+        else:
+            ident = f" (id {str(item.get('id'))[:64]})" if has_id else ""
+            kind, reason = "unusable_field", f"{where}{ident}: {problem}"
+        found = SetAside(kind, reason)
+        self.set_aside.add(found)
+        log.debug("object_set_aside", base_url=self.base_url, kind=kind, reason=reason)
+        return found
+
+    def _checked_object(
+        self, path: str, body: Any, check: Check, *, upstream_object: bool = True
+    ) -> JsonObject:
+        """`body` when it passes `check`; else an UpstreamProtocolError for the call, and an
+        upstream object (not a session answer) is counted as set aside."""
+        if upstream_object:
+            unusable = self._unusable(path, body, check, has_id=check is not models.CONNECTIONS)
+            if unusable is not None:
+                raise self._protocol_error(path, unusable.reason.removeprefix(f"{path}: "))
+        elif problem := check(body):
             raise self._protocol_error(path, problem)
         assert isinstance(body, dict)
         return body
@@ -358,7 +401,10 @@ class DextClient:
             authenticated=False,
         )
         body = self._checked_object(
-            "/authenticate", self._decode("/authenticate", 200, raw), models.SESSION
+            "/authenticate",
+            self._decode("/authenticate", 200, raw),
+            models.SESSION,
+            upstream_object=False,
         )
         now = time.time()
         ttl = 3000.0  # the contract promises 60 minutes; assume a bit less without expires_at

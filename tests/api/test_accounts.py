@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from relay import accounts
+from relay import account_warnings, accounts
 from relay.settings import Settings
+from relay.sources.models import SetAside, SetAsideTally
 from relay.vault import Vault
 from tests.api.conftest import create_account, error_of
 
@@ -410,3 +411,36 @@ async def test_a_new_account_shows_a_baseline_not_started_and_openapi_says_so(
     baseline = spec["components"]["schemas"]["Account"]["properties"]["baseline"]
     assert baseline["type"] == ["object", "null"]
     assert set(baseline["required"]) == set(account["baseline"])
+
+
+async def test_warnings_show_what_polls_set_aside_per_kind(
+    client: TestClient[Any, Any], pool: asyncpg.Pool
+) -> None:
+    created = await create_account(client)
+    assert created["warnings"] == []
+    quiet = await create_account(client, name="quiet")
+    for reason in ("/costs page 1 item 3: expected an object, got str", "/sales page 2 item 0"):
+        tally = SetAsideTally()
+        tally.add(SetAside("not_an_object", reason))
+        tally.add(SetAside("not_an_object", reason))
+        tally.add(SetAside("unusable_field", "/clients page 1 item 1 (id c9): health_score"))
+        with capture_logs() as logs:
+            await account_warnings.record_set_aside(pool, created["id"], tally)
+        assert sorted(e["kind"] for e in logs if e["event"] == "upstream_objects_set_aside") == [
+            "not_an_object",
+            "unusable_field",
+        ]
+    response = await client.get(f"/v1/accounts/{created['id']}")
+    assert response.status == 200
+    shown = {w["kind"]: w for w in (await response.json())["warnings"]}
+    assert set(shown) == {"not_an_object", "unusable_field"}
+    assert shown["not_an_object"]["count"] == 4
+    assert shown["not_an_object"]["example"] == "/sales page 2 item 0"  # the latest
+    assert shown["unusable_field"]["count"] == 2
+    first = datetime.fromisoformat(shown["not_an_object"]["first_seen"])
+    assert first <= datetime.fromisoformat(shown["not_an_object"]["last_seen"])
+    listed = {
+        a["id"]: a["warnings"] for a in (await (await client.get("/v1/accounts")).json())["data"]
+    }
+    assert len(listed[created["id"]]) == 2
+    assert listed[quiet["id"]] == []

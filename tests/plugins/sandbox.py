@@ -73,6 +73,14 @@ class SandboxHandle:
             body["change_rate"] = change_rate
         await self._control("POST", "/simulation", body)
 
+    async def drift(self, kinds: list[str] | str, rate: float | None = None) -> dict[str, Any]:
+        """Switch the drift switches (relay/sandbox/drift.py): `all`, `none` or a list."""
+        body: dict[str, Any] = {"kinds": kinds}
+        if rate is not None:
+            body["rate"] = rate
+        result: dict[str, Any] = await self._control("POST", "/drift", body)
+        return result
+
     async def requests_summary(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._control("GET", "/requests/summary")
         return result

@@ -204,24 +204,42 @@ async def test_unknown_extra_fields_are_kept_and_ignored(
     assert all(item["x_sandbox_flag"] is True for item in page.items)
 
 
-@pytest.mark.parametrize(
-    ("path", "field"),
-    [("/costs", "supplier"), ("/clients", "health_score"), ("/connections", "main")],
-)
-async def test_wrong_types_are_a_protocol_error(
-    dext: DextClient, sandbox: SandboxHandle, path: str, field: str
+async def test_objects_of_impossible_types_are_set_aside_and_the_page_goes_on(
+    dext: DextClient, sandbox: SandboxHandle
 ) -> None:
     client_id = next(iter(sandbox.sandbox.practice.clients))
-    await sandbox.fault(kind="wrong_types", path=path, count=1)
-    read = {
-        "/costs": lambda: dext.costs(client_id),
-        "/clients": dext.clients,
-        "/connections": lambda: dext.connections(client_id),
-    }[path]
+    clean = await dext.costs(client_id)
+    await sandbox.fault(kind="wrong_types", path="/costs", count=1)  # `supplier` becomes a str
+    page = await dext.costs(client_id)
+    assert page.items == []
+    assert len(page.set_aside) == len(clean.items) > 0
+    assert (page.total, page.total_pages) == (clean.total, clean.total_pages)
+    assert {s.kind for s in page.set_aside} == {"unusable_field"}
+    assert "supplier: expected an object, got str" in page.set_aside[0].reason
+    assert dext.set_aside.counts == {"unusable_field": len(clean.items)}
+    assert (await dext.costs(client_id)).items == clean.items  # the next read is fine
+
+
+async def test_a_single_object_of_an_impossible_type_is_a_protocol_error(
+    dext: DextClient, sandbox: SandboxHandle
+) -> None:
+    client_id = next(iter(sandbox.sandbox.practice.clients))
+    await sandbox.fault(kind="wrong_types", path="/connections", count=1)
     with pytest.raises(UpstreamProtocolError) as caught:
-        await read()
-    assert field in caught.value.detail
+        await dext.connections(client_id)
+    assert "main" in caught.value.detail
     assert "expected" in caught.value.detail
+    assert dext.set_aside.counts == {"unusable_field": 1}
+
+
+async def test_a_number_spelled_as_a_string_is_read(
+    dext: DextClient, sandbox: SandboxHandle
+) -> None:
+    clean = await dext.clients()
+    await sandbox.fault(kind="wrong_types", path="/clients", count=1)  # health_score: "74"
+    page = await dext.clients()
+    assert page.set_aside == ()
+    assert [c["health_score"] for c in page.items] == [str(c["health_score"]) for c in clean.items]
 
 
 async def test_429_with_and_without_retry_after_waits_for_the_window(
