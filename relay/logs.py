@@ -1,4 +1,9 @@
-"""structlog configuration, done once per process: JSON in production, console in a terminal."""
+"""structlog configuration, done once per process: JSON in production, console in a terminal.
+
+Third-party libraries (arq, asyncpg, aiohttp, redis) log through the standard library; their
+records are routed through the same processors and renderer, as `library_log` events carrying
+`logger` and `message`, so every line a process writes is in the configured format.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +47,32 @@ def redact_secrets(
     return event_dict
 
 
+# Tracebacks as data on one line, without each frame's locals: a local may hold a token.
+_tracebacks = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+# Marks the stdlib handler installed here, so configuring again replaces it and nothing else
+# (pytest's capture handlers on the root logger stay).
+_HANDLER_NAME = "relay-structlog"
+
+
+def library_event(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A record from a library becomes a fixed-name event: its text is data, not the name."""
+    record = event_dict.get("_record")
+    event_dict["message"] = event_dict.get("event")
+    event_dict["event"] = "library_log"
+    if record is not None:
+        event_dict["logger"] = record.name
+    return event_dict
+
+
+def _json_text(value: Any, **_kw: Any) -> str:
+    # The stdlib formatter must return str; structlog's own path writes orjson's bytes directly.
+    return orjson.dumps(value, default=repr).decode()
+
+
 def configure_logging(
     log_format: str | None = None, level: str = "info", *, cache: bool = True
 ) -> None:
@@ -55,21 +86,51 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     logger_factory: Any
+    foreign: list[Any]
     if log_format == "json":
         processors = [
             *shared,
-            structlog.processors.dict_tracebacks,
+            _tracebacks,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]
         logger_factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+        foreign = [
+            _tracebacks,
+            structlog.processors.JSONRenderer(serializer=_json_text),
+        ]
     else:
-        processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        processors = [*shared, renderer]
         logger_factory = structlog.PrintLoggerFactory(file=sys.stderr)
+        foreign = [renderer]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=logger_factory,
         cache_logger_on_first_use=cache,
     )
-    # Libraries (arq, aiohttp) log through the standard library; keep them quiet but visible.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    _route_stdlib(shared, foreign)
+
+
+def _route_stdlib(shared: list[Any], renderers: list[Any]) -> None:
+    """Send the standard library's records (arq, asyncpg, aiohttp) through our processors.
+
+    Libraries stay at WARNING: their per-job and per-request INFO lines duplicate our own
+    events. Ours log through structlog directly and never reach this handler.
+    """
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            library_event,
+            *shared[2:],  # redaction and the timestamp (merge_contextvars, level done above)
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)

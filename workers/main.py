@@ -1,6 +1,13 @@
 """The arq worker: resources opened once per worker process and the jobs it runs.
 
 `relay worker` builds it with `build_worker(settings)`; tests build it the same way.
+
+The worker outlives its stores. Started while Postgres or Redis is down, it says so in one
+`store_unavailable` line and waits for them (`--exit-on-unavailable` exits instead, for a
+supervisor to restart it). Running, a Redis outage no longer ends arq's loop: `RelayWorker`
+logs it once, retries with capped backoff and carries on when Redis answers, while the
+dispatcher keeps delivering from Postgres; jobs catch their own store failures (see
+`workers.polling`, `workers.delivery`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,14 @@ import uvloop
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
-from relay.db import create_pool, create_redis
+from relay.db import (
+    REDIS_OUTAGE_ERRORS,
+    Backoff,
+    Outage,
+    create_pool,
+    create_redis,
+    wait_for_stores,
+)
 from relay.http import create_client_session
 from relay.runtime import tune_gc
 from relay.settings import Settings
@@ -29,6 +43,52 @@ from workers.polling import cron_jobs as polling_cron_jobs
 from workers.polling import functions as polling_functions
 
 log = structlog.get_logger("workers.main")
+
+
+class RelayWorker(Worker):
+    """arq's Worker, made to ride out Redis outages instead of ending the process.
+
+    arq lets a Redis error in its poll loop (reading the queue, the health key, cron enqueues)
+    or in a job's bookkeeping (`finish_job`) escape `main()`, and the worker exits with status
+    1 after a Redis blip (issue 10). Here each loop iteration that fails on Redis is one
+    incident (`store_unavailable` once, `store_recovered` when it answers) followed by a capped
+    backoff; nothing else changes. Redis only carries wake-ups: what a lost wake-up or job
+    record would have done, Postgres and the crons redo once Redis is back.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings: Settings = self.ctx["settings"]
+        self._redis_outage = Outage("Redis", settings.redis_url, "arq")
+        self._redis_backoff = Backoff(first=0.1, cap=2.0)
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except REDIS_OUTAGE_ERRORS as exc:
+            self._redis_outage.failed(exc)
+            await asyncio.sleep(self._redis_backoff.next())
+            return
+        self._redis_outage.recovered()
+        self._redis_backoff.reset()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        try:
+            await super().start_jobs(job_ids)
+        except REDIS_OUTAGE_ERRORS:
+            # arq took a slot (semaphore and counter) for the job it was starting when Redis
+            # failed, and only a started task gives it back: give it back here, or every
+            # outage would shrink this worker's capacity by one until it ran nothing.
+            self._release_sem_dec_counter_on_complete()
+            raise
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except REDIS_OUTAGE_ERRORS as exc:
+            # The job ran (or could not start); only arq's record of it is lost. Its effects
+            # live in Postgres, and every job here is idempotent, so a rerun is harmless.
+            self._redis_outage.failed(exc)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -79,13 +139,19 @@ def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -
         "job_deserializer": orjson.loads,
     }
     options.update(overrides)
-    return Worker(**options)
+    return RelayWorker(**options)
 
 
-def run_worker(settings: Settings, *, burst: bool = False) -> int:
+def run_worker(
+    settings: Settings, *, burst: bool = False, exit_on_unavailable: bool = False
+) -> int:
+    """`relay worker`: wait for the stores (or raise ServiceUnavailable with
+    `exit_on_unavailable`), then run until a signal."""
     # uvloop: about a fifth less CPU per delivery in the dispatcher (bench/delivery_throughput.py);
     # arq runs on the loop set here.
-    asyncio.set_event_loop(uvloop.new_event_loop())
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(wait_for_stores(settings, wait=not exit_on_unavailable))
     worker = build_worker(settings, burst=burst)
     tune_gc()
     worker.run()

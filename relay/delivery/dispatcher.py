@@ -32,6 +32,7 @@ import aiohttp
 import asyncpg
 import structlog
 
+from relay.db import Outage, store_outage
 from relay.delivery.leases import claim, record, release
 from relay.delivery.policy import retry_delay
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
@@ -130,6 +131,14 @@ class Dispatcher:
         self._keys: dict[tuple[Any, ...], list[bytes]] = {}
         self._listener: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
+        # Postgres down: one line when it starts and one when it ends, not one per retry.
+        self._db_outage = Outage("Postgres", settings.database_url, "dispatcher")
+
+    def _db_failed(self, event: str, exc: BaseException) -> None:
+        if store_outage(exc) is not None:
+            self._db_outage.failed(exc)
+        else:
+            log.warning(event, error=f"{type(exc).__name__}: {exc}")
 
     # ---- control ----------------------------------------------------------------------------
 
@@ -159,7 +168,7 @@ class Dispatcher:
                 try:
                     await self.step()
                 except _DB_ERRORS as exc:
-                    log.warning("dispatcher_step_failed", error=f"{type(exc).__name__}: {exc}")
+                    self._db_failed("dispatcher_step_failed", exc)
                     await asyncio.sleep(self._settings.delivery_poll_interval)
                     continue
                 except Exception:
@@ -168,6 +177,7 @@ class Dispatcher:
                     log.exception("dispatcher_step_crashed")
                     await asyncio.sleep(self._settings.delivery_poll_interval)
                     continue
+                self._db_outage.recovered()
                 await self._idle()
         finally:
             await self._drain(recorder)
@@ -215,8 +225,9 @@ class Dispatcher:
             conn = await asyncpg.connect(self._settings.database_url, timeout=5)
             await conn.add_listener(WAKE_CHANNEL, self._on_notify)
         except _DB_ERRORS as exc:
-            self._listener_retry_at = time.monotonic() + 5.0
-            log.warning("dispatcher_listen_failed", error=f"{type(exc).__name__}: {exc}")
+            # Soon after an outage, not 5 s later: NOTIFY is what makes delivery immediate.
+            self._listener_retry_at = time.monotonic() + 1.0
+            self._db_failed("dispatcher_listen_failed", exc)
             return
         self._listener = conn
         self._fan_out_due = True  # anything stored while we were not listening
@@ -404,7 +415,7 @@ class Dispatcher:
                 except _DB_ERRORS as exc:
                     # Kept for the next try; if this process dies first, the lease expires and
                     # the deliveries are sent again under the same webhook-id (at-least-once).
-                    log.warning("delivery_record_failed", error=f"{type(exc).__name__}: {exc}")
+                    self._db_failed("delivery_record_failed", exc)
                     await asyncio.sleep(self._settings.delivery_poll_interval)
                     continue
                 del self._outcomes[: len(batch)]
