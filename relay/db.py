@@ -120,6 +120,8 @@ def store_outage(exc: BaseException) -> str | None:
         return "Redis"
     if isinstance(exc, POSTGRES_OUTAGE_ERRORS):
         return "Postgres"
+    if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+        return "Postgres"  # a statement on a connection the server has just closed
     return None
 
 

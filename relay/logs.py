@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -68,6 +69,52 @@ def library_event(
     return event_dict
 
 
+def compact_library_errors(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A library's warning about a failure it retries (asyncpg restoring its pool during an
+    outage) keeps the error's type and text, not a traceback through the library's insides.
+    Errors and worse (arq's "job failed") keep their traceback: those are bugs to read."""
+    exc_info = event_dict.get("exc_info")
+    if exc_info and _LEVELS.get(event_dict.get("level", ""), logging.ERROR) < logging.ERROR:
+        del event_dict["exc_info"]
+        if isinstance(exc_info, tuple) and exc_info[1] is not None:
+            error = exc_info[1]
+            event_dict["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+    return event_dict
+
+
+class LibraryRepeats(logging.Filter):
+    """Let one of a run of identical library warnings through per `window` seconds.
+
+    During an outage asyncpg says "Failed to restore the pool connection floor; retrying"
+    every second or so; one line per incident is enough, and the next shown line carries
+    `repeated=N` for the ones held back. Errors always pass.
+    """
+
+    def __init__(self, window: float = 60.0) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        error = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        key = (record.name, str(record.msg), error)
+        now = time.monotonic()
+        shown, held = self._seen.get(key, (0.0, 0))
+        if shown and now - shown < self.window:
+            self._seen[key] = (shown, held + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.repeated = held
+        return True
+
+
 def _json_text(value: Any, **_kw: Any) -> str:
     # The stdlib formatter must return str; structlog's own path writes orjson's bytes directly.
     return orjson.dumps(value, default=repr).decode()
@@ -121,7 +168,9 @@ def _route_stdlib(shared: list[Any], renderers: list[Any]) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.stdlib.add_log_level,
+            structlog.stdlib.ExtraAdder(allow=["repeated"]),
             library_event,
+            compact_library_errors,
             *shared[2:],  # redaction and the timestamp (merge_contextvars, level done above)
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
@@ -129,6 +178,7 @@ def _route_stdlib(shared: list[Any], renderers: list[Any]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
+    handler.addFilter(LibraryRepeats())
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)

@@ -93,6 +93,9 @@ class RelayWorker(Worker):
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
+    # Outage trackers shared by every job of this process (arq gives each job a shallow copy
+    # of this ctx, so the dict must exist here, not be created by the first job).
+    ctx["outages"] = {}
     ctx["pool"] = await create_pool(settings)
     ctx["redis_client"] = await create_redis(settings)
     # One upstream session per worker process, shared by every poll job it runs.

@@ -81,13 +81,17 @@ async def _poll_account(ctx: dict[str, Any], account_id: str, http: ClientSessio
             await metrics.flush()
             raise
         # Not a bug and not the upstream: the run stopped where it was, its lease is released
-        # and its tasks stay due, so the first poll after the store returns carries on.
-        outage(ctx, service, "poller").failed(exc)
-        log.warning("poll_interrupted", account_id=account_id, service=service)
+        # and its tasks stay due, so the first poll after the store returns carries on. One
+        # line per interrupted run (one per account and outage), without a traceback.
+        log.warning(
+            "poll_interrupted",
+            account_id=account_id,
+            service=service,
+            reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+        )
         metrics.poll_run(account_id, "unavailable", None)
         await metrics.flush()  # never raises; kept for the next flush while Redis is down
         return "unavailable"
-    recovered(ctx, "poller")
     metrics.poll_run(account_id, report.outcome, report.upstream)
     await metrics.flush()
     return report.outcome

@@ -418,6 +418,14 @@ class Dispatcher:
                     self._db_failed("delivery_record_failed", exc)
                     await asyncio.sleep(self._settings.delivery_poll_interval)
                     continue
+                except Exception:
+                    # The recorder must outlive anything one batch meets: asyncpg can raise its
+                    # InternalClientError on a connection cut mid-statement by a Postgres
+                    # restart, and a dead recorder would leave every later send unrecorded (and
+                    # sent again once its lease ends). The batch is kept for the next try.
+                    log.exception("delivery_record_crashed", outcomes=len(batch))
+                    await asyncio.sleep(self._settings.delivery_poll_interval)
+                    continue
                 del self._outcomes[: len(batch)]
             self._recorded.set()
 
@@ -534,7 +542,7 @@ class Dispatcher:
                 log.warning("delivery_record_abandoned", outcomes=len(self._outcomes))
         recorder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await recorder
+            await recorder  # it catches everything but its cancellation
         if self._listener is not None:
             try:
                 await self._listener.close(timeout=2)
