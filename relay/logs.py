@@ -115,6 +115,17 @@ class LibraryRepeats(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.Handler):
+    """Writes each record to the `sys.stderr` of that moment (pytest and tools swap it), as
+    structlog's own loggers are bound to the stream configured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
 def _json_text(value: Any, **_kw: Any) -> str:
     # The stdlib formatter must return str; structlog's own path writes orjson's bytes directly.
     return orjson.dumps(value, default=repr).decode()
@@ -175,7 +186,7 @@ def _route_stdlib(shared: list[Any], renderers: list[Any]) -> None:
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     handler.addFilter(LibraryRepeats())
