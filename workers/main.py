@@ -19,6 +19,7 @@ import orjson
 import structlog
 import uvloop
 from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Worker
 
 from relay.db import (
@@ -61,9 +62,13 @@ class RelayWorker(Worker):
         settings: Settings = self.ctx["settings"]
         self._redis_outage = Outage("Redis", settings.redis_url, "arq")
         self._redis_backoff = Backoff(first=0.1, cap=2.0)
+        # Jobs whose end arq could not record in Redis; their records are cleared on recovery.
+        self._unrecorded: set[str] = set()
 
     async def _poll_iteration(self) -> None:
         try:
+            if self._unrecorded:
+                await self._clear_unrecorded()
             await super()._poll_iteration()
         except REDIS_OUTAGE_ERRORS as exc:
             self._redis_outage.failed(exc)
@@ -71,6 +76,30 @@ class RelayWorker(Worker):
             return
         self._redis_outage.recovered()
         self._redis_backoff.reset()
+
+    async def _clear_unrecorded(self) -> None:
+        """Do for the jobs that ended during the outage what `finish_job` could not.
+
+        A Redis that kept its keys through the outage (a stock Redis snapshots on shutdown)
+        still holds their queue entries and in-progress marks: arq would skip them as
+        running elsewhere, and refuse their ids (a poll's id is its account and period), for
+        up to the job timeout. Every job here ran at most once and is re-seeded from Postgres
+        by the crons, so its records simply go.
+        """
+        ended = [job_id for job_id in self._unrecorded if job_id not in self.tasks]
+        if not ended:
+            return
+        async with self.pool.pipeline(transaction=True) as pipe:
+            for job_id in ended:
+                pipe.delete(
+                    in_progress_key_prefix + job_id,
+                    job_key_prefix + job_id,
+                    retry_key_prefix + job_id,
+                )
+                pipe.zrem(self.queue_name, job_id)
+            await pipe.execute()
+        self._unrecorded.difference_update(ended)
+        log.info("job_records_cleared", jobs=len(ended))
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         try:
@@ -89,6 +118,7 @@ class RelayWorker(Worker):
             # The job ran (or could not start); only arq's record of it is lost. Its effects
             # live in Postgres, and every job here is idempotent, so a rerun is harmless.
             self._redis_outage.failed(exc)
+            self._unrecorded.add(job_id)
 
 
 async def startup(ctx: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
-"""Redis stopped under load, twice: the workers stay up and keep delivering from Postgres,
-polling resumes within seconds of Redis returning, and nothing is lost, duplicated or spent
-beyond the upstream's budget.
+"""Redis stopped under load, twice (once losing its keys, once keeping them): the workers stay
+up and keep delivering from Postgres, polling resumes within seconds of Redis returning, and
+nothing is lost, duplicated or spent beyond the upstream's budget.
 
 The issue's outages last 30 s; these last `OUTAGE` = 8 s each, because nothing changes after
 the first few seconds: arq's loop backs off 0.1, 0.2 ... 1.6 s (3.1 s in all) to its 2 s cap
@@ -72,7 +72,10 @@ async def test_workers_ride_out_redis_stopped_twice_under_load(
     for _round in range(2):
         before = await store_events(opool, account_id, 20)
         await wait_for(lambda ids=before: received(ids), 15, "deliveries before the outage")
-        await stores.redis.stop()
+        # The first outage loses Redis's keys (a flushed or replaced Redis); the second keeps
+        # them (a stock Redis snapshots on shutdown), with arq's records of the jobs that
+        # were running when it went away.
+        await stores.redis.stop(save=_round == 1)
         down_at = time.time()
         # Load during the outage: stored in Postgres, so the dispatcher must deliver them now.
         during = await store_events(opool, account_id, 50)
@@ -93,15 +96,13 @@ async def test_workers_ride_out_redis_stopped_twice_under_load(
         await wait_for(lambda d=doc_id: _created_events(opool, d), 20, "the new document's event")
         detected = time.time() - up_at
         # Every worker's arq loop is back too (its backoff is capped at 2 s).
-        loops = await wait_for(
-            lambda n=_round + 1: _loops_back(workers, n), 10, "every worker's arq loop"
-        )
+        await wait_for(lambda n=_round + 1: _loops_back(workers, n), 10, "every worker's arq loop")
         figures.append(
             {
                 "delivered_during_s": round(flowing, 2),
                 "polling_s": round(polling, 2),
                 "event_s": round(detected, 2),
-                "loops_s": round(time.time() - up_at if loops else 0.0, 2),
+                "loops_s": round(time.time() - up_at, 2),  # at most this
             }
         )
 

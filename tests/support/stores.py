@@ -77,17 +77,26 @@ class PrivateRedis:
         finally:
             client.close()
 
-    def stop_sync(self) -> None:
+    def stop_sync(self, *, save: bool = False) -> None:
+        """Stop it; with `save` its keys are written out and come back at the next start, as
+        a stock Redis (RDB snapshots on shutdown) does, else the next start is empty."""
+        (self.dir / "dump.rdb").unlink(missing_ok=True)
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            if save:
+                client = redis.Redis(port=self.port)
+                with contextlib.suppress(redis.ConnectionError):
+                    client.shutdown(save=True)
+                client.close()
+            else:
+                self.process.send_signal(signal.SIGTERM)
             self.process.wait(10)
         self.process = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.start_sync)
 
-    async def stop(self) -> None:
-        await asyncio.to_thread(self.stop_sync)
+    async def stop(self, *, save: bool = False) -> None:
+        await asyncio.to_thread(lambda: self.stop_sync(save=save))
 
 
 class PrivatePostgres:
