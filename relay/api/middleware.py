@@ -50,13 +50,11 @@ def error_response(
 
 
 def unavailable_response(service: str) -> web.Response:
-    """503 `service_unavailable` with `Retry-After`: the request was not carried out, and
-    trying again once the store is back is safe."""
+    """503 `service_unavailable` with `Retry-After`: a store failed under the request; the
+    client should try again once it is back (`/readyz` says when)."""
     name = _STORE_NAMES.get(service, service)
     response = error_response(
-        503,
-        "service_unavailable",
-        f"{name} is unreachable; nothing was changed, retry in {RETRY_AFTER_SECONDS} s",
+        503, "service_unavailable", f"{name} is unreachable; retry in {RETRY_AFTER_SECONDS} s"
     )
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response

@@ -57,7 +57,7 @@ def _operation(route: Route) -> dict[str, Any]:
         responses.setdefault("413", _error("request body larger than 1 MB"))
     if route.needs_auth:
         unavailable = _error(
-            "Postgres or Redis is unreachable: nothing was done; retry after `Retry-After` s"
+            "Postgres (or Redis) is unreachable; retry after `Retry-After` seconds"
         )
         unavailable["headers"] = {
             "Retry-After": {
