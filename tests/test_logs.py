@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
-import pytest
 
 from relay.logs import configure_logging
 
 
-@pytest.fixture
-def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
-    # After capsys: the handler writes to the sys.stderr of the moment it is configured.
-    configure_logging("json", "info", cache=False)
-    yield
-    configure_logging("console", "warning", cache=False)  # as tests/conftest.py configures
+@contextlib.contextmanager
+def json_logs(path: Path) -> Iterator[None]:
+    """JSON logging into a file standing in for stderr; afterwards the stderr of before and
+    the console format of tests/conftest.py again. structlog binds the stream it is
+    configured with, so the old one must be back before configuring again (capsys would
+    close its stream under every later test's logger). Used inside the test body: pytest
+    swaps sys.stderr between a fixture's setup and the test's call."""
+    original = sys.stderr
+    with path.open("w", encoding="utf-8") as stream:
+        sys.stderr = stream
+        try:
+            configure_logging("json", "info", cache=False)
+            yield
+        finally:
+            stream.flush()
+            sys.stderr = original
+            configure_logging("console", "warning", cache=False)
 
 
 def _lines(text: str) -> list[dict[str, object]]:
@@ -30,16 +43,16 @@ def _refused() -> ConnectionRefusedError:
         return exc
 
 
-def test_a_library_retry_warning_is_one_compact_json_line(
-    json_logs: None, capsys: pytest.CaptureFixture[str]
-) -> None:
-    pool_log = logging.getLogger("asyncpg.pool")
-    for _ in range(5):  # asyncpg retrying its pool floor during an outage
-        pool_log.warning(
-            "Failed to restore the pool connection floor; retrying", exc_info=_refused()
-        )
-    logging.getLogger("arq.worker").info("job started")  # below WARNING: our events say it
-    lines = _lines(capsys.readouterr().err)
+def test_a_library_retry_warning_is_one_compact_json_line(tmp_path: Path) -> None:
+    path = tmp_path / "stderr.log"
+    with json_logs(path):
+        pool_log = logging.getLogger("asyncpg.pool")
+        for _ in range(5):  # asyncpg retrying its pool floor during an outage
+            pool_log.warning(
+                "Failed to restore the pool connection floor; retrying", exc_info=_refused()
+            )
+        logging.getLogger("arq.worker").info("job started")  # below WARNING: our events say it
+    lines = _lines(path.read_text(encoding="utf-8"))
     assert lines == [
         {
             "event": "library_log",
@@ -52,15 +65,15 @@ def test_a_library_retry_warning_is_one_compact_json_line(
     ]
 
 
-def test_a_library_error_keeps_its_traceback_without_locals(
-    json_logs: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_library_error_keeps_its_traceback_without_locals(tmp_path: Path) -> None:
+    path = tmp_path / "stderr.log"
     api_token = "tok_secret_value"  # a local a traceback must not carry
-    try:
-        raise RuntimeError(f"job failed ({len(api_token)})")
-    except RuntimeError:
-        logging.getLogger("arq.worker").exception("job %s failed", "poll_account")
-    [line] = _lines(capsys.readouterr().err)
+    with json_logs(path):
+        try:
+            raise RuntimeError(f"job failed ({len(api_token)})")
+        except RuntimeError:
+            logging.getLogger("arq.worker").exception("job %s failed", "poll_account")
+    [line] = _lines(path.read_text(encoding="utf-8"))
     assert line["event"] == "library_log"
     assert line["message"] == "job poll_account failed"
     assert line["level"] == "error"
