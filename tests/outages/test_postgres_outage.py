@@ -135,7 +135,10 @@ async def test_api_and_workers_ride_out_a_postgres_restart_and_a_stop(
             await wait_for(
                 lambda d=created[-1]: _created_events(opool, d), 20, f"the event after {fault}"
             )
-            figures[fault] = {"polling_s": round(polling, 2), "event_s": time.time() - up_at}
+            figures[fault] = {
+                "polling_s": round(polling, 2),
+                "event_s": round(time.time() - up_at, 2),
+            }
             await wait_for(lambda ids=pending: received(ids), 20, f"deliveries after {fault}")
             async with http.get(f"{api}/v1/accounts") as resp:
                 assert resp.status == 200  # the API is back by itself
