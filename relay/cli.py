@@ -88,7 +88,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import importlib
 
     run: Callable[..., int] = importlib.import_module(WORKER_MODULE).run_worker
-    return run(settings, burst=args.burst)
+    return run(settings, burst=args.burst, exit_on_unavailable=args.exit_on_unavailable)
 
 
 def _cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--burst",
         action="store_true",
         help="run the jobs that are due now, then exit (for cron and tests)",
+    )
+    p.add_argument(
+        "--exit-on-unavailable",
+        action="store_true",
+        help="if Postgres or Redis is unreachable at start, print which and exit with status 1 "
+        "(for a supervisor to restart it) instead of saying so once and waiting for it; a "
+        "store lost while running is always waited for",
     )
     p.set_defaults(func=_cmd_worker)
 

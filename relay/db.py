@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -11,7 +14,9 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay.errors import ServiceUnavailable
 from relay.settings import Settings, redact_url
@@ -22,6 +27,26 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 # Serialises concurrent `relay migrate` runs (api, worker and migrate containers start together).
 _MIGRATE_LOCK = 0x52454C4159  # "RELAY"
 CONNECT_TIMEOUT = 5.0
+# Every Redis command answers within this or counts as an outage: a partitioned or frozen Redis
+# must not hang a worker's loop. Relay never blocks on Redis (no BLPOP, no pub/sub reads), so
+# no command legitimately takes longer.
+REDIS_COMMAND_TIMEOUT = 5.0
+START_HINT = "start it, e.g. `docker compose up -d postgres redis`"
+# How long a process waiting for a store sleeps between tries, at most.
+WAIT_CAP = 2.0
+
+# What a store that is down, restarting or unreachable raises. Narrow on purpose: a statement
+# timeout, a constraint violation or a bug is not an outage and must not be retried as one.
+POSTGRES_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable (asyncpg lets the socket's error through)
+    TimeoutError,  # a connect or pool acquire that got no answer (a partitioned server)
+    asyncpg.ConnectionDoesNotExistError,  # the server closed our connection mid-query
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.AdminShutdownError,  # 57P01: a fast or smart shutdown ended our session
+    asyncpg.CrashShutdownError,  # 57P02
+)
+REDIS_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 
 
 def schema_text() -> str:
@@ -77,7 +102,10 @@ async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 
 async def create_redis(settings: Settings) -> aioredis.Redis:
     """A Redis client that has answered a PING, or ServiceUnavailable naming the URL."""
     client: aioredis.Redis = aioredis.from_url(  # type: ignore[no-untyped-call]
-        settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30
+        settings.redis_url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=REDIS_COMMAND_TIMEOUT,
+        health_check_interval=30,
     )
     try:
         await client.ping()
@@ -85,6 +113,146 @@ async def create_redis(settings: Settings) -> aioredis.Redis:
         await client.aclose()
         raise ServiceUnavailable("Redis", redact_url(settings.redis_url), _reason(exc)) from exc
     return client
+
+
+def store_outage(exc: BaseException) -> str | None:
+    """`"Postgres"` or `"Redis"` when `exc` means that store is unreachable, else None.
+
+    Redis's client wraps socket errors in its own classes, asyncpg lets them through, so a bare
+    `OSError` is counted as Postgres.
+    """
+    if isinstance(exc, ServiceUnavailable):
+        return exc.service
+    if isinstance(exc, REDIS_OUTAGE_ERRORS):
+        return "Redis"
+    if isinstance(exc, POSTGRES_OUTAGE_ERRORS):
+        return "Postgres"
+    if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+        return "Postgres"  # a statement on a connection the server has just closed
+    return None
+
+
+class Outage:
+    """One store as one component of a process sees it: one `store_unavailable` line when it
+    starts failing and one `store_recovered` line when it answers again, however many retries
+    happen in between (an outage used to print a traceback per retry)."""
+
+    def __init__(self, service: str, url: str, component: str) -> None:
+        self.service = service
+        self.url = redact_url(url)
+        self.component = component
+        self.since: float | None = None
+        self.failures = 0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "store_unavailable",
+                service=self.service,
+                url=self.url,
+                component=self.component,
+                reason=_reason(exc),
+            )
+
+    def recovered(self) -> None:
+        if self.since is None:
+            return
+        log.info(
+            "store_recovered",
+            service=self.service,
+            url=self.url,
+            component=self.component,
+            down_s=round(time.monotonic() - self.since, 3),
+            failures=self.failures,
+        )
+        self.since, self.failures = None, 0
+
+
+class Backoff:
+    """Capped exponential delays (0.1, 0.2, 0.4 ... `cap` s) for retrying a store; `reset()`
+    once it answers, so the next outage starts fast again."""
+
+    def __init__(self, first: float = 0.1, cap: float = WAIT_CAP) -> None:
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+async def check_postgres(settings: Settings) -> None:
+    """Connect once and close; ServiceUnavailable naming the URL when Postgres does not answer."""
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ServiceUnavailable(
+            "Postgres", redact_url(settings.database_url), _reason(exc)
+        ) from exc
+    await conn.close()
+
+
+async def check_redis(settings: Settings) -> None:
+    """PING once; ServiceUnavailable naming the URL when Redis does not answer."""
+    client = await create_redis(settings)
+    await client.aclose()
+
+
+async def wait_for_stores(
+    settings: Settings,
+    *,
+    wait: bool = True,
+    component: str = "worker",
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Return once Postgres and Redis both answer.
+
+    A store that does not answer is reported in one `store_unavailable` line (its URL and how
+    to start it); then, with `wait`, this retries quietly with capped backoff until it answers
+    (`store_recovered`), so a worker started before its stores comes up on its own. Without
+    `wait` (`relay worker --exit-on-unavailable`, for supervisors that restart) it raises the
+    ServiceUnavailable instead.
+    """
+    checks: list[tuple[str, str, Callable[[Settings], Awaitable[None]]]] = [
+        ("Postgres", settings.database_url, check_postgres),
+        ("Redis", settings.redis_url, check_redis),
+    ]
+    for service, url, check in checks:
+        outage = Outage(service, url, component)
+        backoff = Backoff(cap=WAIT_CAP)
+        while True:
+            try:
+                await check(settings)
+            except ServiceUnavailable as exc:
+                if not wait:
+                    raise
+                if not outage.down:
+                    log.warning(
+                        "store_unavailable",
+                        service=service,
+                        url=exc.url,
+                        component=component,
+                        reason=exc.reason,
+                        hint=START_HINT,
+                        waiting=True,
+                    )
+                    outage.since = time.monotonic()
+                outage.failures += 1
+                await sleep(backoff.next())
+                continue
+            outage.recovered()
+            break
 
 
 def _admin_url(database_url: str) -> tuple[str, str]:

@@ -18,6 +18,12 @@ the processes together never take more grants per window than the budget:
   that window, and counts against our budget. `Remaining: 0` or a 429 blocks every process until
   the server's reset (`Retry-After` when present, else `X-RateLimit-Reset`).
 
+Fail-safe: while Redis cannot be reached the limiter cannot count, so it spends nothing.
+`try_acquire` raises `ServiceUnavailable("Redis", ...)` (logged once per limiter as
+`ratelimit_unavailable` with `policy="spend_nothing"`) instead of granting, so no process sends a
+request its peers cannot see; a poll ends there, leaves its tasks due, and the next poll after
+Redis returns carries on. A response observed during the outage is logged and not shared.
+
 Keys hold a hash of the token, never the token: `relay:ratelimit:{<hash>}:...` (the braces keep
 one token's keys in one Redis Cluster slot). Losing Redis only loses the current window's count;
 the next server response restores the picture.
@@ -39,6 +45,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
+
+from relay.errors import ServiceUnavailable
 
 log = structlog.get_logger("relay.ratelimit")
 
@@ -206,6 +215,23 @@ class RateLimiter:
         self._acquire_script = redis.register_script(_ACQUIRE)
         self._observe_script = redis.register_script(_OBSERVE)
         self._window_ttl_ms = int((2 * self.window_seconds + 10) * 1000)
+        self._unavailable_logged = False
+
+    def _unavailable(self, exc: BaseException, during: str) -> ServiceUnavailable:
+        """The error to raise when Redis fails: the limiter cannot count, so it grants nothing."""
+        kwargs = self._redis.connection_pool.connection_kwargs
+        url = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if not self._unavailable_logged:
+            self._unavailable_logged = True
+            log.warning(
+                "ratelimit_unavailable",
+                token_id=self.token_id,
+                during=during,
+                policy="spend_nothing",
+                reason=reason,
+            )
+        return ServiceUnavailable("Redis", url, reason)
 
     def _window(self, at: float) -> int:
         return math.floor(at / self.window_seconds)
@@ -214,19 +240,22 @@ class RateLimiter:
         """Take one slot of the current window if the budget allows, else say how long to wait."""
         now = self._clock()
         index = self._window(now)
-        result = await self._acquire_script(
-            keys=[self._state_key, f"{self._window_prefix}{index}"],
-            args=[
-                repr(now),
-                repr(index * self.window_seconds),
-                repr(self.window_seconds),
-                self.limit,
-                self.margin,
-                repr(self.guard),
-                self.burst,
-                self._window_ttl_ms,
-            ],
-        )
+        try:
+            result = await self._acquire_script(
+                keys=[self._state_key, f"{self._window_prefix}{index}"],
+                args=[
+                    repr(now),
+                    repr(index * self.window_seconds),
+                    repr(self.window_seconds),
+                    self.limit,
+                    self.margin,
+                    repr(self.guard),
+                    self.burst,
+                    self._window_ttl_ms,
+                ],
+            )
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc, "acquire") from exc
         granted, value = int(result[0]), float(result[1])
         if granted:
             return Grant(True, 0.0, int(value))
@@ -272,22 +301,27 @@ class RateLimiter:
         else:
             index = self._window(now)
         throttled = status == 429
-        until = await self._observe_script(
-            keys=[self._state_key, f"{self._window_prefix}{index}", self._throttled_key],
-            args=[
-                repr(now),
-                _arg(feedback.limit),
-                _arg(feedback.remaining),
-                _arg(feedback.reset),
-                "1" if throttled else "0",
-                _arg(feedback.retry_after),
-                self._window_ttl_ms,
-                f"{now!r}:{secrets.token_hex(4)}",
-                _STATE_TTL,
-                self.limit,
-                repr(now + self.window_seconds + 1.0),
-            ],
-        )
+        try:
+            until = await self._observe_script(
+                keys=[self._state_key, f"{self._window_prefix}{index}", self._throttled_key],
+                args=[
+                    repr(now),
+                    _arg(feedback.limit),
+                    _arg(feedback.remaining),
+                    _arg(feedback.reset),
+                    "1" if throttled else "0",
+                    _arg(feedback.retry_after),
+                    self._window_ttl_ms,
+                    f"{now!r}:{secrets.token_hex(4)}",
+                    _STATE_TTL,
+                    self.limit,
+                    repr(now + self.window_seconds + 1.0),
+                ],
+            )
+        except (RedisError, OSError) as exc:
+            # The request was made and answered: keep its answer, only the sharing is lost.
+            self._unavailable(exc, "observe")
+            return feedback
         if throttled:
             log.warning(
                 "upstream_throttled",
@@ -306,7 +340,10 @@ class RateLimiter:
         pipe.hmget(self._state_key, ["limit", "block_until"])
         pipe.hmget(f"{self._window_prefix}{index}", ["granted", "others"])
         pipe.zcount(self._throttled_key, now - THROTTLE_MEMORY, "+inf")
-        (limit_raw, block_raw), (granted_raw, others_raw), throttled = await pipe.execute()
+        try:
+            (limit_raw, block_raw), (granted_raw, others_raw), throttled = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc, "state") from exc
         limit = int(limit_raw) if limit_raw is not None else self.limit
         used = int(granted_raw or 0) + int(others_raw or 0)
         reset = (index + 1) * self.window_seconds

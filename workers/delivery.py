@@ -13,10 +13,12 @@ from typing import Any
 import structlog
 from arq import cron
 
+from relay.db import store_outage
 from relay.delivery import Dispatcher, close_session, create_session, fan_out_events
 from relay.metrics import WorkerMetrics
 from relay.settings import Settings
 from relay.vault import Vault
+from workers.outages import outage, recovered
 
 log = structlog.get_logger("workers.delivery")
 
@@ -63,15 +65,32 @@ async def wake_dispatcher(ctx: dict[str, Any]) -> None:
     dispatcher: Dispatcher | None = ctx.get("dispatcher")
     if dispatcher is not None:
         dispatcher.wake(fan_out=True)
-    else:
+        return
+    try:
         await fan_out_events(ctx["pool"])
+    except Exception as exc:
+        service = store_outage(exc)
+        if service is None:
+            raise
+        outage(ctx, service, "sweeper").failed(exc)  # the sweeper fans it out later
 
 
 async def sweep_deliveries(ctx: dict[str, Any]) -> int:
     """Cron safety net: fan out anything stored but not yet fanned out, then wake the dispatcher
     so deliveries due (or whose lease expired with a dead worker) are claimed. Returns how many
-    deliveries the fan-out created."""
-    created = await fan_out_events(ctx["pool"])
+    deliveries the fan-out created.
+
+    While Postgres is down a tick does nothing (one line per outage): the dispatcher retries on
+    its own, and the first tick after Postgres returns fans out what was stored before."""
+    try:
+        created = await fan_out_events(ctx["pool"])
+    except Exception as exc:
+        service = store_outage(exc)
+        if service is None:
+            raise
+        outage(ctx, service, "sweeper").failed(exc)
+        return 0
+    recovered(ctx, "sweeper")
     dispatcher: Dispatcher | None = ctx.get("dispatcher")
     if dispatcher is not None:
         dispatcher.wake(fan_out=False)

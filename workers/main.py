@@ -1,6 +1,13 @@
 """The arq worker: resources opened once per worker process and the jobs it runs.
 
 `relay worker` builds it with `build_worker(settings)`; tests build it the same way.
+
+The worker outlives its stores. Started while Postgres or Redis is down, it says so in one
+`store_unavailable` line and waits for them (`--exit-on-unavailable` exits instead, for a
+supervisor to restart it). Running, a Redis outage no longer ends arq's loop: `RelayWorker`
+logs it once, retries with capped backoff and carries on when Redis answers, while the
+dispatcher keeps delivering from Postgres; jobs catch their own store failures (see
+`workers.polling`, `workers.delivery`).
 """
 
 from __future__ import annotations
@@ -11,10 +18,21 @@ from typing import Any
 import orjson
 import structlog
 import uvloop
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Worker
+from redis.asyncio import ConnectionPool
 
-from relay.db import create_pool, create_redis
+from relay.db import (
+    CONNECT_TIMEOUT,
+    REDIS_COMMAND_TIMEOUT,
+    REDIS_OUTAGE_ERRORS,
+    Backoff,
+    Outage,
+    create_pool,
+    create_redis,
+    wait_for_stores,
+)
 from relay.http import create_client_session
 from relay.runtime import tune_gc
 from relay.settings import Settings
@@ -32,8 +50,86 @@ from workers.retention import retention_cron_jobs
 log = structlog.get_logger("workers.main")
 
 
+class RelayWorker(Worker):
+    """arq's Worker, made to ride out Redis outages instead of ending the process.
+
+    arq lets a Redis error in its poll loop (reading the queue, the health key, cron enqueues)
+    or in a job's bookkeeping (`finish_job`) escape `main()`, and the worker exits with status
+    1 after a Redis blip (issue 10). Here each loop iteration that fails on Redis is one
+    incident (`store_unavailable` once, `store_recovered` when it answers) followed by a capped
+    backoff; nothing else changes. Redis only carries wake-ups: what a lost wake-up or job
+    record would have done, Postgres and the crons redo once Redis is back.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings: Settings = self.ctx["settings"]
+        self._redis_outage = Outage("Redis", settings.redis_url, "arq")
+        self._redis_backoff = Backoff(first=0.1, cap=2.0)
+        # Jobs whose end arq could not record in Redis; their records are cleared on recovery.
+        self._unrecorded: set[str] = set()
+
+    async def _poll_iteration(self) -> None:
+        try:
+            if self._unrecorded:
+                await self._clear_unrecorded()
+            await super()._poll_iteration()
+        except REDIS_OUTAGE_ERRORS as exc:
+            self._redis_outage.failed(exc)
+            await asyncio.sleep(self._redis_backoff.next())
+            return
+        self._redis_outage.recovered()
+        self._redis_backoff.reset()
+
+    async def _clear_unrecorded(self) -> None:
+        """Do for the jobs that ended during the outage what `finish_job` could not.
+
+        A Redis that kept its keys through the outage (a stock Redis snapshots on shutdown)
+        still holds their queue entries and in-progress marks: arq would skip them as
+        running elsewhere, and refuse their ids (a poll's id is its account and period), for
+        up to the job timeout. Every job here ran at most once and is re-seeded from Postgres
+        by the crons, so its records simply go.
+        """
+        ended = [job_id for job_id in self._unrecorded if job_id not in self.tasks]
+        if not ended:
+            return
+        async with self.pool.pipeline(transaction=True) as pipe:
+            for job_id in ended:
+                pipe.delete(
+                    in_progress_key_prefix + job_id,
+                    job_key_prefix + job_id,
+                    retry_key_prefix + job_id,
+                )
+                pipe.zrem(self.queue_name, job_id)
+            await pipe.execute()
+        self._unrecorded.difference_update(ended)
+        log.info("job_records_cleared", jobs=len(ended))
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        try:
+            await super().start_jobs(job_ids)
+        except REDIS_OUTAGE_ERRORS:
+            # arq took a slot (semaphore and counter) for the job it was starting when Redis
+            # failed, and only a started task gives it back: give it back here, or every
+            # outage would shrink this worker's capacity by one until it ran nothing.
+            self._release_sem_dec_counter_on_complete()
+            raise
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except REDIS_OUTAGE_ERRORS as exc:
+            # The job ran (or could not start); only arq's record of it is lost. Its effects
+            # live in Postgres, and every job here is idempotent, so a rerun is harmless.
+            self._redis_outage.failed(exc)
+            self._unrecorded.add(job_id)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
+    # Outage trackers shared by every job of this process (arq gives each job a shallow copy
+    # of this ctx, so the dict must exist here, not be created by the first job).
+    ctx["outages"] = {}
     ctx["pool"] = await create_pool(settings)
     ctx["redis_client"] = await create_redis(settings)
     # One upstream session per worker process, shared by every poll job it runs.
@@ -62,12 +158,32 @@ def cron_jobs() -> list[Any]:
     return [*delivery_cron_jobs(), *polling_cron_jobs(), *retention_cron_jobs()]
 
 
+def arq_redis(settings: Settings) -> ArqRedis:
+    """arq's Redis client, with a timeout on every command (arq sets only a connect timeout,
+    and a command to a partitioned or frozen Redis would hang its loop for good)."""
+    pool = ConnectionPool.from_url(
+        settings.redis_url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=REDIS_COMMAND_TIMEOUT,
+    )
+    client = ArqRedis(
+        pool,
+        job_serializer=orjson.dumps,
+        job_deserializer=orjson.loads,
+        default_queue_name=settings.queue_name,
+    )
+    # The client owns its pool, as `Redis.from_pool` makes it: closing one closes the other.
+    client.auto_close_connection_pool = True
+    return client
+
+
 def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
     """An arq Worker for these settings (tests call this with `burst=True`)."""
     options: dict[str, Any] = {
         "functions": worker_functions(),
         "cron_jobs": cron_jobs(),
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_pool": arq_redis(settings),
         "queue_name": settings.queue_name,
         "on_startup": startup,
         "on_shutdown": shutdown,
@@ -80,13 +196,19 @@ def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -
         "job_deserializer": orjson.loads,
     }
     options.update(overrides)
-    return Worker(**options)
+    return RelayWorker(**options)
 
 
-def run_worker(settings: Settings, *, burst: bool = False) -> int:
+def run_worker(
+    settings: Settings, *, burst: bool = False, exit_on_unavailable: bool = False
+) -> int:
+    """`relay worker`: wait for the stores (or raise ServiceUnavailable with
+    `exit_on_unavailable`), then run until a signal."""
     # uvloop: about a fifth less CPU per delivery in the dispatcher (bench/delivery_throughput.py);
     # arq runs on the loop set here.
-    asyncio.set_event_loop(uvloop.new_event_loop())
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(wait_for_stores(settings, wait=not exit_on_unavailable))
     worker = build_worker(settings, burst=burst)
     tune_gc()
     worker.run()

@@ -9,6 +9,10 @@ job's id (and its in-progress mark) until the job timeout, but the next period's
 so polling resumes as soon as the dead worker's Postgres lease expires. The lease in
 `poll_state`, not Redis, keeps two workers off one account: a job that finds it taken ends at
 once. `poll_account` keeps no result (`keep_result=0`) so its id is free once it ends.
+
+A store outage ends a poll run as `unavailable` (its lease released, its tasks left due) and
+makes a seeding tick a no-op, each logged once per incident; the first tick after the store
+returns seeds again, so polling resumes within seconds without anyone restarting a worker.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from arq import cron, func
 from arq.connections import ArqRedis
 
 from relay import accounts
+from relay.db import store_outage
 from relay.http import create_client_session
 from relay.metrics import WorkerMetrics
 from relay.poller import Poller
 from relay.scheduling import Policy
 from relay.settings import Settings
 from relay.vault import Vault
+from workers.outages import outage, recovered
 
 log = structlog.get_logger("workers.polling")
 
@@ -68,17 +74,47 @@ async def _poll_account(ctx: dict[str, Any], account_id: str, http: ClientSessio
     metrics: WorkerMetrics = ctx.get("metrics") or WorkerMetrics(ctx["redis_client"])
     try:
         report = await poller.run_account(account_id)
-    except Exception:
-        metrics.poll_run(account_id, "crashed", None)
-        await metrics.flush()
-        raise
+    except Exception as exc:
+        service = store_outage(exc)
+        if service is None:
+            metrics.poll_run(account_id, "crashed", None)
+            await metrics.flush()
+            raise
+        # Not a bug and not the upstream: the run stopped where it was, its lease is released
+        # and its tasks stay due, so the first poll after the store returns carries on. One
+        # line per interrupted run (one per account and outage), without a traceback.
+        log.warning(
+            "poll_interrupted",
+            account_id=account_id,
+            service=service,
+            reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+        )
+        metrics.poll_run(account_id, "unavailable", None)
+        await metrics.flush()  # never raises; kept for the next flush while Redis is down
+        return "unavailable"
     metrics.poll_run(account_id, report.outcome, report.upstream)
     await metrics.flush()
     return report.outcome
 
 
 async def schedule_polls(ctx: dict[str, Any]) -> int:
-    """Enqueue a poll job for every pollable account with work due; returns how many."""
+    """Enqueue a poll job for every pollable account with work due; returns how many.
+
+    While Postgres or Redis is down a tick does nothing (one line per outage); Postgres keeps
+    what is due, so the next tick after it returns enqueues it."""
+    try:
+        enqueued = await _schedule_polls(ctx)
+    except Exception as exc:
+        service = store_outage(exc)
+        if service is None:
+            raise
+        outage(ctx, service, "scheduler").failed(exc)
+        return 0
+    recovered(ctx, "scheduler")
+    return enqueued
+
+
+async def _schedule_polls(ctx: dict[str, Any]) -> int:
     policy = _policy(ctx)
     pool = ctx["pool"]
     redis: ArqRedis = ctx["redis"]

@@ -13,6 +13,7 @@ from prometheus_client import Counter, Histogram
 
 from relay.api.keys import SETTINGS
 from relay.api.routing import json_response
+from relay.db import store_outage
 from relay.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 
 log = structlog.get_logger("relay.api")
@@ -24,6 +25,11 @@ LATENCY = Histogram("relay_api_request_seconds", "Admin API request latency", ["
 
 # aiohttp's own HTTP errors (unknown route, wrong method, body too large) keep their status and
 # get a stable code instead of aiohttp's HTML/plain-text body.
+# Seconds a client is asked to wait when a store is unreachable: a restart takes about that long,
+# and `/readyz` tells load balancers meanwhile.
+RETRY_AFTER_SECONDS = 5
+_STORE_NAMES = {"Postgres": "the database (Postgres)", "Redis": "Redis"}
+
 _HTTP_CODES = {
     400: "invalid_request",
     401: "unauthorized",
@@ -41,6 +47,17 @@ def error_response(
     if field is not None:
         error["field"] = field
     return json_response({"error": error}, status=status)
+
+
+def unavailable_response(service: str) -> web.Response:
+    """503 `service_unavailable` with `Retry-After`: a store failed under the request; the
+    client should try again once it is back (`/readyz` says when)."""
+    name = _STORE_NAMES.get(service, service)
+    response = error_response(
+        503, "service_unavailable", f"{name} is unreachable; retry in {RETRY_AFTER_SECONDS} s"
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def _route_name(request: web.Request) -> str:
@@ -71,8 +88,10 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn Relay's typed errors and aiohttp's HTTP errors into `{"error": {code, message}}`.
 
-    Anything unexpected is logged as `api_error` and answered with a 500 that carries no detail:
-    a 5xx from this API is a bug, and its traceback belongs in the log, not in the response.
+    A store that cannot be reached (Postgres or Redis down or restarting) is a 503 with
+    `Retry-After`, logged once per request as `api_service_unavailable` without a traceback.
+    Anything else unexpected is logged as `api_error` and answered with a 500 that carries no
+    detail: such a 5xx is a bug, and its traceback belongs in the log, not in the response.
     """
     started = time.perf_counter()
     try:
@@ -85,14 +104,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(409, "conflict", str(exc))
     except ServiceUnavailable as exc:
         log.warning("api_service_unavailable", service=exc.service, reason=exc.reason)
-        response = error_response(503, "service_unavailable", f"{exc.service} is unavailable")
+        response = unavailable_response(exc.service)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and 2xx raised as exceptions pass through untouched
         response = _from_http_exception(exc)
-    except Exception:
-        log.exception("api_error", method=request.method, path=request.path)
-        response = error_response(500, "internal_error", "internal error; see the server log")
+    except Exception as exc:
+        service = store_outage(exc)
+        if service is None:
+            log.exception("api_error", method=request.method, path=request.path)
+            response = error_response(500, "internal_error", "internal error; see the server log")
+        else:
+            log.warning(
+                "api_service_unavailable",
+                service=service,
+                path=request.path,
+                reason=f"{type(exc).__name__}: {exc}".splitlines()[0],
+            )
+            response = unavailable_response(service)
     elapsed = time.perf_counter() - started
     route = _route_name(request)
     REQUESTS.labels(request.method, route, str(response.status)).inc()

@@ -55,6 +55,17 @@ def _operation(route: Route) -> dict[str, Any]:
         responses.setdefault("404", _error(f"no such {route.path_kind or 'resource'}"))
     if route.body is not None:
         responses.setdefault("413", _error("request body larger than 1 MB"))
+    if route.needs_auth:
+        unavailable = _error(
+            "Postgres (or Redis) is unreachable; retry after `Retry-After` seconds"
+        )
+        unavailable["headers"] = {
+            "Retry-After": {
+                "description": "seconds to wait before retrying",
+                "schema": {"type": "integer"},
+            }
+        }
+        responses.setdefault("503", unavailable)
     responses["default"] = _error("any other error, in the same envelope")
 
     operation: dict[str, Any] = {

@@ -34,6 +34,7 @@ import aiohttp
 import asyncpg
 import structlog
 
+from relay.db import Outage, store_outage
 from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
 from relay.delivery.leases import claim, record, release
 from relay.delivery.ordering import promote
@@ -138,6 +139,14 @@ class Dispatcher:
         self._keys: dict[tuple[Any, ...], tuple[list[bytes], datetime | None]] = {}
         self._listener: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
+        # Postgres down: one line when it starts and one when it ends, not one per retry.
+        self._db_outage = Outage("Postgres", settings.database_url, "dispatcher")
+
+    def _db_failed(self, event: str, exc: BaseException) -> None:
+        if store_outage(exc) is not None:
+            self._db_outage.failed(exc)
+        else:
+            log.warning(event, error=f"{type(exc).__name__}: {exc}")
 
     # ---- control ----------------------------------------------------------------------------
 
@@ -167,7 +176,7 @@ class Dispatcher:
                 try:
                     await self.step()
                 except _DB_ERRORS as exc:
-                    log.warning("dispatcher_step_failed", error=f"{type(exc).__name__}: {exc}")
+                    self._db_failed("dispatcher_step_failed", exc)
                     await asyncio.sleep(self._settings.delivery_poll_interval)
                     continue
                 except Exception:
@@ -176,6 +185,7 @@ class Dispatcher:
                     log.exception("dispatcher_step_crashed")
                     await asyncio.sleep(self._settings.delivery_poll_interval)
                     continue
+                self._db_outage.recovered()
                 await self._idle()
         finally:
             await self._drain(recorder)
@@ -228,8 +238,9 @@ class Dispatcher:
             conn = await asyncpg.connect(self._settings.database_url, timeout=5)
             await conn.add_listener(WAKE_CHANNEL, self._on_notify)
         except _DB_ERRORS as exc:
-            self._listener_retry_at = time.monotonic() + 5.0
-            log.warning("dispatcher_listen_failed", error=f"{type(exc).__name__}: {exc}")
+            # Soon after an outage, not 5 s later: NOTIFY is what makes delivery immediate.
+            self._listener_retry_at = time.monotonic() + 1.0
+            self._db_failed("dispatcher_listen_failed", exc)
             return
         self._listener = conn
         self._fan_out_due = True  # anything stored while we were not listening
@@ -428,7 +439,15 @@ class Dispatcher:
                 except _DB_ERRORS as exc:
                     # Kept for the next try; if this process dies first, the lease expires and
                     # the deliveries are sent again under the same webhook-id (at-least-once).
-                    log.warning("delivery_record_failed", error=f"{type(exc).__name__}: {exc}")
+                    self._db_failed("delivery_record_failed", exc)
+                    await asyncio.sleep(self._settings.delivery_poll_interval)
+                    continue
+                except Exception:
+                    # The recorder must outlive anything one batch meets: asyncpg can raise its
+                    # InternalClientError on a connection cut mid-statement by a Postgres
+                    # restart, and a dead recorder would leave every later send unrecorded (and
+                    # sent again once its lease ends). The batch is kept for the next try.
+                    log.exception("delivery_record_crashed", outcomes=len(batch))
                     await asyncio.sleep(self._settings.delivery_poll_interval)
                     continue
                 del self._outcomes[: len(batch)]
@@ -559,7 +578,7 @@ class Dispatcher:
                 log.warning("delivery_record_abandoned", outcomes=len(self._outcomes))
         recorder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await recorder
+            await recorder  # it catches everything but its cancellation
         if self._listener is not None:
             try:
                 await self._listener.close(timeout=2)

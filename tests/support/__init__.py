@@ -1,0 +1,1 @@
+"""Shared test helpers that are not fixtures: start and stop private stores, spawn processes."""
