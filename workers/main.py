@@ -166,15 +166,12 @@ def arq_redis(settings: Settings) -> ArqRedis:
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=REDIS_COMMAND_TIMEOUT,
     )
-    client = ArqRedis(
+    return ArqRedis(
         pool,
         job_serializer=orjson.dumps,
         job_deserializer=orjson.loads,
         default_queue_name=settings.queue_name,
     )
-    # The client owns its pool, as `Redis.from_pool` makes it: closing one closes the other.
-    client.auto_close_connection_pool = True
-    return client
 
 
 def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
