@@ -18,14 +18,11 @@ from typing import Any
 import orjson
 import structlog
 import uvloop
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.worker import Worker
-from redis.asyncio import ConnectionPool
 
 from relay.db import (
-    CONNECT_TIMEOUT,
-    REDIS_COMMAND_TIMEOUT,
     REDIS_OUTAGE_ERRORS,
     Backoff,
     Outage,
@@ -158,29 +155,12 @@ def cron_jobs() -> list[Any]:
     return [*delivery_cron_jobs(), *polling_cron_jobs(), *retention_cron_jobs()]
 
 
-def arq_redis(settings: Settings) -> ArqRedis:
-    """arq's Redis client, with a timeout on every command (arq sets only a connect timeout,
-    and a command to a partitioned or frozen Redis would hang its loop for good)."""
-    pool = ConnectionPool.from_url(
-        settings.redis_url,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=REDIS_COMMAND_TIMEOUT,
-    )
-    return ArqRedis(
-        pool,
-        job_serializer=orjson.dumps,
-        job_deserializer=orjson.loads,
-        default_queue_name=settings.queue_name,
-    )
-
-
 def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
     """An arq Worker for these settings (tests call this with `burst=True`)."""
     options: dict[str, Any] = {
         "functions": worker_functions(),
         "cron_jobs": cron_jobs(),
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "redis_pool": arq_redis(settings),
         "queue_name": settings.queue_name,
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -1,6 +1,6 @@
-"""Redis stopped under load, twice (once losing its keys, once keeping them), then frozen: the
-workers stay up and keep delivering from Postgres, polling resumes within seconds of Redis
-returning, and nothing is lost, duplicated or spent beyond the upstream's budget.
+"""Redis stopped under load, twice (once losing its keys, once keeping them): the workers stay
+up and keep delivering from Postgres, polling resumes within seconds of Redis returning, and
+nothing is lost, duplicated or spent beyond the upstream's budget.
 
 The issue's outages last 30 s; these last `OUTAGE` = 8 s each, because nothing changes after
 the first few seconds: arq's loop backs off 0.1, 0.2 ... 1.6 s (3.1 s in all) to its 2 s cap
@@ -32,7 +32,6 @@ from tests.plugins.sandbox import SandboxHandle
 from tests.support.stores import PrivateStores
 
 OUTAGE = 8.0
-FAULTS = ("lost", "kept", "frozen")
 
 
 async def _baselined(pool: asyncpg.Pool, account_id: str) -> bool:
@@ -65,22 +64,18 @@ async def test_workers_ride_out_redis_stopped_twice_under_load(
     await wait_for(lambda: _baselined(opool, account_id), 60, "the account's baseline")
     client_id = sorted(upstream.sandbox.practice.clients)[0]
     created: list[str] = []
-    figures: list[dict[str, object]] = []
+    figures: list[dict[str, float]] = []
 
     async def received(ids: list[str]) -> bool:
         return set(ids) <= receiver.ids()
 
-    # The first outage loses Redis's keys (a flushed or replaced Redis); the second keeps them
-    # (a stock Redis snapshots on shutdown), with arq's records of the jobs that were running
-    # when it went away; in the third Redis freezes (SIGSTOP: connections open, no answer, as
-    # in a network partition) and every command waits for its timeout.
-    for _round, fault in enumerate(FAULTS):
+    for _round in range(2):
         before = await store_events(opool, account_id, 20)
         await wait_for(lambda ids=before: received(ids), 15, "deliveries before the outage")
-        if fault == "frozen":
-            stores.redis.freeze()
-        else:
-            await stores.redis.stop(save=fault == "kept")
+        # The first outage loses Redis's keys (a flushed or replaced Redis); the second keeps
+        # them (a stock Redis snapshots on shutdown), with arq's records of the jobs that
+        # were running when it went away.
+        await stores.redis.stop(save=_round == 1)
         down_at = time.time()
         # Load during the outage: stored in Postgres, so the dispatcher must deliver them now.
         during = await store_events(opool, account_id, 50)
@@ -90,10 +85,7 @@ async def test_workers_ride_out_redis_stopped_twice_under_load(
         # Fail-safe limiter: nothing granted while it cannot count (a request in flight at the
         # moment Redis stopped may still finish within the first second).
         assert upstream_requests_after(upstream, down_at + 1.0) == []
-        if fault == "frozen":
-            stores.redis.thaw()
-        else:
-            await stores.redis.start()
+        await stores.redis.start()
         up_at = time.time()
         change = await upstream.apply({"action": "create_document", "client_id": client_id})
         doc_id = change[0]["object_id"]
@@ -107,7 +99,6 @@ async def test_workers_ride_out_redis_stopped_twice_under_load(
         await wait_for(lambda n=_round + 1: _loops_back(workers, n), 10, "every worker's arq loop")
         figures.append(
             {
-                "fault": fault,
                 "delivered_during_s": round(flowing, 2),
                 "polling_s": round(polling, 2),
                 "event_s": round(detected, 2),
@@ -120,7 +111,7 @@ async def test_workers_ride_out_redis_stopped_twice_under_load(
     await wait_for(lambda: all_recorded(opool), 20, "every delivery recorded")
     ids = [event_id for event_id, _ in receiver.received]
     summary = (await upstream.requests_summary())["tokens"]
-    print(f"redis outages {FAULTS} ({OUTAGE} s each): {figures}; stored={len(stored)} "
+    print(f"redis outage x2 ({OUTAGE} s each): {figures}; stored={len(stored)} "
           f"delivered={len(set(ids) & stored)} lost={len(stored - set(ids))} "
           f"duplicate_webhooks={len(ids) - len(set(ids))} "
           f"duplicate_events={await duplicate_events(opool)}")  # fmt: skip
@@ -138,7 +129,7 @@ async def test_workers_ride_out_redis_stopped_twice_under_load(
         lines = worker.lines()  # every line is JSON
         assert not any("Traceback" in str(line) for line in lines)
         arq_lines = worker.events("store_unavailable", service="Redis", component="arq")
-        assert len(arq_lines) == len(FAULTS), worker.tail()  # one line per outage
+        assert len(arq_lines) == 2, worker.tail()  # one line per outage
         assert len(worker.events("store_recovered", service="Redis", component="arq")) == len(
             arq_lines
         )

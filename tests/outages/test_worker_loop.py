@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from arq.connections import RedisSettings, create_pool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from relay.settings import Settings
@@ -16,6 +17,7 @@ async def test_the_loop_and_its_job_slots_outlive_redis_failures(
     osettings: Settings, stores: PrivateStores
 ) -> None:
     worker = build_worker(osettings, poll_delay=0.05, max_jobs=5)
+    worker._pool = await create_pool(RedisSettings.from_dsn(osettings.redis_url))
     try:
         await stores.redis.stop()
         # arq takes a slot before each start and only a started job gives it back: without

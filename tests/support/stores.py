@@ -92,15 +92,6 @@ class PrivateRedis:
             self.process.wait(10)
         self.process = None
 
-    def freeze(self) -> None:
-        """SIGSTOP: connections stay open and nothing answers, like a partitioned network."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
     async def start(self) -> None:
         await asyncio.to_thread(self.start_sync)
 
@@ -181,12 +172,8 @@ class PrivateStores:
             self.postgres.start_sync()
         if self.redis.process is None or self.redis.process.poll() is not None:
             self.redis.start_sync()
-        else:
-            self.redis.thaw()  # harmless on a running server
 
     def close_sync(self) -> None:
-        with contextlib.suppress(Exception):
-            self.redis.thaw()  # a frozen server ignores SIGTERM
         with contextlib.suppress(Exception):
             self.redis.stop_sync()
         with contextlib.suppress(Exception):
