@@ -14,6 +14,7 @@ import orjson
 
 from relay.errors import InvalidInput, NotFound
 from relay.ids import new_id
+from relay.sources.invoicext_events import webhook_payload
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
@@ -34,6 +35,7 @@ _COLUMNS = (
     "object_id",
     "body",
     "created_at",
+    "payload",
 )
 
 
@@ -51,18 +53,23 @@ def build_event(
     object: Mapping[str, Any],
     previous: Mapping[str, Any] | None = None,
     at: datetime | None = None,
+    object_type: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An event body in the webhook shape of relay.md; `object_type` is the type's prefix."""
-    return {
+    """An event body in the webhook shape of relay.md; `object_type` is the type's prefix
+    unless given (InvoiceXT's `bank.reconciled` is about a `reconciliation`). `extra` joins
+    `data` (the publication an `invoice.published` reports)."""
+    body = {
         "id": new_id("evt"),
         "type": type,
         "created_at": format_time(at or datetime.now(UTC)),
         "account_id": account_id,
         "client_id": client_id,
-        "object_type": type.split(".", 1)[0],
+        "object_type": object_type or type.split(".", 1)[0],
         "object_id": object_id,
-        "data": {"object": dict(object), "previous": dict(previous or {})},
+        "data": {"object": dict(object), "previous": dict(previous or {}), **(extra or {})},
     }
+    return body
 
 
 def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -76,6 +83,8 @@ def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
         body["object_id"],
         body,
         datetime.fromisoformat(body["created_at"]),
+        # An InvoiceXT event's webhook body (seed 004's format), rendered once, exactly.
+        webhook_payload(body),
     )
 
 
@@ -115,7 +124,7 @@ async def insert_event(
     )
     await conn.execute(
         "INSERT INTO events (id, type, account_id, client_id, object_type, object_id, body,"
-        " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        " created_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         *_record(body),
     )
     return body

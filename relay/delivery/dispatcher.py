@@ -286,7 +286,7 @@ class Dispatcher:
             token=token,
             url=row["url"],
             kind=row["kind"],
-            body=request_body(row["kind"], row["body"]) if row["live"] else b"",
+            body=request_body(row["kind"], row["body"], row["payload"]) if row["live"] else b"",
             keys=keys,
             live=row["live"],
             disabled_reason=row["disabled_reason"],

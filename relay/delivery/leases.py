@@ -48,7 +48,7 @@ WITH scan AS (
     WHERE d.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count
 )
-SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, l.expired, e.body,
+SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, l.expired, e.body, e.payload,
        s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
        s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets
 FROM claimed AS c

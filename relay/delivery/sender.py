@@ -64,10 +64,13 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-def request_body(kind: str, event_body: dict[str, Any]) -> bytes:
-    """The bytes to send: the event itself for webhooks, a Slack message for slack."""
+def request_body(kind: str, event_body: dict[str, Any], payload: bytes | None = None) -> bytes:
+    """The bytes to send: the event itself for webhooks (or its provider's own format, stored
+    with it as `payload`: InvoiceXT's), a Slack message for slack."""
     if kind == "slack":
         return orjson.dumps(slack_message(event_body))
+    if payload is not None:
+        return bytes(payload)
     return orjson.dumps(event_body)
 
 

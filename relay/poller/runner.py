@@ -21,9 +21,10 @@ import structlog
 from relay import accounts
 from relay.errors import NotFound, UpstreamAuthError, UpstreamError
 from relay.events import insert_event
+from relay.poller.lists import ListPoller
 from relay.poller.pages import _connection
 from relay.poller.tasks import PollTasks
-from relay.ratelimit import RateLimiter
+from relay.ratelimit import RateLimiter, RollingRateLimiter
 from relay.scheduling import (
     Policy,
     Task,
@@ -44,13 +45,15 @@ from relay.scheduling import (
     save_task,
 )
 from relay.sources.dext import CountingMetrics, DextClient
+from relay.sources.invoicext import InvoicextClient
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.poller")
 
-UNSUPPORTED_PROVIDER = (
-    "this version of Relay polls only Dext accounts; InvoiceXT is not supported yet"
-)
+# Kept for callers of older versions; every provider is polled now.
+UNSUPPORTED_PROVIDER = "this version of Relay cannot poll this provider"
+# InvoiceXT's Starter plan: the limiter learns the real limit from the first answer's headers.
+INVOICEXT_DEFAULT_LIMIT = 100
 
 
 @dataclass
@@ -87,6 +90,8 @@ class Poller(PollTasks):
     clock: Callable[[], float] = time.time
     holder: str = field(default_factory=default_holder)
     client_options: Mapping[str, Any] = field(default_factory=dict)
+    # Options of the lists-only sources' clients (tests shorten backoffs).
+    source_options: Mapping[str, Any] = field(default_factory=dict)
 
     def make_client(self, account: accounts.Account) -> tuple[DextClient, CountingMetrics]:
         token = accounts.account_token(self.vault, account)
@@ -144,11 +149,8 @@ class Poller(PollTasks):
             report.outcome = "gone"
             return
         if account.provider != "dext":
-            # Accepted by the API for the contract's sake, but there is no InvoiceXT connector
-            # yet: say so on the account rather than leave it silently unpolled.
-            if account.last_error != UNSUPPORTED_PROVIDER:
-                await accounts.record_poll_error(self.pool, account.id, UNSUPPORTED_PROVIDER)
-            report.outcome = "gone"
+            # A source with lists only (InvoiceXT): the source-generic pass of `poller.lists`.
+            await self._run_source(account, report, run_seconds, idle_exit)
             return
         client, metrics = self.make_client(account)
         deadline = self.clock() + run_seconds
@@ -243,6 +245,84 @@ class Poller(PollTasks):
             report.upstream = metrics
             state = await client.rate_limit_state()
             await accounts.record_rate_limit(self.pool, account_id, state.to_json())
+
+    def make_source(self, account: accounts.Account) -> tuple[InvoicextClient, CountingMetrics]:
+        """The `Source` of a lists-only account, on its rolling-hour limiter; the hour (and the
+        month) compress with the policy's window like Dext's minute (RELAY_UPSTREAM_SPEED)."""
+        token = accounts.account_token(self.vault, account)
+        speed = 60.0 / self.policy.window_seconds
+        limiter = RollingRateLimiter(
+            self.redis,
+            token,
+            limit=INVOICEXT_DEFAULT_LIMIT,
+            window_seconds=3600.0 / speed,
+            margin=1,
+        )
+        metrics = CountingMetrics()
+        client = InvoicextClient(
+            account.base_url,
+            token,
+            session=self.http,
+            limiter=limiter,
+            metrics=metrics,
+            speed=speed,
+            **self.source_options,
+        )
+        return client, metrics
+
+    async def _run_source(
+        self, account: accounts.Account, report: RunReport, run_seconds: float, idle_exit: bool
+    ) -> None:
+        """Cycles of the account's source until `run_seconds` are up (one with `idle_exit`)."""
+        client, metrics = self.make_source(account)
+        deadline = self.clock() + run_seconds
+        lists = ListPoller(self.pool, client, account, self.clock)
+        request_seen = await self._honour_poll_request(account)
+        monthly: dict[str, Any] | None = None
+        try:
+            while self.clock() < deadline:
+                client.max_wait = max(deadline - self.clock(), 0.05)
+                if not await renew_lease(
+                    self.pool, account.id, self.holder, self.policy.lease_seconds
+                ):
+                    raise LeaseLost(account.id)
+                monthly = (await client.budget()).monthly
+                emit = account.backfill or account.baseline_completed_at is not None
+                cycle = await lists.cycle(emit)
+                report.tasks += 1
+                report.changes += cycle.changed
+                # A list the key may not read is no gap of the baseline (it is shown instead).
+                if account.baseline_completed_at is None and cycle.complete | bool(cycle.forbidden):
+                    await accounts.complete_baseline(self.pool, account.id)
+                    log.info("baseline_completed", account_id=account.id)
+                account = await accounts.get_account(self.pool, account.id)
+                await self._after_pass(account, request_seen)
+                if cycle.forbidden:
+                    missing = ", ".join(sorted(cycle.forbidden))
+                    await accounts.record_poll_error(
+                        self.pool, account.id, f"the API key lacks the scope {missing}"
+                    )
+                if idle_exit:
+                    break
+        except NotFound:
+            report.outcome = "gone"
+        except UpstreamAuthError as exc:
+            report.outcome = "broken"
+            await self._auth_failed(account, exc)
+        except UpstreamError as exc:
+            report.outcome = "error"
+            log.warning("poll_failed", account_id=account.id, error=str(exc), status=exc.status)
+            await accounts.record_poll_error(self.pool, account.id, str(exc))
+        finally:
+            report.requests = _requests(metrics)
+            report.upstream = metrics
+            state = (await client.rate_limit_state()).to_json()
+            state["window_seconds"] = client.limiter.window_seconds
+            state["monthly"] = monthly or (
+                client.monthly.to_json(client.pace) if client.monthly else None
+            )
+            state["missing_scopes"] = sorted(lists.forbidden)
+            await accounts.record_rate_limit(self.pool, account.id, state)
 
     async def _honour_poll_request(self, account: accounts.Account) -> Any:
         """Turn a new `POST /v1/accounts/{id}/poll` into forced tasks, once per request."""

@@ -11,14 +11,14 @@ import structlog
 
 from relay.errors import InvalidInput, NotFound
 from relay.events import build_event, insert_events
-from relay.rules import event_type_for
+from relay.rules import INVOICEXT_OBJECT_TYPES, event_type_for
 
 if TYPE_CHECKING:
     from relay.events import Connection
 
 log = structlog.get_logger("relay.snapshots")
 
-SCANNABLE_TYPES = ("document", "supplier", "expense_report")
+SCANNABLE_TYPES = ("document", "supplier", "expense_report", "invoice", "reconciliation")
 
 _SEEN = (
     "seen AS (SELECT DISTINCT unnest(object_ids) AS object_id FROM snapshot_scan_pages "
@@ -184,7 +184,9 @@ async def finish_complete_scan(
                     build_event(
                         deleted_type,
                         account_id=scan["account_id"],
-                        client_id=row["client_id"],
+                        client_id=None
+                        if scan["object_type"] in INVOICEXT_OBJECT_TYPES
+                        else row["client_id"],
                         object_id=row["object_id"],
                         object=row["data"],
                         at=at,

@@ -1,0 +1,162 @@
+"""The source-generic pass: any `relay.sources.source.Source` polled list by list.
+
+One cycle reads every list of the source page by page as one complete scan (its objects
+diffed into snapshots as each page arrives), then confirms each deletion candidate with its own
+`404` (pages shift while a scan runs: a missed item is only a candidate), then reads the
+source's singletons. The first cycle is the account's baseline (emits nothing unless the
+account backfills); a first cycle with a page it could not read is no baseline and runs again.
+A list the key may not read (`403`) is skipped, the scope shown on the account, and tried again
+every `SCOPE_RETRY` cycles; the other lists keep flowing. The limiter paces every request
+(the source's budget), so a cycle of a 100-an-hour source simply takes its share of the hour.
+
+Snapshots of a source's objects are kept under `client_id` = `SOURCE_CLIENT` (the source has
+no clients; the events say `client_id: null`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from relay import accounts, snapshots
+from relay.errors import UpstreamForbidden, UpstreamNotFound, UpstreamProtocolError
+from relay.poller.pages import _connection
+from relay.sources.source import ListSpec, Source
+
+log = structlog.get_logger("relay.poller")
+
+SOURCE_CLIENT = "-"
+SCOPE_RETRY = 10
+
+
+@dataclass
+class Cycle:
+    """What one cycle over a source did."""
+
+    changed: int = 0
+    complete: bool = True
+    forbidden: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ListPoller:
+    """Runs cycles of one source for one account."""
+
+    pool: asyncpg.Pool
+    source: Source
+    account: accounts.Account
+    clock: Callable[[], float]
+    cycles: int = 0
+    forbidden: set[str] = field(default_factory=set)
+
+    async def cycle(self, emit: bool) -> Cycle:
+        result = Cycle()
+        for spec in self.source.lists:
+            key = spec.scope or spec.name
+            if key in self.forbidden and self.cycles % SCOPE_RETRY:
+                result.complete = False
+                result.forbidden.add(key)
+                continue
+            try:
+                changed, complete = await self._scan(spec, emit)
+            except UpstreamForbidden:
+                log.warning("scope_missing", account_id=self.account.id, scope=key)
+                result.forbidden.add(key)
+                result.complete = False
+                continue
+            result.changed += changed
+            result.complete = result.complete and complete
+        try:
+            for object_type, objects in (await self.source.singletons()).items():
+                result.changed += await self._diff(object_type, objects, emit)
+        except UpstreamForbidden:
+            result.forbidden.add("settings:read")
+        except UpstreamProtocolError as exc:
+            log.warning("page_skipped", account_id=self.account.id, path=exc.url, page=0)
+            result.complete = False
+        self.forbidden = result.forbidden
+        self.cycles += 1
+        return result
+
+    async def _diff(
+        self, object_type: str, objects: Sequence[Mapping[str, Any]], emit: bool, **scan: Any
+    ) -> int:
+        async with _connection(self.pool) as conn:
+            diffed = await snapshots.diff_objects(
+                conn,
+                account_id=self.account.id,
+                object_type=object_type,
+                objects=objects,
+                client_id=SOURCE_CLIENT,
+                emit=emit,
+                **scan,
+            )
+        return len(diffed.created) + len(diffed.changed)
+
+    async def _scan(self, spec: ListSpec, emit: bool) -> tuple[int, bool]:
+        """One complete scan of a list; (changes, whether no page was lost)."""
+        async with _connection(self.pool) as conn:
+            scan_id = await snapshots.begin_complete_scan(
+                conn,
+                account_id=self.account.id,
+                object_type=spec.object_type,
+                client_id=SOURCE_CLIENT,
+            )
+        changed, page_no, complete = 0, 1, True
+        while True:
+            try:
+                page = await self.source.page(spec, page_no)
+            except UpstreamProtocolError as exc:
+                log.warning(
+                    "page_skipped",
+                    account_id=self.account.id,
+                    path=spec.name,
+                    page=page_no,
+                    detail=exc.detail,
+                )
+                async with _connection(self.pool) as conn:
+                    await snapshots.mark_scan_partial(conn, scan_id, f"{spec.name} {page_no}")
+                complete = False
+                break
+            objects, set_aside = _readable(page.items)
+            if set_aside:
+                async with _connection(self.pool) as conn:
+                    await snapshots.mark_scan_partial(conn, scan_id, "objects set aside")
+                complete = False
+            changed += await self._diff(
+                spec.object_type, objects, emit, scan_id=scan_id, page=page_no
+            )
+            if not page.has_next or not page.items:
+                break
+            page_no += 1
+        changed += await self._finish(spec, scan_id, emit)
+        return changed, complete
+
+    async def _finish(self, spec: ListSpec, scan_id: int, emit: bool) -> int:
+        async with _connection(self.pool) as conn:
+            first = await snapshots.finish_complete_scan(conn, scan_id, confirmed_gone=None)
+        if first.refused or not first.candidates:
+            return 0
+        gone: list[str] = []
+        alive: list[dict[str, Any]] = []
+        for object_id in first.candidates:
+            try:
+                alive.append(await self.source.detail(spec, object_id))
+            except UpstreamNotFound:
+                gone.append(object_id)
+        changed = await self._diff(spec.object_type, alive, emit) if alive else 0
+        async with _connection(self.pool) as conn:
+            outcome = await snapshots.finish_complete_scan(
+                conn, scan_id, confirmed_gone=gone, emit=emit
+            )
+        return changed + len(outcome.deleted)
+
+
+def _readable(items: Sequence[Any]) -> tuple[list[dict[str, Any]], int]:
+    """The objects a diff can take (a JSON object with a string id); the rest is set aside."""
+    kept = [i for i in items if isinstance(i, dict) and isinstance(i.get("id"), str) and i["id"]]
+    return kept, len(items) - len(kept)
