@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from relay import accounts
 from relay.http import create_client_session
 from relay.poller import Poller
-from relay.sandbox.invoicext import InvoicextSandbox
-from relay.sandbox.invoicext_api import create_invoicext_app
 from relay.scheduling import Policy
 from relay.settings import Settings
 from relay.vault import Vault
@@ -60,41 +56,6 @@ def poller(
         policy=TEST_POLICY,
         client_options={"backoff": 0.01, "backoff_cap": 0.05, "timeout": 5.0},
     )
-
-
-@dataclass
-class IxtHandle:
-    """A running InvoiceXT sandbox: its API root, default key and in-process state."""
-
-    url: str
-    token: str
-    box: InvoicextSandbox
-
-
-@pytest.fixture
-async def ixt_factory() -> AsyncIterator[Callable[..., Awaitable[IxtHandle]]]:
-    """`await ixt_factory(**options)`: a paused InvoiceXT sandbox on loopback, closed after."""
-    runners: list[web.AppRunner] = []
-
-    async def start(**options: Any) -> IxtHandle:
-        defaults: dict[str, Any] = {
-            "items": 30,
-            "simulate": False,
-            "rate_limit": 100_000,
-            "monthly_limit": 10_000_000,
-            "speed": 3600.0,
-        }
-        box = InvoicextSandbox(**{**defaults, **options})
-        runner = web.AppRunner(create_invoicext_app(box), access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        return IxtHandle(f"http://127.0.0.1:{port}/api/v1", box.token.value, box)
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 @pytest.fixture

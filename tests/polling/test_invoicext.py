@@ -14,7 +14,7 @@ from relay import accounts
 from relay.poller import Poller
 from relay.sandbox.invoicext import IxtFault
 from relay.vault import Vault
-from tests.polling.conftest import IxtHandle
+from tests.plugins.sandbox import IxtHandle
 
 IxtFactory = Callable[..., Awaitable[IxtHandle]]
 

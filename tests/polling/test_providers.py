@@ -9,7 +9,7 @@ import asyncpg
 from relay import accounts
 from relay.poller import Poller
 from relay.vault import Vault
-from tests.polling.conftest import IxtHandle
+from tests.plugins.sandbox import IxtHandle
 
 
 async def test_an_invoicext_account_is_polled(
