@@ -138,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated practice (default 1)")
     p.add_argument("--clients", type=int, default=5, help="number of clients (default 5)")
     p.add_argument(
-        "--items", type=int, default=200, help="documents per client at the start; InvoiceXT: invoices (default 200)"
+        "--items",
+        type=int,
+        default=200,
+        help="documents per client at the start; InvoiceXT: invoices (default 200)",
     )
     p.add_argument(
         "--rate-limit",

@@ -55,14 +55,15 @@ def _say(text: str) -> None:
 
 
 class Demo:
-    """Starts the children, registers the account and subscription, and cleans up after."""
+    """Starts the children, registers one account per provider and a subscription, and cleans
+    up after."""
 
     def __init__(self, settings: Settings) -> None:
         DEMO_DIR.mkdir(exist_ok=True)
         self.settings = settings
         self.secret_key = ",".join(settings.secret_keys) or _demo_secret_key()
         self.admin_token = settings.admin_token or secrets.token_urlsafe(24)
-        self.ports = {name: _free_port() for name in ("api", "sandbox", "receiver")}
+        self.ports = {name: _free_port() for name in ("api", "sandbox", "invoicext", "receiver")}
         self.children: list[Child] = []
 
     def _env(self) -> dict[str, str]:
@@ -115,6 +116,7 @@ class Demo:
         await migrate(self.settings)
         api = f"http://127.0.0.1:{self.ports['api']}"
         sandbox = f"http://127.0.0.1:{self.ports['sandbox']}"
+        invoicext = f"http://127.0.0.1:{self.ports['invoicext']}"
         receiver = f"http://127.0.0.1:{self.ports['receiver']}/webhooks"
         headers = {"Authorization": f"Bearer {self.admin_token}"}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
@@ -130,10 +132,26 @@ class Demo:
                 "--items",
                 "200",
             )
+            # InvoiceXT on the Pro plan: 1,000 requests a (compressed) hour, paced to its month.
+            await self._spawn(
+                "invoicext",
+                "sandbox",
+                "--provider",
+                "invoicext",
+                "--plan",
+                "pro",
+                "--port",
+                str(self.ports["invoicext"]),
+                "--speed",
+                str(SANDBOX_SPEED),
+                "--items",
+                "100",
+            )
             await self._spawn("api", "api", "--port", str(self.ports["api"]))
             await self._spawn("worker", "worker")
             await self._wait_http(http, f"{sandbox}/_sandbox/state", "sandbox")
             await self._wait_http(http, f"{api}/healthz", "api")
+            await self._wait_http(http, f"{invoicext}/_sandbox/state", "invoicext sandbox")
 
             async with http.post(f"{sandbox}/_sandbox/tokens", json={}) as response:
                 token = (await response.json())["api_token"]
@@ -172,17 +190,35 @@ class Demo:
                 account = await response.json()
                 if response.status != 201:
                     raise RuntimeError(f"creating the account failed: {account}")
+            async with http.get(f"{invoicext}/_sandbox/state") as response:
+                key = (await response.json())["tokens"][0]["api_token"]
+            async with http.post(
+                f"{api}/v1/accounts",
+                headers=headers,
+                json={
+                    "provider": "invoicext",
+                    "name": "Demo InvoiceXT (sandbox)",
+                    "base_url": f"{invoicext}/api/v1",
+                    "api_token": key,
+                },
+            ) as response:
+                ixt_account = await response.json()
+                if response.status != 201:
+                    raise RuntimeError(f"creating the InvoiceXT account failed: {ixt_account}")
 
         _say(f"""
 Relay demo is running.
   sandbox   {sandbox}   (a simulated Dext practice at {SANDBOX_SPEED:g}x speed)
+  invoicext {invoicext}/api/v1   (a simulated InvoiceXT account, Pro plan, same speed)
   admin API {api}   token: {self.admin_token}
   receiver  {receiver}
-  account   {account["id"]}   subscription {subscription["id"]}
+  accounts  {account["id"]} (dext), {ixt_account["id"]} (invoicext)
+  subscription {subscription["id"]}
   logs      {DEMO_DIR}/*.log
 
 The first poll is a baseline and sends nothing; every change after it arrives below as a
-verified webhook. Try:  curl -H 'Authorization: Bearer {self.admin_token}' {api}/v1/events
+verified webhook (InvoiceXT's in seed 004's payload: event, timestamp, data, webhook_id).
+Try:  curl -H 'Authorization: Bearer {self.admin_token}' {api}/v1/events
 Ctrl-C stops everything.
 """)
         stop = asyncio.Event()
