@@ -1,10 +1,17 @@
 """The source-generic pass: any `relay.sources.source.Source` polled list by list.
 
-One cycle reads every list of the source page by page as one complete scan (its objects
-diffed into snapshots as each page arrives), then confirms each deletion candidate with its own
-`404` (pages shift while a scan runs: a missed item is only a candidate), then reads the
-source's singletons. The first cycle is the account's baseline (emits nothing unless the
-account backfills); a first cycle with a page it could not read is no baseline and runs again.
+Lists are newest first and have no `updated_since`, so where changes happen is known: new
+objects arrive on page 1 and the ones still changing (processing, awaiting publication) are
+recent. A cycle therefore reads each list's *head*: page 1 every cycle, page 2 every second,
+page `k` every `2**(k-1)`th (the pages of the last complete scan, at most `HEAD_PAGES`), diffing
+each page as it arrives. A *complete scan* (every page, recorded as one scan) is due when the
+last one finished more than `FULL_SHARE`'s worth of the budget ago: at most that share of the
+requests goes to full scans, the rest to the head, so a small budget is spent where news is.
+A complete scan then confirms each deletion candidate with its own `404` (pages shift while a
+scan runs: a missed item is only a candidate); a head read never deletes. Singletons (ledgers)
+are read every `SINGLETON_EVERY` cycles. The first cycle (complete scans: none finished yet) is
+the account's baseline (emits nothing unless the account backfills); a first cycle with a page
+it could not read is no baseline and runs again.
 A list the key may not read (`403`) is skipped, the scope shown on the account, and tried again
 every `SCOPE_RETRY` cycles; the other lists keep flowing. The limiter paces every request
 (the source's budget), so a cycle of a 100-an-hour source simply takes its share of the hour.
@@ -31,6 +38,9 @@ log = structlog.get_logger("relay.poller")
 
 SOURCE_CLIENT = "-"
 SCOPE_RETRY = 10
+HEAD_PAGES = 8
+FULL_SHARE = 0.2  # of the budget's requests, at most this share goes to complete scans
+SINGLETON_EVERY = 4
 
 
 @dataclass
@@ -52,8 +62,25 @@ class ListPoller:
     clock: Callable[[], float]
     cycles: int = 0
     forbidden: set[str] = field(default_factory=set)
+    # Pages of each list as its last read said.
+    pages: dict[str, int] = field(default_factory=dict)
+    full_scans: int = 0
 
-    async def cycle(self, emit: bool) -> Cycle:
+    async def _full_due(self, spec: ListSpec, pace: float) -> bool:
+        """A complete scan is due when none finished within `pages * pace / FULL_SHARE`."""
+        async with _connection(self.pool) as conn:
+            age = await snapshots.seconds_since_complete_scan(
+                conn,
+                account_id=self.account.id,
+                object_type=spec.object_type,
+                client_id=SOURCE_CLIENT,
+            )
+        if age is None:
+            return True
+        return age >= self.pages.get(spec.name, 1) * pace / FULL_SHARE
+
+    async def cycle(self, emit: bool, pace: float = 0.0) -> Cycle:
+        """One cycle: each list's head (or its complete scan, when due), then singletons."""
         result = Cycle()
         for spec in self.source.lists:
             key = spec.scope or spec.name
@@ -62,7 +89,11 @@ class ListPoller:
                 result.forbidden.add(key)
                 continue
             try:
-                changed, complete = await self._scan(spec, emit)
+                if await self._full_due(spec, pace):
+                    self.full_scans += 1
+                    changed, complete = await self._scan(spec, emit)
+                else:
+                    changed, complete = await self._head(spec, emit)
             except UpstreamForbidden:
                 log.warning("scope_missing", account_id=self.account.id, scope=key)
                 result.forbidden.add(key)
@@ -71,8 +102,9 @@ class ListPoller:
             result.changed += changed
             result.complete = result.complete and complete
         try:
-            for object_type, objects in (await self.source.singletons()).items():
-                result.changed += await self._diff(object_type, objects, emit)
+            if self.cycles % SINGLETON_EVERY == 0:
+                for object_type, objects in (await self.source.singletons()).items():
+                    result.changed += await self._diff(object_type, objects, emit)
         except UpstreamForbidden:
             result.forbidden.add("settings:read")
         except UpstreamProtocolError as exc:
@@ -96,6 +128,31 @@ class ListPoller:
                 **scan,
             )
         return len(diffed.created) + len(diffed.changed)
+
+    async def _head(self, spec: ListSpec, emit: bool) -> tuple[int, bool]:
+        """The pages of this cycle's tier: 1 always, `k` every `2**(k-1)`th cycle."""
+        changed = 0
+        last = min(self.pages.get(spec.name, 1), HEAD_PAGES)
+        for page_no in range(1, last + 1):
+            if self.cycles % (2 ** (page_no - 1)):
+                break  # every later page has a longer period still
+            try:
+                page = await self.source.page(spec, page_no)
+            except UpstreamProtocolError as exc:
+                log.warning(
+                    "page_skipped",
+                    account_id=self.account.id,
+                    path=spec.name,
+                    page=page_no,
+                    detail=exc.detail,
+                )
+                return changed, False
+            self.pages[spec.name] = max(page.total_pages, 1)
+            objects, _ = _readable(page.items)
+            changed += await self._diff(spec.object_type, objects, emit)
+            if not page.has_next:
+                break
+        return changed, True
 
     async def _scan(self, spec: ListSpec, emit: bool) -> tuple[int, bool]:
         """One complete scan of a list; (changes, whether no page was lost)."""
@@ -130,6 +187,7 @@ class ListPoller:
             changed += await self._diff(
                 spec.object_type, objects, emit, scan_id=scan_id, page=page_no
             )
+            self.pages[spec.name] = max(page.total_pages, 1)
             if not page.has_next or not page.items:
                 break
             page_no += 1

@@ -286,9 +286,10 @@ class Poller(PollTasks):
                     self.pool, account.id, self.holder, self.policy.lease_seconds
                 ):
                     raise LeaseLost(account.id)
-                monthly = (await client.budget()).monthly
+                budget = await client.budget()
+                monthly = budget.monthly
                 emit = account.backfill or account.baseline_completed_at is not None
-                cycle = await lists.cycle(emit)
+                cycle = await lists.cycle(emit, budget.pace_seconds)
                 report.tasks += 1
                 report.changes += cycle.changed
                 # A list the key may not read is no gap of the baseline (it is shown instead).

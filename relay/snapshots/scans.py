@@ -205,3 +205,21 @@ async def finish_complete_scan(
         deleted=len(outcome.deleted),
     )
     return outcome
+
+
+async def seconds_since_complete_scan(
+    conn: Connection, *, account_id: str, object_type: str, client_id: str
+) -> float | None:
+    """Seconds since the last scan of these objects finished without a gap (None: never).
+
+    How a poller that reads a list's head often and the whole of it rarely knows when the
+    whole is due again, from Postgres rather than from a process's memory."""
+    age = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - max(finished_at)) FROM snapshot_scans"
+        " WHERE account_id = $1 AND object_type = $2 AND client_id = $3"
+        " AND finished_at IS NOT NULL AND partial_reason IS NULL",
+        account_id,
+        object_type,
+        client_id,
+    )
+    return None if age is None else float(age)
