@@ -2,8 +2,8 @@
 
 Lists are newest first and have no `updated_since`, so where changes happen is known: new
 objects arrive on page 1 and the ones still changing (processing, awaiting publication) are
-recent. A cycle therefore reads each list's *head*: page 1 every cycle, page 2 every second,
-page `k` every `2**(k-1)`th (the pages of the last complete scan, at most `HEAD_PAGES`), diffing
+recent. A cycle therefore reads each list's *head*: page 1 every cycle, page 2 every fourth,
+page `k` every `4**(k-1)`th (the pages of the last complete scan, at most `HEAD_PAGES`), diffing
 each page as it arrives. A *complete scan* (every page, recorded as one scan) is due when the
 last one finished more than `FULL_SHARE`'s worth of the budget ago: at most that share of the
 requests goes to full scans, the rest to the head, so a small budget is spent where news is.
@@ -39,8 +39,11 @@ log = structlog.get_logger("relay.poller")
 SOURCE_CLIENT = "-"
 SCOPE_RETRY = 10
 HEAD_PAGES = 8
-FULL_SHARE = 0.2  # of the budget's requests, at most this share goes to complete scans
-SINGLETON_EVERY = 4
+FULL_SHARE = 0.1  # of the budget's requests, at most this share goes to complete scans
+SINGLETON_EVERY = 8
+# A complete scan reads the first list's page 1 after every this many of its pages, so news
+# waits for at most that many requests while a long scan runs.
+INTERLEAVE = 1
 
 
 @dataclass
@@ -48,8 +51,9 @@ class Cycle:
     """What one cycle over a source did."""
 
     changed: int = 0
-    complete: bool = True
+    complete: bool = True  # every list read whole, without a gap
     forbidden: set[str] = field(default_factory=set)
+    gaps: bool = False  # a page could not be read (a list the key may not read is no gap)
 
 
 @dataclass
@@ -69,15 +73,17 @@ class ListPoller:
     async def _full_due(self, spec: ListSpec, pace: float) -> bool:
         """A complete scan is due when none finished within `pages * pace / FULL_SHARE`."""
         async with _connection(self.pool) as conn:
-            age = await snapshots.seconds_since_complete_scan(
+            last = await snapshots.seconds_since_complete_scan(
                 conn,
                 account_id=self.account.id,
                 object_type=spec.object_type,
                 client_id=SOURCE_CLIENT,
             )
-        if age is None:
+        if last is None:
             return True
-        return age >= self.pages.get(spec.name, 1) * pace / FULL_SHARE
+        age, pages = last
+        self.pages.setdefault(spec.name, max(pages, 1))
+        return age >= max(pages, 1) * pace / FULL_SHARE
 
     async def cycle(self, emit: bool, pace: float = 0.0) -> Cycle:
         """One cycle: each list's head (or its complete scan, when due), then singletons."""
@@ -92,8 +98,10 @@ class ListPoller:
                 if await self._full_due(spec, pace):
                     self.full_scans += 1
                     changed, complete = await self._scan(spec, emit)
-                else:
+                elif self.cycles % spec.head_every == 0:
                     changed, complete = await self._head(spec, emit)
+                else:
+                    continue
             except UpstreamForbidden:
                 log.warning("scope_missing", account_id=self.account.id, scope=key)
                 result.forbidden.add(key)
@@ -101,6 +109,7 @@ class ListPoller:
                 continue
             result.changed += changed
             result.complete = result.complete and complete
+            result.gaps = result.gaps or not complete
         try:
             if self.cycles % SINGLETON_EVERY == 0:
                 for object_type, objects in (await self.source.singletons()).items():
@@ -110,6 +119,7 @@ class ListPoller:
         except UpstreamProtocolError as exc:
             log.warning("page_skipped", account_id=self.account.id, path=exc.url, page=0)
             result.complete = False
+            result.gaps = True
         self.forbidden = result.forbidden
         self.cycles += 1
         return result
@@ -130,11 +140,12 @@ class ListPoller:
         return len(diffed.created) + len(diffed.changed)
 
     async def _head(self, spec: ListSpec, emit: bool) -> tuple[int, bool]:
-        """The pages of this cycle's tier: 1 always, `k` every `2**(k-1)`th cycle."""
+        """The pages of this cycle's tier: 1 always, `k` every `4**(k-1)`th time."""
         changed = 0
         last = min(self.pages.get(spec.name, 1), HEAD_PAGES)
+        tick = self.cycles // spec.head_every + 1
         for page_no in range(1, last + 1):
-            if self.cycles % (2 ** (page_no - 1)):
+            if tick % (4 ** (page_no - 1)):
                 break  # every later page has a longer period still
             try:
                 page = await self.source.page(spec, page_no)
@@ -191,8 +202,20 @@ class ListPoller:
             if not page.has_next or not page.items:
                 break
             page_no += 1
+            if emit and (page_no - 1) % INTERLEAVE == 0:
+                changed += await self._fresh_head()
         changed += await self._finish(spec, scan_id, emit)
         return changed, complete
+
+    async def _fresh_head(self) -> int:
+        """Page 1 of the first list, read between a long scan's pages (never a deletion)."""
+        spec = self.source.lists[0]
+        try:
+            page = await self.source.page(spec, 1)
+        except UpstreamProtocolError:
+            return 0
+        objects, _ = _readable(page.items)
+        return await self._diff(spec.object_type, objects, True)
 
     async def _finish(self, spec: ListSpec, scan_id: int, emit: bool) -> int:
         async with _connection(self.pool) as conn:

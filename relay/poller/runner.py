@@ -293,7 +293,7 @@ class Poller(PollTasks):
                 report.tasks += 1
                 report.changes += cycle.changed
                 # A list the key may not read is no gap of the baseline (it is shown instead).
-                if account.baseline_completed_at is None and cycle.complete | bool(cycle.forbidden):
+                if account.baseline_completed_at is None and not cycle.gaps:
                     await accounts.complete_baseline(self.pool, account.id)
                     log.info("baseline_completed", account_id=account.id)
                 account = await accounts.get_account(self.pool, account.id)

@@ -193,7 +193,11 @@ class InvoicextSandbox:
                 if what == "upload":
                     self._new_invoice(at)
                 elif what == "publish":
-                    ready = [i for i in self.invoices.values() if i["status"] == "processed"]
+                    # Bookkeepers publish what came in lately: one of the 30 newest processed.
+                    ready = sorted(
+                        (i for i in self.invoices.values() if i["status"] == "processed"),
+                        key=lambda i: (i["created_at"], i["id"]),
+                    )[-30:]
                     if ready:
                         self.publish(self.rng.choice(ready)["id"], self.rng.choice(LEDGERS), at)
                 elif what == "reconcile":

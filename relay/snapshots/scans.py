@@ -209,17 +209,21 @@ async def finish_complete_scan(
 
 async def seconds_since_complete_scan(
     conn: Connection, *, account_id: str, object_type: str, client_id: str
-) -> float | None:
-    """Seconds since the last scan of these objects finished without a gap (None: never).
+) -> tuple[float, int] | None:
+    """(seconds since the last scan of these objects finished without a gap, its pages), or
+    None when none did.
 
     How a poller that reads a list's head often and the whole of it rarely knows when the
     whole is due again, from Postgres rather than from a process's memory."""
-    age = await conn.fetchval(
-        "SELECT extract(epoch FROM now() - max(finished_at)) FROM snapshot_scans"
-        " WHERE account_id = $1 AND object_type = $2 AND client_id = $3"
-        " AND finished_at IS NOT NULL AND partial_reason IS NULL",
+    row = await conn.fetchrow(
+        "SELECT extract(epoch FROM now() - s.finished_at) AS age,"
+        " (SELECT count(*) FROM snapshot_scan_pages p WHERE p.scan_id = s.id) AS pages"
+        " FROM snapshot_scans s"
+        " WHERE s.account_id = $1 AND s.object_type = $2 AND s.client_id = $3"
+        " AND s.finished_at IS NOT NULL AND s.partial_reason IS NULL"
+        " ORDER BY s.finished_at DESC LIMIT 1",
         account_id,
         object_type,
         client_id,
     )
-    return None if age is None else float(age)
+    return None if row is None else (float(row["age"]), int(row["pages"]))

@@ -56,7 +56,8 @@ log = structlog.get_logger("relay.sources.invoicext")
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 HOUR = 3600.0
 INVOICES = ListSpec("invoices", "invoice", scope="invoices:read")
-RECONCILIATIONS = ListSpec("reconciliations", "reconciliation", scope="bank:read")
+# A few reconciliations a day: their head every third cycle leaves the budget to invoices.
+RECONCILIATIONS = ListSpec("reconciliations", "reconciliation", scope="bank:read", head_every=3)
 _PATHS = {"invoices": "/invoices", "reconciliations": "/bank/reconciliations"}
 # Of the month's calls, this share is kept back for the end of the period (and other tools).
 MONTHLY_RESERVE = 0.02

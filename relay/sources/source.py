@@ -28,6 +28,8 @@ class ListSpec:
     per_page: int = 100
     # The scope a key needs to read it; a 403 on it is shown on the account, not fatal.
     scope: str | None = None
+    # Its head is read every this many cycles (a list where news is rarer or matters less).
+    head_every: int = 1
 
 
 @dataclass(frozen=True)

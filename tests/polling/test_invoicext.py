@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +13,7 @@ import orjson
 
 from relay import accounts
 from relay.poller import Poller
+from relay.poller.lists import ListPoller
 from relay.sandbox.invoicext import IxtFault
 from relay.vault import Vault
 from tests.plugins.sandbox import IxtHandle
@@ -185,3 +187,31 @@ async def test_the_month_paces_the_account_below_the_hourly_limit(
     month_left = (ixt.box.period[1] - ixt.box.clock.now()) / 3600.0
     assert 0.8 * month_left / 2000 < monthly["pace_seconds"] < 1.2 * month_left / 1900
     assert shown.rate_limit["limit"] == 100_000
+
+
+async def test_between_complete_scans_only_the_head_is_read_and_nothing_is_deleted(
+    pool: asyncpg.Pool, vault: Vault, ixt_poller: Poller, ixt_factory: IxtFactory
+) -> None:
+    ixt = await ixt_factory(items=250)  # three pages of 100
+    box = ixt.box
+    account = await _account(pool, vault, ixt)
+    await ixt_poller.run_account(account.id, run_seconds=10.0, idle_exit=True)
+    account = await accounts.get_account(pool, account.id)
+    client, _ = ixt_poller.make_source(account)
+    lists = ListPoller(pool, client, account, time.time)
+    now = box.sync()
+    fresh = box.upload(now, status="processed")
+    oldest = min(box.invoices.values(), key=lambda i: (i["created_at"], i["id"]))
+    box.delete(oldest["id"], now)
+    mark = len(box.requests)
+    # A slow pace (the month affords little): the last complete scan is recent enough.
+    await lists.cycle(True, pace=1000.0)
+    paths = [r["path"] for r in box.requests[mark:]]
+    assert paths.count("/invoices") == 1  # page 1 only, not the three
+    assert [(e["type"], e["object_id"]) for e in await _events(pool, account.id)] == [
+        ("invoice.processed", fresh["id"])
+    ]
+    # With the pace of a generous budget the complete scan is due again: now it is deleted.
+    await lists.cycle(True, pace=0.0)
+    types = [e["type"] for e in await _events(pool, account.id)]
+    assert types == ["invoice.processed", "invoice.deleted"]
