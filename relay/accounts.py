@@ -102,6 +102,12 @@ class Account:
                 "remaining": self.rate_limit.get("remaining"),
                 "reset_at": self.rate_limit.get("reset_at"),
                 "throttled_last_hour": self.rate_limit.get("throttled_last_hour") or 0,
+                # InvoiceXT: the rolling window, the billing period, the scopes the key lacks.
+                **{
+                    key: self.rate_limit[key]
+                    for key in ("window_seconds", "monthly", "missing_scopes")
+                    if key in self.rate_limit
+                },
             },
             "poll_requested_at": self.poll_requested_at,
             "created_at": self.created_at,

@@ -215,3 +215,18 @@ async def test_between_complete_scans_only_the_head_is_read_and_nothing_is_delet
     await lists.cycle(True, pace=0.0)
     types = [e["type"] for e in await _events(pool, account.id)]
     assert types == ["invoice.processed", "invoice.deleted"]
+
+
+async def test_the_account_resource_shows_the_hour_the_month_and_missing_scopes(
+    pool: asyncpg.Pool, vault: Vault, ixt_poller: Poller, ixt_factory: IxtFactory
+) -> None:
+    ixt = await ixt_factory(monthly_limit=100_000)
+    ixt.box.token.scopes = ("invoices:read", "settings:read")
+    account = await _account(pool, vault, ixt)
+    await ixt_poller.run_account(account.id, run_seconds=5.0, idle_exit=True)
+    shown = (await accounts.get_account(pool, account.id)).public()["rate_limit"]
+    assert shown["limit"] == 100_000
+    assert shown["window_seconds"] == 1.0  # the hour, compressed 3600x
+    assert shown["monthly"]["api_calls_limit"] == 100_000
+    assert 0 < shown["monthly"]["api_calls"] < 10
+    assert shown["missing_scopes"] == ["bank:read"]
