@@ -24,7 +24,7 @@ from relay.events import insert_event
 from relay.poller.lists import ListPoller
 from relay.poller.pages import _connection
 from relay.poller.tasks import PollTasks
-from relay.ratelimit import RateLimiter, RollingRateLimiter
+from relay.ratelimit import RateLimiter
 from relay.scheduling import (
     Policy,
     Task,
@@ -45,15 +45,14 @@ from relay.scheduling import (
     save_task,
 )
 from relay.sources.dext import CountingMetrics, DextClient
-from relay.sources.invoicext import InvoicextClient
+from relay.sources.registry import SOURCES
+from relay.sources.source import Budget, Source
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.poller")
 
-# Kept for callers of older versions; every provider is polled now.
+# A provider without a source in `relay.sources.registry` (the API accepts none such today).
 UNSUPPORTED_PROVIDER = "this version of Relay cannot poll this provider"
-# InvoiceXT's Starter plan: the limiter learns the real limit from the first answer's headers.
-INVOICEXT_DEFAULT_LIMIT = 100
 
 
 @dataclass
@@ -149,6 +148,11 @@ class Poller(PollTasks):
             report.outcome = "gone"
             return
         if account.provider != "dext":
+            if account.provider not in SOURCES:
+                # Say so on the account rather than leave it silently unpolled.
+                await accounts.record_poll_error(self.pool, account.id, UNSUPPORTED_PROVIDER)
+                report.outcome = "gone"
+                return
             # A source with lists only (InvoiceXT): the source-generic pass of `poller.lists`.
             await self._run_source(account, report, run_seconds, idle_exit)
             return
@@ -246,29 +250,17 @@ class Poller(PollTasks):
             state = await client.rate_limit_state()
             await accounts.record_rate_limit(self.pool, account_id, state.to_json())
 
-    def make_source(self, account: accounts.Account) -> tuple[InvoicextClient, CountingMetrics]:
-        """The `Source` of a lists-only account, on its rolling-hour limiter; the hour (and the
-        month) compress with the policy's window like Dext's minute (RELAY_UPSTREAM_SPEED)."""
-        token = accounts.account_token(self.vault, account)
-        speed = 60.0 / self.policy.window_seconds
-        limiter = RollingRateLimiter(
-            self.redis,
-            token,
-            limit=INVOICEXT_DEFAULT_LIMIT,
-            window_seconds=3600.0 / speed,
-            margin=1,
-        )
-        metrics = CountingMetrics()
-        client = InvoicextClient(
+    def make_source(self, account: accounts.Account) -> tuple[Source, CountingMetrics]:
+        """The `Source` of a lists-only account (`relay.sources.registry`); its clock, the
+        hour and the month compress with the policy's window like Dext's minute."""
+        return SOURCES[account.provider](
             account.base_url,
-            token,
-            session=self.http,
-            limiter=limiter,
-            metrics=metrics,
-            speed=speed,
-            **self.source_options,
+            accounts.account_token(self.vault, account),
+            http=self.http,
+            redis=self.redis,
+            speed=60.0 / self.policy.window_seconds,
+            options=self.source_options,
         )
-        return client, metrics
 
     async def _run_source(
         self, account: accounts.Account, report: RunReport, run_seconds: float, idle_exit: bool
@@ -278,7 +270,7 @@ class Poller(PollTasks):
         deadline = self.clock() + run_seconds
         lists = ListPoller(self.pool, client, account, self.clock)
         request_seen = await self._honour_poll_request(account)
-        monthly: dict[str, Any] | None = None
+        budget: Budget | None = None
         try:
             while self.clock() < deadline:
                 client.max_wait = max(deadline - self.clock(), 0.05)
@@ -287,7 +279,6 @@ class Poller(PollTasks):
                 ):
                     raise LeaseLost(account.id)
                 budget = await client.budget()
-                monthly = budget.monthly
                 emit = account.backfill or account.baseline_completed_at is not None
                 cycle = await lists.cycle(emit, budget.pace_seconds)
                 report.tasks += 1
@@ -318,10 +309,9 @@ class Poller(PollTasks):
             report.requests = _requests(metrics)
             report.upstream = metrics
             state = (await client.rate_limit_state()).to_json()
-            state["window_seconds"] = client.limiter.window_seconds
-            state["monthly"] = monthly or (
-                client.monthly.to_json(client.pace) if client.monthly else None
-            )
+            if budget is not None:
+                state["window_seconds"] = budget.window_seconds
+                state["monthly"] = budget.monthly
             state["missing_scopes"] = sorted(lists.forbidden)
             await accounts.record_rate_limit(self.pool, account.id, state)
 

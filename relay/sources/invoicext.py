@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import redis.asyncio as aioredis
 import structlog
 
 from relay import exactjson
@@ -47,7 +48,8 @@ from relay.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from relay.ratelimit import RateLimitState, RollingRateLimiter
+from relay.ratelimit import RateLimitState
+from relay.ratelimit_rolling import RollingRateLimiter
 from relay.sources.models import CountingMetrics, JsonObject, Page, UpstreamMetrics
 from relay.sources.source import Budget, ListSpec
 
@@ -177,8 +179,9 @@ class InvoicextClient:
         if abs(pace - self.pace) > 1e-6:
             self.pace = pace
             await self.limiter.set_pace(pace)
+        state = await self.limiter.state()
         return Budget(
-            self.limiter.limit,
+            state.limit,
             self.limiter.window_seconds,
             max(self.limiter.window_seconds / self.limiter.limit, pace),
             self.monthly.to_json(pace) if self.monthly else None,
@@ -335,3 +338,28 @@ def _scope_in(message: str) -> str | None:
         if ":" in word and word.split(":", 1)[1] in ("read", "write"):
             return word.strip(".'\"")
     return None
+
+
+# InvoiceXT's Starter plan: the limiter learns the real limit from the first answer's headers.
+DEFAULT_LIMIT = 100
+
+
+def open_source(
+    base_url: str,
+    api_token: str,
+    *,
+    http: aiohttp.ClientSession,
+    redis: aioredis.Redis,
+    speed: float,
+    options: Mapping[str, Any],
+) -> tuple[InvoicextClient, CountingMetrics]:
+    """An account's InvoiceXT source on the key's shared rolling-hour limiter (the hour and
+    the month compress by `speed`, like Dext's minute); a `SourceFactory`."""
+    limiter = RollingRateLimiter(
+        redis, api_token, limit=DEFAULT_LIMIT, window_seconds=HOUR / speed, margin=1
+    )
+    metrics = CountingMetrics()
+    client = InvoicextClient(
+        base_url, api_token, session=http, limiter=limiter, metrics=metrics, speed=speed, **options
+    )
+    return client, metrics

@@ -10,11 +10,15 @@ lets the poller read its first page often and the whole list less often. The pol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
+import redis.asyncio as aioredis
+
 from relay.ratelimit import RateLimitState
-from relay.sources.models import JsonObject, Page
+from relay.sources.models import CountingMetrics, JsonObject, Page
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Source(Protocol):
 
     provider: str
     lists: tuple[ListSpec, ...]
+    # The longest a call may wait for a rate-limit slot (the end of the poller's run), or None.
+    max_wait: float | None
 
     async def page(self, spec: ListSpec, page: int) -> Page: ...
 
@@ -58,3 +64,19 @@ class Source(Protocol):
     async def budget(self) -> Budget: ...
 
     async def rate_limit_state(self) -> RateLimitState: ...
+
+
+class SourceFactory(Protocol):
+    """How the poller opens an account's source: its `Source` and the counters of its
+    requests. `speed` is how much faster the upstream's clock runs (RELAY_UPSTREAM_SPEED)."""
+
+    def __call__(
+        self,
+        base_url: str,
+        api_token: str,
+        *,
+        http: aiohttp.ClientSession,
+        redis: aioredis.Redis,
+        speed: float,
+        options: Mapping[str, Any],
+    ) -> tuple[Source, CountingMetrics]: ...

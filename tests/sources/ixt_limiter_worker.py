@@ -13,7 +13,7 @@ import time
 import aiohttp
 import redis.asyncio as aioredis
 
-from relay.ratelimit import RollingRateLimiter
+from relay.ratelimit_rolling import RollingRateLimiter
 
 
 async def main(
