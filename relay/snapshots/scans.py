@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from relay import exactjson
 from relay.errors import InvalidInput, NotFound
 from relay.events import build_event, insert_events
 from relay.rules import INVOICEXT_OBJECT_TYPES, event_type_for
@@ -45,7 +46,7 @@ WITH {_SEEN}
 UPDATE snapshots s SET deleted_at = now()
 FROM snapshot_scans scan
 WHERE scan.id = $1 AND s.object_id = ANY($2::text[]) AND {_CANDIDATE_WHERE}
-RETURNING s.object_id, s.client_id, s.data
+RETURNING s.object_id, s.client_id, s.data, s.data::text AS data_text
 """
 
 
@@ -188,7 +189,10 @@ async def finish_complete_scan(
                         if scan["object_type"] in INVOICEXT_OBJECT_TYPES
                         else row["client_id"],
                         object_id=row["object_id"],
-                        object=row["data"],
+                        # jsonb keeps InvoiceXT's money as written; its text says it exactly.
+                        object=exactjson.loads(row["data_text"])
+                        if scan["object_type"] in INVOICEXT_OBJECT_TYPES
+                        else row["data"],
                         at=at,
                     )
                     for row in deleted

@@ -114,6 +114,10 @@ async def test_every_event_type_once_with_the_seed_body(
     assert connection["object_id"] == "xero"
     assert orjson.loads(connection["_payload"])["data"]["previous_connected"] is True
     assert by_type["invoice.deleted"][0]["object_id"] == gone["id"]
+    # The last version seen, money spelled as InvoiceXT wrote it.
+    assert (
+        f'"total":{gone["totals"]["total"]}'.encode() in by_type["invoice.deleted"][0]["_payload"]
+    )
 
 
 async def test_a_missing_scope_polls_the_rest_and_a_revoked_key_recovers(
