@@ -190,8 +190,9 @@ class Demo:
                 account = await response.json()
                 if response.status != 201:
                     raise RuntimeError(f"creating the account failed: {account}")
-            async with http.get(f"{invoicext}/_sandbox/state") as response:
-                key = (await response.json())["tokens"][0]["api_token"]
+            # A fresh key, like the Dext token above: limiter state in Redis is per key.
+            async with http.post(f"{invoicext}/_sandbox/tokens", json={}) as response:
+                key = (await response.json())["api_token"]
             async with http.post(
                 f"{api}/v1/accounts",
                 headers=headers,

@@ -9,6 +9,7 @@ scope (`403 insufficient_scope`), then the handler.
 
 from __future__ import annotations
 
+import secrets
 import time
 from decimal import Decimal
 from typing import Any, Final
@@ -105,7 +106,7 @@ async def _answer(
         key.hits.append(time.time())
         box.api_calls += 1
     for fault in box.faults:
-        if fault.count > 0 and sub.startswith(fault.path) and fault.kind in ("502", "503"):
+        if fault.count > 0 and sub.startswith(fault.path) and fault.kind in ("500", "502", "503"):
             fault.count -= 1
             status = int(fault.kind)
             html = _HTML.format(status=status)
@@ -299,7 +300,7 @@ async def clear_faults(request: web.Request) -> web.Response:
 async def add_token(request: web.Request) -> web.Response:
     box = request.app[IXT]
     body = await _body(request)
-    value = str(body.get("api_token") or f"sk_test_{time.time_ns()}")
+    value = str(body.get("api_token") or f"sk_test_{secrets.token_hex(12)}")
     scopes = tuple(body.get("scopes") or ("invoices:read", "bank:read", "settings:read"))
     key = box.add_key(value, int(body.get("rate_limit", box.limit)), scopes)
     return _json(200, {"api_token": key.value, "scopes": list(key.scopes)})

@@ -8,6 +8,7 @@ async def test_y(sandbox_factory):
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,8 @@ async def ixt_factory() -> AsyncIterator[Callable[..., Awaitable[IxtHandle]]]:
             "rate_limit": 100_000,
             "monthly_limit": 10_000_000,
             "speed": 3600.0,
+            # Limiter state lives in Redis per key: every sandbox its own key.
+            "api_token": f"sk_test_{secrets.token_hex(8)}",
         }
         box = InvoicextSandbox(**{**defaults, **options})
         runner = web.AppRunner(create_invoicext_app(box), access_log=None)
