@@ -88,6 +88,9 @@ CREATE INDEX IF NOT EXISTS subscriptions_live ON subscriptions (id DESC) WHERE d
 -- Fan-out marker: a pending flag, not a "last seq seen" cursor, because seq values commit out of
 -- order and a cursor would skip the late ones.
 ALTER TABLE events ADD COLUMN IF NOT EXISTS fanned_out_at timestamptz;
+-- The exact webhook body where the provider has its own format (InvoiceXT: seed 004's planned
+-- payload, money spelled as read); NULL means the body is the envelope itself.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS payload bytea;
 CREATE INDEX IF NOT EXISTS events_fan_out_pending ON events (seq) WHERE fanned_out_at IS NULL;
 
 -- Stored events wake the dispatchers at once through LISTEN/NOTIFY (works with Redis flushed).

@@ -2,6 +2,7 @@
 
 Run from the repo root: `.venv/bin/python bench/freshness.py [--speed 40] [--minutes 60]
 [--drift all]` (`--drift`: the sandbox answers drift as the contract allows, see README).
+InvoiceXT: `.venv/bin/python bench/freshness.py --provider invoicext` (freshness_invoicext.py).
 
 Each strategy gets its own in-process sandbox with the same seed (50 clients x 2,000 items,
 the simulation's realistic change stream, 60 requests per simulated minute), its own database
@@ -501,6 +502,15 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    # `--provider invoicext`: the InvoiceXT run (bench/freshness_invoicext.py, its own options).
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--provider", choices=["dext", "invoicext"], default="dext")
+    known, rest = first.parse_known_args()
+    if known.provider == "invoicext":
+        from bench import freshness_invoicext
+
+        asyncio.run(freshness_invoicext.main(freshness_invoicext.parser().parse_args(rest)))
+        raise SystemExit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", type=float, default=40.0, help="time compression (40)")
     parser.add_argument("--minutes", type=float, default=60.0, help="simulated minutes (60)")

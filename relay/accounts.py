@@ -36,7 +36,17 @@ STATUSES = ("baselining", "active", "broken")
 POLL_CHANNEL = "relay:poll-requested"
 # A broken account is retried this often in case the token works again upstream.
 BROKEN_RETRY = timedelta(minutes=15)
-_RATE_LIMIT_KEYS = ("limit", "remaining", "reset_at", "throttled_last_hour")
+# `window_seconds`, `monthly` and `missing_scopes`: InvoiceXT's rolling hour, its billing period
+# (calls used and allowed, when it ends, the pace it affords) and the scopes its key lacks.
+_RATE_LIMIT_KEYS = (
+    "limit",
+    "remaining",
+    "reset_at",
+    "throttled_last_hour",
+    "window_seconds",
+    "monthly",
+    "missing_scopes",
+)
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -92,6 +102,12 @@ class Account:
                 "remaining": self.rate_limit.get("remaining"),
                 "reset_at": self.rate_limit.get("reset_at"),
                 "throttled_last_hour": self.rate_limit.get("throttled_last_hour") or 0,
+                # InvoiceXT: the rolling window, the billing period, the scopes the key lacks.
+                **{
+                    key: self.rate_limit[key]
+                    for key in ("window_seconds", "monthly", "missing_scopes")
+                    if key in self.rate_limit
+                },
             },
             "poll_requested_at": self.poll_requested_at,
             "created_at": self.created_at,

@@ -100,11 +100,14 @@ def _cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         clients=args.clients,
         items=args.items,
-        rate_limit=args.rate_limit,
+        rate_limit=args.rate_limit if args.rate_limit is not None else 60,
+        rate_limit_set=args.rate_limit is not None,
         speed=args.speed,
         provider=args.provider,
         drift=args.drift,
         drift_rate=args.drift_rate,
+        plan=args.plan,
+        monthly_limit=args.monthly_limit,
     )
     run_sandbox(options)
     return 0
@@ -243,13 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated practice (default 1)")
     p.add_argument("--clients", type=int, default=5, help="number of clients (default 5)")
     p.add_argument(
-        "--items", type=int, default=200, help="documents per client at the start (default 200)"
+        "--items",
+        type=int,
+        default=200,
+        help="documents per client at the start; InvoiceXT: invoices (default 200)",
     )
     p.add_argument(
         "--rate-limit",
         type=int,
-        default=60,
-        help="requests per minute per token, in simulated minutes (default 60)",
+        default=None,
+        help="Dext: requests per simulated minute per token (default 60); InvoiceXT: requests "
+        "per rolling simulated hour per key (default: the plan's)",
+    )
+    p.add_argument(
+        "--plan",
+        choices=["starter", "pro", "business", "enterprise"],
+        default="starter",
+        help="InvoiceXT only: seed 004's plan, 100 / 1,000 / 10,000 / 100,000 requests an hour "
+        "(default starter)",
+    )
+    p.add_argument(
+        "--monthly-limit",
+        type=int,
+        default=None,
+        help="InvoiceXT only: API calls per billing month (default: the plan's, 5,000 for "
+        "starter); past it every call is 429 monthly_limit_reached until the month ends",
     )
     p.add_argument(
         "--speed",

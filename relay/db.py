@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay.errors import ServiceUnavailable
+from relay.exactjson import json_default
 from relay.settings import Settings, redact_url
 
 log = structlog.get_logger("relay.db")
@@ -57,9 +58,10 @@ def schema_digest() -> str:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in binary format is a version byte then the text; orjson both ways is the fast path.
+    # Exact numbers (InvoiceXT money) are written as read: jsonb keeps `0.10` as `0.10`.
     await conn.set_type_codec(
         "jsonb",
-        encoder=lambda value: b"\x01" + orjson.dumps(value),
+        encoder=lambda value: b"\x01" + orjson.dumps(value, default=json_default),
         decoder=lambda data: orjson.loads(memoryview(data)[1:]),  # no copy of the body
         schema="pg_catalog",
         format="binary",

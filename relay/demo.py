@@ -55,7 +55,8 @@ def _say(text: str) -> None:
 
 
 class Demo:
-    """Starts the children, registers the account and subscription, and cleans up after."""
+    """Starts the children, registers one account per provider and a subscription, and cleans
+    up after."""
 
     def __init__(self, settings: Settings, drift: frozenset[str] = frozenset()) -> None:
         DEMO_DIR.mkdir(exist_ok=True)
@@ -63,7 +64,7 @@ class Demo:
         self.drift = drift  # the sandbox's drift switches (relay.sandbox.drift)
         self.secret_key = ",".join(settings.secret_keys) or _demo_secret_key()
         self.admin_token = settings.admin_token or secrets.token_urlsafe(24)
-        self.ports = {name: _free_port() for name in ("api", "sandbox", "receiver")}
+        self.ports = {name: _free_port() for name in ("api", "sandbox", "invoicext", "receiver")}
         self.children: list[Child] = []
 
     def _env(self) -> dict[str, str]:
@@ -116,6 +117,7 @@ class Demo:
         await migrate(self.settings)
         api = f"http://127.0.0.1:{self.ports['api']}"
         sandbox = f"http://127.0.0.1:{self.ports['sandbox']}"
+        invoicext = f"http://127.0.0.1:{self.ports['invoicext']}"
         receiver = f"http://127.0.0.1:{self.ports['receiver']}/webhooks"
         headers = {"Authorization": f"Bearer {self.admin_token}"}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
@@ -133,10 +135,26 @@ class Demo:
                 "--drift",
                 ",".join(sorted(self.drift)) or "none",
             )
+            # InvoiceXT on the Pro plan: 1,000 requests a (compressed) hour, paced to its month.
+            await self._spawn(
+                "invoicext",
+                "sandbox",
+                "--provider",
+                "invoicext",
+                "--plan",
+                "pro",
+                "--port",
+                str(self.ports["invoicext"]),
+                "--speed",
+                str(SANDBOX_SPEED),
+                "--items",
+                "100",
+            )
             await self._spawn("api", "api", "--port", str(self.ports["api"]))
             await self._spawn("worker", "worker")
             await self._wait_http(http, f"{sandbox}/_sandbox/state", "sandbox")
             await self._wait_http(http, f"{api}/healthz", "api")
+            await self._wait_http(http, f"{invoicext}/_sandbox/state", "invoicext sandbox")
 
             async with http.post(f"{sandbox}/_sandbox/tokens", json={}) as response:
                 token = (await response.json())["api_token"]
@@ -175,19 +193,38 @@ class Demo:
                 account = await response.json()
                 if response.status != 201:
                     raise RuntimeError(f"creating the account failed: {account}")
+            # A fresh key, like the Dext token above: limiter state in Redis is per key.
+            async with http.post(f"{invoicext}/_sandbox/tokens", json={}) as response:
+                key = (await response.json())["api_token"]
+            async with http.post(
+                f"{api}/v1/accounts",
+                headers=headers,
+                json={
+                    "provider": "invoicext",
+                    "name": "Demo InvoiceXT (sandbox)",
+                    "base_url": f"{invoicext}/api/v1",
+                    "api_token": key,
+                },
+            ) as response:
+                ixt_account = await response.json()
+                if response.status != 201:
+                    raise RuntimeError(f"creating the InvoiceXT account failed: {ixt_account}")
 
         _say(f"""
 Relay demo is running.
   sandbox   {sandbox}   (a simulated Dext practice at {SANDBOX_SPEED:g}x speed)
+  invoicext {invoicext}/api/v1   (a simulated InvoiceXT account, Pro plan, same speed)
   console   {api}/ui/   sign in with the admin token below
   admin API {api}   token: {self.admin_token}
   receiver  {receiver}
-  account   {account["id"]}   subscription {subscription["id"]}
+  accounts  {account["id"]} (dext), {ixt_account["id"]} (invoicext)
+  subscription {subscription["id"]}
   logs      {DEMO_DIR}/*.log
 
 The first poll is a baseline and sends nothing; every change after it arrives below as a
-verified webhook. Open the console to watch events arrive live and retry failed deliveries,
-or try:  curl -H 'Authorization: Bearer {self.admin_token}' {api}/v1/events
+verified webhook (InvoiceXT's in seed 004's payload: event, timestamp, data, webhook_id).
+Open the console to watch events arrive live and retry failed deliveries, or try:
+  curl -H 'Authorization: Bearer {self.admin_token}' {api}/v1/events
 Ctrl-C stops everything.
 """)
         stop = asyncio.Event()

@@ -15,6 +15,7 @@ import orjson
 
 from relay.errors import InvalidInput, NotFound
 from relay.ids import new_id
+from relay.sources.invoicext_events import webhook_payload
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
@@ -36,6 +37,7 @@ _COLUMNS = (
     "body",
     "created_at",
     "sequence",
+    "payload",
 )
 
 # One statement reserves the numbers of a whole batch: each object's counter grows by its count
@@ -69,8 +71,12 @@ def build_event(
     previous: Mapping[str, Any] | None = None,
     at: datetime | None = None,
     sequence: int | None = None,
+    object_type: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An event body in the webhook shape of relay.md; `object_type` is the type's prefix.
+    """An event body in the webhook shape of relay.md; `object_type` is the type's prefix
+    unless given (InvoiceXT's `bank.reconciled` is about a `reconciliation`). `extra` joins
+    `data` (the publication an `invoice.published` reports).
 
     `sequence` is left out when None: `insert_events` numbers such bodies as it stores them.
     """
@@ -80,9 +86,9 @@ def build_event(
         "created_at": format_time(at or datetime.now(UTC)),
         "account_id": account_id,
         "client_id": client_id,
-        "object_type": type.split(".", 1)[0],
+        "object_type": object_type or type.split(".", 1)[0],
         "object_id": object_id,
-        "data": {"object": dict(object), "previous": dict(previous or {})},
+        "data": {"object": dict(object), "previous": dict(previous or {}), **(extra or {})},
     }
     if sequence is not None:
         body["sequence"] = sequence
@@ -135,6 +141,8 @@ def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
         body,
         datetime.fromisoformat(body["created_at"]),
         body.get("sequence"),
+        # An InvoiceXT event's webhook body (seed 004's format), rendered once, exactly.
+        webhook_payload(body),
     )
 
 
@@ -191,7 +199,7 @@ async def insert_event(
     )
     await conn.execute(
         "INSERT INTO events (id, type, account_id, client_id, object_type, object_id, body,"
-        " created_at, sequence) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        " created_at, sequence, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         *_record(body),
     )
     return body

@@ -67,6 +67,8 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 def describe(event: dict[str, Any]) -> str:
     """One readable line: time, type, id, client, object and what changed (old -> new)."""
+    if "webhook_id" in event and "event" in event:
+        return _describe_seed_payload(event)
     data = _mapping(event.get("data"))
     obj = _mapping(data.get("object"))
     previous = _mapping(data.get("previous"))
@@ -80,6 +82,22 @@ def describe(event: dict[str, Any]) -> str:
     ]
     if changes:
         parts.append(changes)
+    return "  ".join(parts)
+
+
+def _describe_seed_payload(body: dict[str, Any]) -> str:
+    """InvoiceXT's webhook body (seed 004's payload): time, event, id and its data in brief."""
+    data = _mapping(body.get("data"))
+    shown = ", ".join(f"{k}: {_show(v)}" for k, v in data.items() if k != "id")
+    parts = [
+        str(body.get("timestamp", "?")),
+        str(body.get("event", "?")),
+        str(body.get("webhook_id", "?")),
+        f"account={body.get('account_id') or '-'}",
+        f"id={data.get('id') or '-'}",
+    ]
+    if shown:
+        parts.append(shown)
     return "  ".join(parts)
 
 

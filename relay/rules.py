@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
+
+from relay.exactjson import ExactNumber
 
 Trigger = Literal["created", "changed", "deleted"]
 
@@ -144,6 +146,8 @@ def normalized(value: Any) -> Any:
         except InvalidOperation:
             return value
         return _number_text(number) if number.is_finite() else value
+    if kind is ExactNumber:  # InvoiceXT's money, read with its spelling (relay.exactjson)
+        return _number_text(Decimal(value.text))
     return value  # None, bool, and whatever else JSON decoding may produce
 
 
@@ -245,9 +249,84 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "connection", "connection.status_changed", "changed", ("main.status", "additional[].status")
     ),
+    # InvoiceXT (invoicext-api.md): deletions by the table; the rest by `derive_events`, since
+    # they depend on the transition (first seen processed) and one fires per new publication.
+    Rule("invoice", "invoice.deleted", "deleted"),
 )
 
-OBJECT_TYPES: tuple[str, ...] = ("client", "connection", "document", "supplier", "expense_report")
+# InvoiceXT's object types in snapshots: a `ledger` is one entry of /integrations/status (its
+# event is `connection.status_changed`, about object type `connection`).
+INVOICEXT_OBJECT_TYPES: tuple[str, ...] = ("invoice", "reconciliation", "ledger")
+OBJECT_TYPES: tuple[str, ...] = (
+    "client",
+    "connection",
+    "document",
+    "supplier",
+    "expense_report",
+    *INVOICEXT_OBJECT_TYPES,
+)
+# The envelope's `object_type` where it is not the event type's prefix.
+ENVELOPE_OBJECT_TYPE: dict[str, str] = {"reconciliation": "reconciliation", "ledger": "connection"}
+
+# An event a transition fires: its type and what joins its `data` (the new publication).
+Fired = tuple[str, dict[str, Any]]
+_PROCESSED = ("processed", "published")
+
+
+def _invoice_events(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Fired]:
+    """`invoice.processed` the first time it is seen processed or later (new, or from
+    processing/failed), `invoice.failed` when it turns (or arrives) failed, and one
+    `invoice.published` per publication target not seen before."""
+    fired: list[Fired] = []
+    old = before.get("status") if before is not None else None
+    new = after.get("status")
+    if new in _PROCESSED and old not in _PROCESSED:
+        fired.append(("invoice.processed", {}))
+    if new == "failed" and old != "failed":
+        fired.append(("invoice.failed", {}))
+    seen = {_target(p) for p in _publications(before)} if before is not None else set()
+    for publication in _publications(after):
+        target = _target(publication)
+        if target is not None and target not in seen:
+            seen.add(target)
+            fired.append(("invoice.published", {"publication": dict(publication)}))
+    return fired
+
+
+def _publications(obj: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    items = obj.get("publications") if obj is not None else None
+    return [p for p in items if isinstance(p, Mapping)] if isinstance(items, list) else []
+
+
+def _target(publication: Mapping[str, Any]) -> str | None:
+    target = publication.get("target")
+    return target if isinstance(target, str) else None
+
+
+def _reconciliation_events(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any]
+) -> list[Fired]:
+    """`bank.reconciled` the first time a reconciliation is seen completed."""
+    old = before.get("status") if before is not None else None
+    if after.get("status") == "completed" and old != "completed":
+        return [("bank.reconciled", {})]
+    return []
+
+
+def _ledger_events(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Fired]:
+    """`connection.status_changed` when a known ledger's `connected` flipped (a new ledger is
+    no change: there was no status before)."""
+    if before is not None and bool(before.get("connected")) != bool(after.get("connected")):
+        return [("connection.status_changed", {})]
+    return []
+
+
+# Object types whose events depend on the transition, not only on which field changed.
+DERIVED: dict[str, Callable[[Mapping[str, Any] | None, Mapping[str, Any]], list[Fired]]] = {
+    "invoice": _invoice_events,
+    "reconciliation": _reconciliation_events,
+    "ledger": _ledger_events,
+}
 
 # Fields left out of the content hash, per object type. They still land in `data` (and in an
 # event's `previous`) whenever the object has a real change, but never rewrite a snapshot alone.
@@ -261,6 +340,10 @@ VOLATILE_FIELDS: dict[str, tuple[str, ...]] = {
     "document": (),
     "supplier": (),
     "expense_report": (),
+    # InvoiceXT stamps `last_sync` on every ledger sync: hashing it would rewrite each poll.
+    "invoice": (),
+    "reconciliation": (),
+    "ledger": ("last_sync",),
 }
 
 # The fields of a /documents summary; a stored full item projected on these hashes the same as

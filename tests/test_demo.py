@@ -51,3 +51,13 @@ async def test_demo_shows_verified_webhooks_then_stops(
     )
     assert stored == len({event_id for _, event_id in received})
     assert (tmp_path / ".relay-demo" / "worker.log").exists()
+    # InvoiceXT beside Dext: its account is polled and its events arrive in the seed's payload.
+    polled = await pool.fetchval(
+        "SELECT count(*) FROM accounts WHERE provider = 'invoicext'"
+        " AND baseline_completed_at IS NOT NULL AND last_poll_at IS NOT NULL"
+    )
+    assert polled == 1, result.stdout
+    invoicext = re.findall(
+        r"^\S+Z\s+(invoice\.\w+|bank\.\w+)\s+(evt_\w+)\s+account=acc_", result.stdout, re.MULTILINE
+    )
+    assert invoicext, result.stdout

@@ -614,7 +614,7 @@ async def test_changed_summary_ids_are_exactly_new_and_changed(pool: asyncpg.Poo
         ("document", [cost("")], CLIENT, "id"),
         ("document", ["not an object"], CLIENT, "objects"),
         ("document", [cost("d1", amount=2**70)], CLIENT, "objects"),
-        ("invoice", [cost("d1")], CLIENT, "object_type"),
+        ("widget", [cost("d1")], CLIENT, "object_type"),
         ("supplier", [supplier("s1")], None, "client_id"),
     ],
     ids=["missing id", "empty id", "not a dict", "not json", "unknown type", "no client"],

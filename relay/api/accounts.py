@@ -91,6 +91,26 @@ ACCOUNT_SCHEMA: dict[str, Any] = {
                 "remaining": {"type": ["integer", "null"]},
                 "reset_at": {"type": ["string", "null"]},
                 "throttled_last_hour": {"type": "integer"},
+                "window_seconds": {
+                    "type": "number",
+                    "description": "InvoiceXT: the rolling window `limit` counts in (3600)",
+                },
+                "monthly": {
+                    "type": ["object", "null"],
+                    "description": "InvoiceXT: the billing period as /usage/stats last said, "
+                    "and the seconds between requests it affords",
+                    "properties": {
+                        "api_calls": {"type": "integer"},
+                        "api_calls_limit": {"type": "integer"},
+                        "period_ends_at": {"type": "string", "format": "date-time"},
+                        "pace_seconds": {"type": "number"},
+                    },
+                },
+                "missing_scopes": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "InvoiceXT: scopes the key lacks (those lists are not polled)",
+                },
             },
         },
         "poll_requested_at": _TIME,

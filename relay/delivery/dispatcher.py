@@ -305,7 +305,9 @@ class Dispatcher:
             token=token,
             url=row["url"],
             kind=row["kind"],
-            body=request_body(row["kind"], row["body"], row["client_name"]) if row["live"] else b"",
+            body=request_body(row["kind"], row["body"], row["client_name"], row["payload"])
+            if row["live"]
+            else b"",
             keys=keys,
             live=row["live"],
             disabled_reason=row["disabled_reason"],

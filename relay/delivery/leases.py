@@ -49,6 +49,7 @@ WITH scan AS (
     RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, d.order_key
 )
 SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, c.order_key, l.expired, e.body,
+       e.payload,
        s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
        s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets,
        -- A Slack message names the client as the practice knows it: one primary-key lookup of

@@ -64,11 +64,19 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-def request_body(kind: str, event_body: dict[str, Any], client_name: str | None = None) -> bytes:
-    """The bytes to send: the event itself for webhooks, a Slack message for slack (which names
-    the client by `client_name`, from its snapshot, where there is one)."""
+def request_body(
+    kind: str,
+    event_body: dict[str, Any],
+    client_name: str | None = None,
+    payload: bytes | None = None,
+) -> bytes:
+    """The bytes to send: the event itself for webhooks (or its provider's own format, stored
+    with it as `payload`: InvoiceXT's), a Slack message for slack (which names the client by
+    `client_name`, from its snapshot, where there is one)."""
     if kind == "slack":
         return orjson.dumps(slack_message(event_body, client_name))
+    if payload is not None:
+        return bytes(payload)
     return orjson.dumps(event_body)
 
 

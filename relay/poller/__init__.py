@@ -30,9 +30,15 @@ scan becomes partial); an object on a page that cannot be used is set aside by t
 the run's set-asides become the account's `warnings` (`relay.account_warnings`); an upstream
 outage ends the pass and leaves the task due.
 
+An account of a lists-only source (InvoiceXT) is polled by `lists`, which knows it only through
+the `relay.sources.source.Source` protocol (opened by `relay.sources.registry`): each list's
+head often, its complete scan (the only read that may delete) rarely, within the source's
+budget.
+
 The package: `runner` (the `Poller`, its run loop under the lease, and the account's pass and
-auth bookkeeping), `tasks` (what each task kind does), `pages` (reading upstream lists page
-by page) and `progress` (how far baselines are, for the account resource).
+auth bookkeeping), `tasks` (what each Dext task kind does), `lists` (the source-generic pass),
+`pages` (reading upstream lists page by page) and `progress` (how far baselines are, for the
+account resource).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from relay import account_warnings, accounts
 from relay.db import POSTGRES_OUTAGE_ERRORS, Backoff
 from relay.errors import NotFound, UpstreamAuthError, UpstreamError
 from relay.events import insert_event
+from relay.poller.lists import ListPoller
 from relay.poller.pages import _connection
 from relay.poller.tasks import PollTasks
 from relay.ratelimit import RateLimiter
@@ -45,13 +46,14 @@ from relay.scheduling import (
     save_task,
 )
 from relay.sources.dext import CountingMetrics, DextClient
+from relay.sources.registry import SOURCES
+from relay.sources.source import Budget, Source
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.poller")
 
-UNSUPPORTED_PROVIDER = (
-    "this version of Relay polls only Dext accounts; InvoiceXT is not supported yet"
-)
+# A provider without a source in `relay.sources.registry` (the API accepts none such today).
+UNSUPPORTED_PROVIDER = "this version of Relay cannot poll this provider"
 
 
 @dataclass
@@ -88,6 +90,8 @@ class Poller(PollTasks):
     clock: Callable[[], float] = time.time
     holder: str = field(default_factory=default_holder)
     client_options: Mapping[str, Any] = field(default_factory=dict)
+    # Options of the lists-only sources' clients (tests shorten backoffs).
+    source_options: Mapping[str, Any] = field(default_factory=dict)
 
     def make_client(self, account: accounts.Account) -> tuple[DextClient, CountingMetrics]:
         token = accounts.account_token(self.vault, account)
@@ -166,11 +170,13 @@ class Poller(PollTasks):
             report.outcome = "gone"
             return
         if account.provider != "dext":
-            # Accepted by the API for the contract's sake, but there is no InvoiceXT connector
-            # yet: say so on the account rather than leave it silently unpolled.
-            if account.last_error != UNSUPPORTED_PROVIDER:
+            if account.provider not in SOURCES:
+                # Say so on the account rather than leave it silently unpolled.
                 await accounts.record_poll_error(self.pool, account.id, UNSUPPORTED_PROVIDER)
-            report.outcome = "gone"
+                report.outcome = "gone"
+                return
+            # A source with lists only (InvoiceXT): the source-generic pass of `poller.lists`.
+            await self._run_source(account, report, run_seconds, idle_exit)
             return
         client, metrics = self.make_client(account)
         deadline = self.clock() + run_seconds
@@ -268,6 +274,71 @@ class Poller(PollTasks):
             report.upstream = metrics
             state = await client.rate_limit_state()
             await accounts.record_rate_limit(self.pool, account_id, state.to_json())
+
+    def make_source(self, account: accounts.Account) -> tuple[Source, CountingMetrics]:
+        """The `Source` of a lists-only account (`relay.sources.registry`); its clock, the
+        hour and the month compress with the policy's window like Dext's minute."""
+        return SOURCES[account.provider](
+            account.base_url,
+            accounts.account_token(self.vault, account),
+            http=self.http,
+            redis=self.redis,
+            speed=60.0 / self.policy.window_seconds,
+            options=self.source_options,
+        )
+
+    async def _run_source(
+        self, account: accounts.Account, report: RunReport, run_seconds: float, idle_exit: bool
+    ) -> None:
+        """Cycles of the account's source until `run_seconds` are up (one with `idle_exit`)."""
+        client, metrics = self.make_source(account)
+        deadline = self.clock() + run_seconds
+        lists = ListPoller(self.pool, client, account, self.clock)
+        request_seen = await self._honour_poll_request(account)
+        budget: Budget | None = None
+        try:
+            while self.clock() < deadline:
+                client.max_wait = max(deadline - self.clock(), 0.05)
+                if not await renew_lease(
+                    self.pool, account.id, self.holder, self.policy.lease_seconds
+                ):
+                    raise LeaseLost(account.id)
+                budget = await client.budget()
+                emit = account.backfill or account.baseline_completed_at is not None
+                cycle = await lists.cycle(emit, budget.pace_seconds)
+                report.tasks += 1
+                report.changes += cycle.changed
+                # A list the key may not read is no gap of the baseline (it is shown instead).
+                if account.baseline_completed_at is None and not cycle.gaps:
+                    await accounts.complete_baseline(self.pool, account.id)
+                    log.info("baseline_completed", account_id=account.id)
+                account = await accounts.get_account(self.pool, account.id)
+                await self._after_pass(account, request_seen)
+                if cycle.forbidden:
+                    missing = ", ".join(sorted(cycle.forbidden))
+                    await accounts.record_poll_error(
+                        self.pool, account.id, f"the API key lacks the scope {missing}"
+                    )
+                if idle_exit:
+                    break
+        except NotFound:
+            report.outcome = "gone"
+        except UpstreamAuthError as exc:
+            report.outcome = "broken"
+            await self._auth_failed(account, exc)
+        except UpstreamError as exc:
+            report.outcome = "error"
+            log.warning("poll_failed", account_id=account.id, error=str(exc), status=exc.status)
+            await accounts.record_poll_error(self.pool, account.id, str(exc))
+        finally:
+            report.requests = _requests(metrics)
+            report.upstream = metrics
+            state = (await client.rate_limit_state()).to_json()
+            if budget is not None:
+                state["window_seconds"] = budget.window_seconds
+                state["monthly"] = budget.monthly
+            state["missing_scopes"] = sorted(lists.forbidden)
+            await accounts.record_rate_limit(self.pool, account.id, state)
 
     async def _honour_poll_request(self, account: accounts.Account) -> Any:
         """Turn a new `POST /v1/accounts/{id}/poll` into forced tasks, once per request."""

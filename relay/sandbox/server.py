@@ -11,6 +11,8 @@ from aiohttp import web
 
 from relay.sandbox import contract, control
 from relay.sandbox.edge import edge
+from relay.sandbox.invoicext import InvoicextSandbox
+from relay.sandbox.invoicext_api import IXT, create_invoicext_app
 from relay.sandbox.state import SANDBOX, Sandbox, SandboxOptions
 
 log = structlog.get_logger("relay.sandbox")
@@ -36,7 +38,10 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_sandbox_app(options: SandboxOptions) -> web.Application:
-    """A sandbox app; its state is `app[SANDBOX]` (raises ConfigError on bad options)."""
+    """A sandbox app; its state is `app[SANDBOX]` (raises ConfigError on bad options), or for
+    `provider="invoicext"` `app[IXT]` (see `relay.sandbox.invoicext`)."""
+    if options.provider == "invoicext":
+        return create_invoicext_app(invoicext_sandbox(options))
     app = web.Application(middlewares=[control.control_errors, edge])
     app[SANDBOX] = Sandbox(options)
     contract.add_routes(app)
@@ -45,9 +50,46 @@ def create_sandbox_app(options: SandboxOptions) -> web.Application:
     return app
 
 
+def invoicext_sandbox(options: SandboxOptions) -> InvoicextSandbox:
+    """The simulated InvoiceXT account these options describe (`--items` invoices)."""
+    options.validate()
+    return InvoicextSandbox(
+        seed=options.seed,
+        items=options.items,
+        plan=options.plan,
+        rate_limit=options.rate_limit if options.rate_limit_set else None,
+        monthly_limit=options.monthly_limit,
+        speed=options.speed,
+        window_seconds=options.window_seconds,
+        start=options.start,
+        simulate=options.simulate,
+        change_rate=options.change_rate,
+        api_token=options.api_token,
+    )
+
+
 def run_sandbox(options: SandboxOptions) -> None:
     """Serve until Ctrl-C; logs one line with the URL and the default api token."""
     app = create_sandbox_app(options)
+    if options.provider == "invoicext":
+        box = app[IXT]
+
+        async def announce_ixt(_app: web.Application) -> None:
+            # The sandbox's keys are fake and printed on purpose: they are how you connect.
+            log.info(
+                "sandbox_started",
+                provider="invoicext",
+                url=f"http://{options.host}:{options.port}/api/v1",
+                sandbox_api_token=box.token.value,
+                plan=box.plan,
+                rate_limit_per_hour=box.limit,
+                monthly_limit=box.monthly_limit,
+                speed=options.speed,
+            )
+
+        app.on_startup.append(announce_ixt)
+        web.run_app(app, host=options.host, port=options.port, print=None, access_log=None)
+        return
     sandbox = app[SANDBOX]
     url = f"http://{options.host}:{options.port}"
 

@@ -53,11 +53,14 @@ class SandboxOptions:
     # Drift switches (relay.sandbox.drift): which are on, and how often each touches an object.
     drift: frozenset[str] = frozenset()
     drift_rate: float = 0.3
+    # InvoiceXT only: seed 004's plan (its hourly limit unless `rate_limit_set`), the monthly
+    # allowance (None: the plan's), and whether `rate_limit` was given explicitly.
+    plan: str = "starter"
+    monthly_limit: int | None = None
+    rate_limit_set: bool = False
 
     def validate(self) -> None:
-        if self.provider != "dext":
-            if self.provider == "invoicext":
-                raise ConfigError("the InvoiceXT sandbox is not implemented yet; use dext")
+        if self.provider not in ("dext", "invoicext"):
             raise ConfigError(f"unknown sandbox provider {self.provider!r}")
         if self.clients < 0 or self.items < 0:
             raise ConfigError("clients and items must not be negative")

@@ -23,6 +23,7 @@ from relay.snapshots.scans import (
     finish_complete_scan,
     mark_scan_partial,
     record_scan_page,
+    seconds_since_complete_scan,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "mark_scan_partial",
     "quick_hash",
     "record_scan_page",
+    "seconds_since_complete_scan",
     "should_emit",
     "stored_by_status",
     "stored_document_counts",

@@ -7,20 +7,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
 from xxhash import xxh3_128_digest
 
 from relay.errors import InvalidInput
 from relay.events import build_event, insert_events, reserve_sequences
+from relay.exactjson import dumps as exact_dumps
 from relay.rules import (
+    DERIVED,
+    ENVELOPE_OBJECT_TYPE,
+    INVOICEXT_OBJECT_TYPES,
     OBJECT_TYPES,
     VOLATILE_FIELDS,
     WATCHED_SUMMARY_FIELDS,
+    Fired,
     canonical,
     changed_event_types,
     event_type_for,
     normalized,
+    previous_fields,
     same_content,
 )
 from relay.snapshots.hashing import _object_id, content_hash, summary_hash
@@ -147,7 +152,7 @@ def _hashed_keys(
     what = f"a {object_type}"
     volatile = bool(VOLATILE_FIELDS[object_type])
     one_per_client = object_type == "connection"  # named by its client, it carries no id
-    dumps, digest = orjson.dumps, xxh3_128_digest
+    dumps, digest = exact_dumps, xxh3_128_digest
     object_ids = batch.object_ids
     try:
         for n, obj in enumerate(batch.objects):
@@ -222,7 +227,8 @@ async def _lock_existing(
 
 
 def _event_bodies(
-    fired: list[tuple[int, list[str], dict[str, Any]]],
+    fired: list[tuple[int, list[Fired], dict[str, Any]]],
+    object_type: str,
     batch: _Batch,
     account_id: str,
     into: list[dict[str, Any]],
@@ -232,17 +238,22 @@ def _event_bodies(
     each 512 KB as it fills, so Postgres parses the first bodies while Python builds the rest.
     `sequences` holds each event's number, in the same order (from `_sequences`)."""
     at = datetime.now(UTC)
+    # InvoiceXT's objects belong to no client (the envelope says null) and name their own type.
+    invoicext = object_type in INVOICEXT_OBJECT_TYPES
+    envelope_type = ENVELOPE_OBJECT_TYPE.get(object_type)
     for n, types, previous in fired:
-        for event_type in types:
+        for event_type, extra in types:
             body = build_event(
                 event_type,
                 account_id=account_id,
-                client_id=batch.client_of(n),
+                client_id=None if invoicext else batch.client_of(n),
                 object_id=batch.object_ids[n],
                 object=batch.objects[n],
                 previous=previous,
                 at=at,
                 sequence=next(sequences),
+                object_type=envelope_type,
+                extra=extra,
             )
             into.append(body)
             yield body
@@ -250,17 +261,20 @@ def _event_bodies(
 
 async def _sequences(
     conn: Connection,
-    fired: list[tuple[int, list[str], dict[str, Any]]],
+    fired: list[tuple[int, list[Fired], dict[str, Any]]],
+    object_type: str,
     batch: _Batch,
     account_id: str,
 ) -> Iterator[int]:
     """Reserve the `sequence` of every event the diff fires (one short statement for the
-    batch, before the COPY, so the bodies can still be built as the COPY takes them)."""
+    batch, before the COPY, so the bodies can still be built as the COPY takes them). Each is
+    counted under the `object_type` its body names (`_event_bodies`)."""
     ids = batch.object_ids
+    envelope_type = ENVELOPE_OBJECT_TYPE.get(object_type)
     keys = [
-        (account_id, event_type.split(".", 1)[0], ids[n])
+        (account_id, envelope_type or event_type.split(".", 1)[0], ids[n])
         for n, types, _ in fired
-        for event_type in types
+        for event_type, _extra in types
     ]
     return iter(await reserve_sequences(conn, keys))
 
@@ -357,24 +371,32 @@ async def diff_objects(
             if len(created) < len(wanted)
             else []
         )
-        fired: list[tuple[int, list[str], dict[str, Any]]] = []
+        fired: list[tuple[int, list[Fired], dict[str, Any]]] = []
         created_type = event_type_for(object_type, "created")
+        derive = DERIVED.get(object_type)
         for n in sorted([*created, *updated]):
             after = objects[n]
             before, was_deleted = old.get(n, (None, False))
             if n in created or was_deleted:
                 result.created.append(ids[n])
-                fired.append((n, [created_type] if created_type else [], {}))
+                if derive is not None:
+                    fired.append((n, derive(None, after), {}))
+                else:
+                    fired.append((n, [(created_type, {})] if created_type else [], {}))
             elif same_content(object_type, before, after):
                 continue  # only the stored hash was stale: refreshed, nothing changed
             else:
                 result.changed.append(ids[n])
-                fired.append((n, *changed_event_types(object_type, before, after)))
+                if derive is not None:
+                    fired.append((n, derive(before, after), previous_fields(before, after)))
+                else:
+                    types, previous = changed_event_types(object_type, before, after)
+                    fired.append((n, [(t, {}) for t in types], previous))
         if emit and any(types for _, types, _ in fired):
-            sequences = await _sequences(conn, fired, batch, account_id)
+            sequences = await _sequences(conn, fired, object_type, batch, account_id)
             await insert_events(
                 conn,
-                _event_bodies(fired, batch, account_id, result.events, sequences),
+                _event_bodies(fired, object_type, batch, account_id, result.events, sequences),
                 sequenced=True,
             )
     log.debug(

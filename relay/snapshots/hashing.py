@@ -10,12 +10,13 @@ import orjson
 from xxhash import xxh3_128_digest
 
 from relay.errors import InvalidInput
+from relay.exactjson import json_default
 from relay.rules import SUMMARY_FIELDS, canonical, normalized
 
 
 def _summary_digest(value: Any) -> bytes:
     try:
-        raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        raw = orjson.dumps(value, default=json_default, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:  # orjson.JSONEncodeError: not JSON (e.g. an int beyond 64 bits)
         raise InvalidInput(f"object is not representable as JSON: {exc}", field="objects") from exc
     return hashlib.sha256(raw).digest()[:16]
@@ -23,7 +24,11 @@ def _summary_digest(value: Any) -> bytes:
 
 def _canonical_json(object_type: str, obj: Mapping[str, Any], what: str) -> bytes:
     try:
-        return orjson.dumps(normalized(canonical(object_type, obj)), option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(
+            normalized(canonical(object_type, obj)),
+            default=json_default,
+            option=orjson.OPT_SORT_KEYS,
+        )
     except TypeError as exc:  # orjson.JSONEncodeError: e.g. an int beyond 64 bits
         raise InvalidInput(f"{what} is not representable as JSON: {exc}", field="objects") from exc
 
@@ -46,7 +51,7 @@ def quick_hash(object_type: str, obj: Mapping[str, Any]) -> bytes:
     60% of `content_hash`. Equal quick hashes mean equal canonical forms; a different one is
     settled by `content_hash` (a reordering alone is no change)."""
     try:
-        return xxh3_128_digest(orjson.dumps(canonical(object_type, obj)))
+        return xxh3_128_digest(orjson.dumps(canonical(object_type, obj), default=json_default))
     except TypeError as exc:  # orjson.JSONEncodeError: e.g. an int beyond 64 bits
         raise InvalidInput(
             f"a {object_type} is not representable as JSON: {exc}", field="objects"

@@ -9,16 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from relay import exactjson
 from relay.errors import InvalidInput, NotFound
 from relay.events import build_event, insert_events
-from relay.rules import event_type_for
+from relay.rules import INVOICEXT_OBJECT_TYPES, event_type_for
 
 if TYPE_CHECKING:
     from relay.events import Connection
 
 log = structlog.get_logger("relay.snapshots")
 
-SCANNABLE_TYPES = ("document", "supplier", "expense_report")
+SCANNABLE_TYPES = ("document", "supplier", "expense_report", "invoice", "reconciliation")
 
 _SEEN = (
     "seen AS (SELECT DISTINCT unnest(object_ids) AS object_id FROM snapshot_scan_pages "
@@ -45,7 +46,7 @@ WITH {_SEEN}
 UPDATE snapshots s SET deleted_at = now()
 FROM snapshot_scans scan
 WHERE scan.id = $1 AND s.object_id = ANY($2::text[]) AND {_CANDIDATE_WHERE}
-RETURNING s.object_id, s.client_id, s.data
+RETURNING s.object_id, s.client_id, s.data, s.data::text AS data_text
 """
 
 
@@ -184,9 +185,14 @@ async def finish_complete_scan(
                     build_event(
                         deleted_type,
                         account_id=scan["account_id"],
-                        client_id=row["client_id"],
+                        client_id=None
+                        if scan["object_type"] in INVOICEXT_OBJECT_TYPES
+                        else row["client_id"],
                         object_id=row["object_id"],
-                        object=row["data"],
+                        # jsonb keeps InvoiceXT's money as written; its text says it exactly.
+                        object=exactjson.loads(row["data_text"])
+                        if scan["object_type"] in INVOICEXT_OBJECT_TYPES
+                        else row["data"],
                         at=at,
                     )
                     for row in deleted
@@ -203,3 +209,25 @@ async def finish_complete_scan(
         deleted=len(outcome.deleted),
     )
     return outcome
+
+
+async def seconds_since_complete_scan(
+    conn: Connection, *, account_id: str, object_type: str, client_id: str
+) -> tuple[float, int] | None:
+    """(seconds since the last scan of these objects finished without a gap, its pages), or
+    None when none did.
+
+    How a poller that reads a list's head often and the whole of it rarely knows when the
+    whole is due again, from Postgres rather than from a process's memory."""
+    row = await conn.fetchrow(
+        "SELECT extract(epoch FROM now() - s.finished_at) AS age,"
+        " (SELECT count(*) FROM snapshot_scan_pages p WHERE p.scan_id = s.id) AS pages"
+        " FROM snapshot_scans s"
+        " WHERE s.account_id = $1 AND s.object_type = $2 AND s.client_id = $3"
+        " AND s.finished_at IS NOT NULL AND s.partial_reason IS NULL"
+        " ORDER BY s.finished_at DESC LIMIT 1",
+        account_id,
+        object_type,
+        client_id,
+    )
+    return None if row is None else (float(row["age"]), int(row["pages"]))

@@ -8,6 +8,7 @@ async def test_y(sandbox_factory):
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from relay.sandbox.invoicext import InvoicextSandbox
+from relay.sandbox.invoicext_api import create_invoicext_app
 from relay.sandbox.server import SANDBOX, Sandbox, SandboxOptions, create_sandbox_app
 
 TEST_DEFAULTS: dict[str, Any] = {
@@ -124,3 +127,40 @@ async def sandbox_factory() -> AsyncIterator[SandboxFactory]:
 async def sandbox(sandbox_factory: SandboxFactory) -> SandboxHandle:
     """A small, paused sandbox with a generous rate limit."""
     return await sandbox_factory()
+
+
+@dataclass
+class IxtHandle:
+    """A running InvoiceXT sandbox: its API root, default key and in-process state."""
+
+    url: str
+    token: str
+    box: InvoicextSandbox
+
+
+@pytest.fixture
+async def ixt_factory() -> AsyncIterator[Callable[..., Awaitable[IxtHandle]]]:
+    """`await ixt_factory(**options)`: a paused InvoiceXT sandbox on loopback, closed after."""
+    runners: list[web.AppRunner] = []
+
+    async def start(**options: Any) -> IxtHandle:
+        defaults: dict[str, Any] = {
+            "items": 30,
+            "simulate": False,
+            "rate_limit": 100_000,
+            "monthly_limit": 10_000_000,
+            "speed": 3600.0,
+            # Limiter state lives in Redis per key: every sandbox its own key.
+            "api_token": f"sk_test_{secrets.token_hex(8)}",
+        }
+        box = InvoicextSandbox(**{**defaults, **options})
+        runner = web.AppRunner(create_invoicext_app(box), access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        return IxtHandle(f"http://127.0.0.1:{port}/api/v1", box.token.value, box)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

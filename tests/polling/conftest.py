@@ -56,3 +56,18 @@ def poller(
         policy=TEST_POLICY,
         client_options={"backoff": 0.01, "backoff_cap": 0.05, "timeout": 5.0},
     )
+
+
+@pytest.fixture
+def ixt_poller(
+    pool: asyncpg.Pool, redis_client: aioredis.Redis, http: aiohttp.ClientSession, vault: Vault
+) -> Poller:
+    """A poller whose clock is compressed like the sandbox's (an hour is one real second)."""
+    return Poller(
+        pool=pool,
+        redis=redis_client,
+        http=http,
+        vault=vault,
+        policy=replace(TEST_POLICY, window_seconds=60.0 / 3600.0),
+        source_options={"backoff": 0.01, "max_backoff": 0.05, "timeout": 5.0},
+    )
