@@ -16,8 +16,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from relay.events import build_event
-from relay.rules import ANY_FIELD, RULES, Rule, changed_event_types, lookup
+from relay.rules import (
+    ANY_FIELD,
+    DERIVED,
+    ENVELOPE_OBJECT_TYPE,
+    INVOICEXT_OBJECT_TYPES,
+    RULES,
+    Rule,
+    changed_event_types,
+    lookup,
+)
+from relay.sources.invoicext_events import webhook_payload
 
 _AT = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 _ACCOUNT = "acc_01a2b3c4d5e6f7a8b9c0d1e2"
@@ -206,6 +218,9 @@ class _Other:
     object: dict[str, Any]
     previous: dict[str, Any]
     client_id: str | None = None
+    # InvoiceXT: the snapshot type whose transition fires it (relay.rules.DERIVED), or None
+    # for a deletion (fired by the rules table, with an empty `previous`).
+    derived_from: str | None = None
 
 
 _OTHERS: tuple[_Other, ...] = (
@@ -239,6 +254,7 @@ _OTHERS: tuple[_Other, ...] = (
         _INVOICE_ID,
         _INVOICE,
         {"status": "processing"},
+        derived_from="invoice",
     ),
     _Other(
         "invoice.published",
@@ -247,6 +263,7 @@ _OTHERS: tuple[_Other, ...] = (
         _INVOICE_ID,
         _PUBLISHED,
         {"status": "processed", "publications": []},
+        derived_from="invoice",
     ),
     _Other(
         "invoice.failed",
@@ -255,6 +272,7 @@ _OTHERS: tuple[_Other, ...] = (
         _INVOICE_ID,
         {**_INVOICE, "status": "failed"},
         {"status": "processing"},
+        derived_from="invoice",
     ),
     _Other(
         "invoice.deleted",
@@ -271,6 +289,7 @@ _OTHERS: tuple[_Other, ...] = (
         "rec_41",
         _RECONCILIATION,
         {"status": "running", "completed_at": None},
+        derived_from="reconciliation",
     ),
     _Other(
         "subscription.disabled",
@@ -400,33 +419,22 @@ def _stable(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "id": "evt_01a2b3c4d5e6f7a8b9c0d1e2f3"}
 
 
-def _webhook_example(other: _Other, body: dict[str, Any]) -> dict[str, Any]:
-    """An InvoiceXT event's webhook body (seed 004's format, invoicext-api.md)."""
-    obj = other.object
-    if other.type == "bank.reconciled":
-        keys = ("id", "statement_id", "status", "date_from", "date_to", "matched_count")
-        data = {k: obj.get(k) for k in (*keys, "unmatched_count", "completed_at")}
-    else:
-        data = {
-            "id": obj["id"],
-            "status": obj["status"],
-            "invoice_number": obj["invoice_number"],
-            "supplier": obj["supplier"]["name"],
-            "total": obj["totals"]["total"],
-            "currency": obj["currency"],
-        }
-        if other.type == "invoice.published":
-            data.update(obj["publications"][-1])
-    return {
-        "event": other.type,
-        "timestamp": body["created_at"],
-        "data": data,
-        "webhook_id": body["id"],
-        "account_id": body["account_id"],
-    }
+def _derived_extra(other: _Other) -> dict[str, Any]:
+    """What joins `data` when the real derive function fires `other.type` for the sample's
+    transition (older version: the sample with `previous` applied); a RuntimeError if it does
+    not fire, since then the catalogue would describe an event Relay never sends."""
+    if other.derived_from is None:
+        return {}
+    before = {**other.object, **other.previous}
+    for event_type, extra in DERIVED[other.derived_from](before, other.object):
+        if event_type == other.type:
+            return extra
+    raise RuntimeError(f"the catalogue's example does not fire {other.type}")
 
 
 def _other_entry(other: _Other) -> dict[str, Any]:
+    invoicext = other.providers == ("invoicext",)
+    object_type = ENVELOPE_OBJECT_TYPE.get(other.derived_from or "") if invoicext else None
     body = _stable(
         build_event(
             other.type,
@@ -436,10 +444,10 @@ def _other_entry(other: _Other) -> dict[str, Any]:
             object=other.object,
             previous=other.previous,
             at=_AT,
+            object_type=object_type,
+            extra=_derived_extra(other),
         )
     )
-    if other.type.startswith("bank."):
-        body["object_type"] = "reconciliation"
     entry: dict[str, Any] = {
         "type": other.type,
         "object_type": body["object_type"],
@@ -448,8 +456,10 @@ def _other_entry(other: _Other) -> dict[str, Any]:
         "watches": [],
         "example": body,
     }
-    if other.providers == ("invoicext",):
-        entry["webhook_example"] = _webhook_example(other, body)
+    if invoicext:
+        payload = webhook_payload(body)
+        assert payload is not None  # InvoiceXT types always have the seed's body
+        entry["webhook_example"] = orjson.loads(payload)
     return entry
 
 
@@ -473,7 +483,10 @@ def event_types() -> list[dict[str, Any]]:
     """Every event type Relay emits, in table order, each with a one-line description, its
     providers, the fields it watches and an example body (the stored shape, as
     `GET /v1/events` returns it; InvoiceXT types also carry `webhook_example`)."""
-    entries = [_rule_entry(rule) for rule in RULES]
+    # InvoiceXT's rows are its transitions (listed with their samples below), not diffs.
+    entries = [
+        _rule_entry(rule) for rule in RULES if rule.object_type not in INVOICEXT_OBJECT_TYPES
+    ]
     for entry in entries:
         if entry["type"] == "connection.status_changed":
             entry["providers"] = ["dext", "invoicext"]
