@@ -112,7 +112,8 @@ def add_recovery_commands(acts: Any, add: Any) -> None:
     p.add_argument("--account-ids", help="comma-separated; default the subscription's accounts")
     p.add_argument(
         "--object-types",
-        help="comma-separated: client, connection, document, supplier, expense_report",
+        help="comma-separated: client, connection, document, supplier, expense_report "
+        "(Dext); invoice, reconciliation, ledger (InvoiceXT); default all",
     )
     p.add_argument("--no-wait", action="store_true", help="start it and print the job only")
     p.set_defaults(follow=follow)

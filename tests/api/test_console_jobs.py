@@ -67,7 +67,7 @@ async def test_ordering_replay_and_backfill_from_the_cli(
     assert started.code == 0, started.err
     assert "backfill job_" in started.out
     assert "queued 0/0" in started.out
-    bad = await cli("subscriptions", "backfill", sub["id"], "--object-types", "invoice")
+    bad = await cli("subscriptions", "backfill", sub["id"], "--object-types", "widget")
     assert bad.code == 1
     assert "invalid" in bad.err.lower()
 

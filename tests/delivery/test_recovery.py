@@ -239,7 +239,7 @@ async def test_recovery_routes_refuse_bad_input_clearly(
         (f"{base}/replay", {"since": "yesterday"}, 400),
         (f"{base}/replay", {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, 400),
         (f"{base}/replay", {"since": "2026-01-01T00:00:00Z", "event_types": ["BAD"]}, 400),
-        (f"{base}/backfill", {"object_types": ["invoice"]}, 400),
+        (f"{base}/backfill", {"object_types": ["widget"]}, 400),
         ("/v1/subscriptions/sub_missing/backfill", {}, 404),
         ("/v1/subscriptions/sub_missing/replay", {"since": "2026-01-01T00:00:00Z"}, 404),
     ]
