@@ -4,6 +4,7 @@ bookkeeping (poll requests, baseline completion, auth failure and recovery)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
 import socket
@@ -184,6 +185,7 @@ class Poller(PollTasks):
         request_seen = await self._honour_poll_request(account)
         if not await load_tasks(self.pool, account_id):
             await ensure_tasks(self.pool, account_id, [], self.clock(), self.policy, prune=False)
+        shared_at = -math.inf  # when the limiter's view was last stored
         try:
             while self.clock() < deadline:
                 now = self.clock()
@@ -243,6 +245,12 @@ class Poller(PollTasks):
                             cursor=task.cursor if run.cursor is None else run.cursor,
                         )
                     await save_task(self.pool, done)
+                    if self.clock() - shared_at >= self.policy.window_seconds:
+                        # A run lasts `run_seconds` (2 min): the console should not wait for
+                        # its end to see the upstream budget, so it is shared once a window.
+                        state = await client.rate_limit_state()
+                        await accounts.record_rate_limit(self.pool, account_id, state.to_json())
+                        shared_at = self.clock()
                     if run.suspect_deletion:
                         await hurry_sweep(self.pool, account_id, task.client_id)
                     if task.kind is TaskKind.BASELINE and run.finished:
@@ -312,6 +320,8 @@ class Poller(PollTasks):
                 if account.baseline_completed_at is None and not cycle.gaps:
                     await accounts.complete_baseline(self.pool, account.id)
                     log.info("baseline_completed", account_id=account.id)
+                # Stored after every cycle, not only when the run ends (see the Dext path).
+                await self._record_source_rate_limit(account.id, client, budget, lists)
                 account = await accounts.get_account(self.pool, account.id)
                 await self._after_pass(account, request_seen)
                 if cycle.forbidden:
@@ -333,12 +343,18 @@ class Poller(PollTasks):
         finally:
             report.requests = _requests(metrics)
             report.upstream = metrics
-            state = (await client.rate_limit_state()).to_json()
-            if budget is not None:
-                state["window_seconds"] = budget.window_seconds
-                state["monthly"] = budget.monthly
-            state["missing_scopes"] = sorted(lists.forbidden)
-            await accounts.record_rate_limit(self.pool, account.id, state)
+            await self._record_source_rate_limit(account.id, client, budget, lists)
+
+    async def _record_source_rate_limit(
+        self, account_id: str, client: Source, budget: Budget | None, lists: ListPoller
+    ) -> None:
+        """Store a source's limiter view, its window and month, and the scopes it lacks."""
+        state = (await client.rate_limit_state()).to_json()
+        if budget is not None:
+            state["window_seconds"] = budget.window_seconds
+            state["monthly"] = budget.monthly
+        state["missing_scopes"] = sorted(lists.forbidden)
+        await accounts.record_rate_limit(self.pool, account_id, state)
 
     async def _honour_poll_request(self, account: accounts.Account) -> Any:
         """Turn a new `POST /v1/accounts/{id}/poll` into forced tasks, once per request."""
