@@ -193,7 +193,12 @@ class Dispatcher:
                 self._hold(job)
             self._pump()
             claimed += len(jobs)
-            if len(jobs) < room:
+            # A short claim is not proof that nothing is left: another worker's claim running
+            # at the same moment locks the same head of the queue, and SKIP LOCKED leaves
+            # this one with the few rows it did not reach. Stopping there left the second
+            # worker idle until the next poll (two workers were slower than one); only an
+            # empty claim ends the pass, which costs one more (cheap, empty) claim per pass.
+            if not jobs:
                 break
         return claimed
 
