@@ -204,6 +204,46 @@ async def wait_http(url: str, seconds: float = 30.0) -> None:
             await asyncio.sleep(0.2)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc; 0 if gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+class CpuMeter:
+    """CPU milliseconds per delivery of each part (the worker processes, the API, the
+    receiver, this database's Postgres backends): less sensitive to a loaded machine than
+    wall-clock rates, and it says where the time goes."""
+
+    def __init__(self, pool: asyncpg.Pool, database: str, parts: dict[str, list[int]]) -> None:
+        self.pool = pool
+        self.database = database
+        self.parts = parts
+        self.before: dict[str, float] = {}
+
+    async def _pids(self) -> dict[str, list[int]]:
+        rows = await self.pool.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            self.database,
+        )
+        return {**self.parts, "postgres": [r["pid"] for r in rows]}
+
+    async def start(self) -> None:
+        self.pids = await self._pids()
+        self.before = {k: cpu_seconds(v) for k, v in self.pids.items()}
+
+    def stop(self, n: int) -> str:
+        spent = {k: (cpu_seconds(v) - self.before[k]) * 1000 / n for k, v in self.pids.items()}
+        return ", ".join(f"{k} {v:.3f}" for k, v in spent.items())
+
+
 class Deployment:
     """The processes a user starts: `relay api` and `relay worker` x N, with their env."""
 
@@ -283,11 +323,13 @@ async def throughput_run(
     receiver: str,
     event_ids: list[str],
     per_event: int,
-) -> float:
+    meter: CpuMeter,
+) -> tuple[float, str]:
     await pool.execute("TRUNCATE deliveries, delivery_attempts")
     async with aiohttp.ClientSession() as probe:
         await stats(probe, receiver, reset=True)
         n = len(event_ids) * per_event
+        await meter.start()
         started = time.time()
         queue = iter(event_ids)
 
@@ -300,9 +342,10 @@ async def throughput_run(
 
         await asyncio.gather(*[replayer() for _ in range(4)])
         seen = await wait_arrivals(probe, receiver, n)
+        await check_recorded(pool, n)  # the recording is part of the CPU a delivery costs
+        cpu = meter.stop(n)
     assert seen["count"] == n, f"receiver saw {seen['count']} requests for {n} deliveries"
-    await check_recorded(pool, n)
-    return n / (seen["last"] - started)
+    return n / (seen["last"] - started), cpu
 
 
 async def raw_run(
@@ -469,6 +512,11 @@ async def main(args: argparse.Namespace) -> None:
         )
         receivers[kind] = (f"http://127.0.0.1:{port}", proc)
     await migrate(settings)
+    if args.log_statements:
+        # Profiling: every statement of this database, with its duration, in the server log.
+        conn = await asyncpg.connect(settings.database_url)
+        await conn.execute(f'ALTER DATABASE "{name}" SET log_min_duration_statement = 0')
+        await conn.close()
     pool = await create_pool(settings, min_size=2, max_size=12)
     deployment = Deployment(env, free_port())
     api_base = f"http://127.0.0.1:{deployment.api_port}"
@@ -488,16 +536,24 @@ async def main(args: argparse.Namespace) -> None:
                 bodies = [(e["id"], orjson.dumps(e)) for e in events]
                 for count in worker_counts:
                     await deployment.start_workers(count)
+                    assert deployment.api is not None
+                    parts = {
+                        "workers": [w.pid for w in deployment.workers],
+                        "api": [deployment.api.pid],
+                        "receiver": [receivers[kind][1].pid],
+                    }
+                    meter = CpuMeter(pool, name, parts)
                     rates, raws = [], []
                     for run in range(args.runs):
                         raws.append(await raw_run(base, subs, bodies, args.concurrency))
-                        rates.append(
-                            await throughput_run(pool, api, api_base, base, event_ids, len(subs))
+                        rate, cpu = await throughput_run(
+                            pool, api, api_base, base, event_ids, len(subs), meter
                         )
+                        rates.append(rate)
                         print(
                             f"  {kind} receiver, {count} worker(s), run {run + 1}: "
                             f"relay {rates[-1]:,.0f}/s  raw {raws[-1]:,.0f}/s  "
-                            f"ratio {rates[-1] / raws[-1]:.2f}",
+                            f"ratio {rates[-1] / raws[-1]:.2f}; CPU ms per delivery: {cpu}",
                             flush=True,
                         )
                     await deployment.stop_workers()
@@ -563,6 +619,11 @@ if __name__ == "__main__":
         choices=("aiohttp", "protocol", "both"),
         default="both",
         help="an aiohttp server reading each body, a bare HTTP/1.1 protocol, or both",
+    )
+    parser.add_argument(
+        "--log-statements",
+        action="store_true",
+        help="profiling: log every statement of the bench database with its duration",
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parsed = parser.parse_args()
