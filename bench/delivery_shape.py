@@ -446,7 +446,7 @@ async def latency(pool: asyncpg.Pool, rate: int, seconds: float) -> list[float]:
     await pool.execute("TRUNCATE deliveries, delivery_attempts")
     committed: dict[str, float] = {}
     total = int(rate * seconds)
-    lanes = 8
+    lanes = 16
     start = time.perf_counter()
 
     async def lane(k: int) -> None:
@@ -521,7 +521,7 @@ async def main(args: argparse.Namespace) -> None:
     deployment = Deployment(env, free_port())
     api_base = f"http://127.0.0.1:{deployment.api_port}"
     headers = {"authorization": f"Bearer {TOKEN}"}
-    worker_counts = [int(w) for w in args.workers.split(",")]
+    worker_counts = [int(w) for w in args.workers.split(",") if w]
     try:
         await deployment.start_api()
         for _, (base, _) in receivers.items():
