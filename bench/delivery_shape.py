@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from relay.db import create_pool, migrate  # noqa: E402
-from relay.events import build_event, insert_events  # noqa: E402
+from relay.events import build_event, insert_event, insert_events  # noqa: E402
 from relay.settings import Settings  # noqa: E402
 from relay.signing import secret_key, webhook_headers  # noqa: E402
 from relay.subscriptions import create_subscription  # noqa: E402
@@ -446,21 +446,21 @@ async def latency(pool: asyncpg.Pool, rate: int, seconds: float) -> list[float]:
     await pool.execute("TRUNCATE deliveries, delivery_attempts")
     committed: dict[str, float] = {}
     total = int(rate * seconds)
-    lanes = 16
+    lanes = 48
     start = time.perf_counter()
 
     async def lane(k: int) -> None:
         for i in range(k, total, lanes):
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            body = build_event(
-                "document.categorized",
-                account_id=None,
-                client_id=f"cli_{i % 200}",
-                object_id=f"doc_{i}",
-                object={"id": f"doc_{i}", "status": "ready"},
-            )
-            async with pool.acquire() as conn, conn.transaction():
-                await insert_events(conn, [body])
+            async with pool.acquire() as conn:  # one INSERT, its own transaction
+                body = await insert_event(
+                    conn,
+                    "document.categorized",
+                    account_id=None,
+                    client_id=f"cli_{i % 200}",
+                    object_id=f"doc_{i}",
+                    object={"id": f"doc_{i}", "status": "ready"},
+                )
             committed[body["id"]] = time.time()
 
     await asyncio.gather(*[lane(k) for k in range(lanes)])
@@ -517,7 +517,7 @@ async def main(args: argparse.Namespace) -> None:
         conn = await asyncpg.connect(settings.database_url)
         await conn.execute(f'ALTER DATABASE "{name}" SET log_min_duration_statement = 0')
         await conn.close()
-    pool = await create_pool(settings, min_size=2, max_size=12)
+    pool = await create_pool(settings, min_size=2, max_size=52)
     deployment = Deployment(env, free_port())
     api_base = f"http://127.0.0.1:{deployment.api_port}"
     headers = {"authorization": f"Bearer {TOKEN}"}
