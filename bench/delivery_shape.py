@@ -516,6 +516,14 @@ async def main(args: argparse.Namespace) -> None:
         # Profiling: every statement of this database, with its duration, in the server log.
         conn = await asyncpg.connect(settings.database_url)
         await conn.execute(f'ALTER DATABASE "{name}" SET log_min_duration_statement = 0')
+        # and the plan (with actual rows) of any statement slower than 40 ms
+        for setting in (
+            "session_preload_libraries = 'auto_explain'",
+            "auto_explain.log_min_duration = 40",
+            "auto_explain.log_analyze = on",
+            "auto_explain.log_nested_statements = on",
+        ):
+            await conn.execute(f'ALTER DATABASE "{name}" SET {setting}')
         await conn.close()
     pool = await create_pool(settings, min_size=2, max_size=52)
     deployment = Deployment(env, free_port())
@@ -623,7 +631,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--log-statements",
         action="store_true",
-        help="profiling: log every statement of the bench database with its duration",
+        help="profiling: log every statement of the bench database with its duration, "
+        "and the plans of those slower than 40 ms (auto_explain)",
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parsed = parser.parse_args()

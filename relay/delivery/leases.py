@@ -123,8 +123,11 @@ async def claim(
         # from statistics that predate a backlog (mostly settled deliveries: "few are
         # pending"), Postgres bitmap-scans and sorts every due delivery on each claim
         # instead: 9 ms rather than 0.3 per claim on a 20,000-delivery backlog, just when
-        # a backlog must drain fast.
-        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        # a backlog must drain fast. For the same reason (a table it believes tiny) it
+        # found the claimed rows for the UPDATE with a sequential scan comparing every row
+        # with every claimed id (110 ms a claim instead of 10, every other run of
+        # bench/delivery_shape.py); every step of the claim is meant to be an index lookup.
+        await conn.execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
         return await conn.fetch(
             _CLAIM,
             room,
