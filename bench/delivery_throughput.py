@@ -424,7 +424,10 @@ async def main(args: argparse.Namespace) -> None:
     if args.users_shape:
         # Its own processes and database; run after this shape's are gone, not beside them.
         shape = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).with_name("delivery_shape.py"))
+            sys.executable,
+            str(Path(__file__).with_name("delivery_shape.py")),
+            "--runs",
+            str(args.runs),
         )
         if await shape.wait():
             raise SystemExit("bench/delivery_shape.py failed")
