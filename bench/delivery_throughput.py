@@ -16,6 +16,11 @@ On 2 cores the receiver, the dispatcher and Postgres share the CPU, while the ra
 not pay for Postgres at all; the figures are CPU-bound, so the ratio is the robust one.
 
 Uses its own database `relay_bench_<random>`, dropped at the end, and needs no Redis.
+
+3. Then, unless `--no-users-shape`, the shape users have (bench/delivery_shape.py, run as a
+   child so this one run prints every figure): `relay api` and `relay worker` processes,
+   200 subscriptions, deliveries made by replays while dispatching, both receivers, 1 and 2
+   workers, fan-out of one event to 10,000 subscriptions and latency at 2,000 events/s.
 """
 
 from __future__ import annotations
@@ -416,6 +421,16 @@ async def main(args: argparse.Namespace) -> None:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+    if args.users_shape:
+        # Its own processes and database; run after this shape's are gone, not beside them.
+        shape = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("delivery_shape.py")),
+            "--runs",
+            str(args.runs),
+        )
+        if await shape.wait():
+            raise SystemExit("bench/delivery_shape.py failed")
 
 
 if __name__ == "__main__":
@@ -441,6 +456,12 @@ if __name__ == "__main__":
         choices=("protocol", "aiohttp"),
         default="protocol",
         help="the local receiver: a bare HTTP/1.1 protocol (default) or an aiohttp server",
+    )
+    parser.add_argument(
+        "--users-shape",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="then run bench/delivery_shape.py (api + worker processes, many subscriptions)",
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dispatch", help=argparse.SUPPRESS)

@@ -55,6 +55,7 @@ _RECORD_BATCH = 1000
 _RECORD_EAGER = 200
 _RECORD_WAIT = 0.05
 _JOBS_INTERVAL = 0.1
+_SHORT_CLAIM_RECHECK = 0.05
 
 
 @dataclass(slots=True)
@@ -212,10 +213,23 @@ class Dispatcher:
             self._pump()
             claimed += len(jobs)
             if len(jobs) < room:
+                if jobs:
+                    # A short claim is not proof that nothing is left: another worker's claim
+                    # running at the same moment locks the same head of the queue, and SKIP
+                    # LOCKED leaves this one the few rows it did not reach. Ending there left
+                    # the second worker idle until the next poll (two workers were slower than
+                    # one). Look again shortly rather than at once: an immediate second claim
+                    # would sit in every pass of a trickle, between an event and its send.
+                    self._look_again_in(_SHORT_CLAIM_RECHECK)
                 break
         return claimed
 
     # ---- waiting ----------------------------------------------------------------------------
+
+    def _look_again_in(self, seconds: float) -> None:
+        due = time.monotonic() + seconds
+        if self._next_due is None or due < self._next_due:
+            self._next_due = due
 
     async def _idle(self) -> None:
         timeout = self._settings.delivery_poll_interval

@@ -29,22 +29,29 @@ WITH scan AS (
                row_number() OVER (PARTITION BY subscription_id ORDER BY next_attempt_at) AS rn
         FROM scan
     ) AS cand
-    LEFT JOIN unnest($5::text[], $6::int[]) AS room(subscription_id, free) USING (subscription_id)
-    WHERE cand.rn <= coalesce(room.free, $7)
+    -- $5 maps each subscription with room left under its cap to that room: a jsonb key
+    -- lookup per row, never a join. Joined as unnest() rows, a generic plan looped over
+    -- every partial subscription for every scanned row (1,024 x 200 comparisons, 100 ms a
+    -- claim with 200 busy subscriptions: bench/delivery_shape.py).
+    WHERE cand.rn <= coalesce(($5::jsonb ->> cand.subscription_id)::int, $6)
     ORDER BY cand.next_attempt_at LIMIT $1
 ), locked AS (
     -- A lease token on a claimable row is a claim whose lease expired (its worker died).
     -- `= ANY(ARRAY(...))` keeps these lookups on the primary key: joined to the CTE instead,
-    -- the planner hashes a sequential scan of the whole table on every claim.
+    -- the planner hashes a sequential scan of the whole table on every claim. The re-check
+    -- (evaluated again on the locked row version) is wrapped in `IS TRUE` so that no other
+    -- index can serve it: planned from statistics that predate a backlog, Postgres walked
+    -- `deliveries_due` and compared every due row with every picked id instead (60-250 ms
+    -- a claim on a 20,000-delivery backlog, the worker's one claim connection saturated).
     SELECT d.id, d.lease_token IS NOT NULL AS expired FROM deliveries AS d
     WHERE d.id = ANY(ARRAY(SELECT id FROM picked))
-      AND d.status = 'pending' AND d.next_attempt_at <= now()
-      AND (d.leased_until IS NULL OR d.leased_until <= now())
+      AND (d.status = 'pending' AND d.next_attempt_at <= now()
+           AND (d.leased_until IS NULL OR d.leased_until <= now())) IS TRUE
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE deliveries AS d
     -- Only unindexed columns change: a HOT update, no index entries written (schema.sql).
-    SET leased_until = now() + make_interval(secs => $2), lease_token = $8
+    SET leased_until = now() + make_interval(secs => $2), lease_token = $7
     WHERE d.id = ANY(ARRAY(SELECT id FROM locked))
     RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, d.order_key
 )
@@ -124,16 +131,18 @@ async def claim(
         # from statistics that predate a backlog (mostly settled deliveries: "few are
         # pending"), Postgres bitmap-scans and sorts every due delivery on each claim
         # instead: 9 ms rather than 0.3 per claim on a 20,000-delivery backlog, just when
-        # a backlog must drain fast.
-        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        # a backlog must drain fast. For the same reason (a table it believes tiny) it
+        # found the claimed rows for the UPDATE with a sequential scan comparing every row
+        # with every claimed id (110 ms a claim instead of 10, every other run of
+        # bench/delivery_shape.py); every step of the claim is meant to be an index lookup.
+        await conn.execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
         return await conn.fetch(
             _CLAIM,
             room,
             lease,
             list(saturated),
             room * 4,
-            [s for s, _ in partial],
-            [free for _, free in partial],
+            dict(partial),
             cap,
             token,
         )
