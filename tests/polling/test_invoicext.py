@@ -34,6 +34,41 @@ async def _events(pool: asyncpg.Pool, account_id: str) -> list[dict[str, Any]]:
     return [{**row["body"], "_payload": row["payload"]} for row in rows]
 
 
+async def _scans_due(pool: asyncpg.Pool, account_id: str, *, due: bool = True) -> None:
+    """Make the account's next cycle run a complete scan of every list (`due`), or not:
+    its finished scans say they ended an hour ago (or in an hour), so no test races the clock."""
+    await pool.execute(
+        "UPDATE snapshot_scans SET finished_at = now() + $2 * interval '1 hour'"
+        " WHERE account_id = $1 AND finished_at IS NOT NULL",
+        account_id,
+        -1 if due else 1,
+    )
+
+
+async def test_a_deletion_waits_for_a_complete_scan(
+    pool: asyncpg.Pool, vault: Vault, ixt_poller: Poller, ixt_factory: IxtFactory
+) -> None:
+    """A head read never deletes: the deletion is reported by the next complete scan, once."""
+    ixt = await ixt_factory()
+    box = ixt.box
+    account = await _account(pool, vault, ixt)
+    report = await ixt_poller.run_account(account.id, run_seconds=10.0, idle_exit=True)
+    assert report.outcome == "done", report
+    gone = next(iter(box.invoices.values()))
+    box.delete(gone["id"], box.sync())
+    await _scans_due(pool, account.id, due=False)
+    for _ in range(3):  # head reads only: the invoice is missing, but no scan says so yet
+        report = await ixt_poller.run_account(account.id, run_seconds=10.0, idle_exit=True)
+        assert report.outcome == "done", report
+    assert [e["type"] for e in await _events(pool, account.id)] == []
+    await _scans_due(pool, account.id)
+    for _ in range(2):  # the complete scan confirms it (404), and a second one repeats nothing
+        report = await ixt_poller.run_account(account.id, run_seconds=10.0, idle_exit=True)
+        assert report.outcome == "done", report
+    events = await _events(pool, account.id)
+    assert [(e["type"], e["object_id"]) for e in events] == [("invoice.deleted", gone["id"])]
+
+
 async def test_every_event_type_once_with_the_seed_body(
     pool: asyncpg.Pool, vault: Vault, ixt_poller: Poller, ixt_factory: IxtFactory
 ) -> None:
@@ -67,6 +102,11 @@ async def test_every_event_type_once_with_the_seed_body(
     for _ in range(3):  # re-polls find nothing new, even with shifted pages
         report = await ixt_poller.run_account(account.id, run_seconds=10.0, idle_exit=True)
         assert report.outcome == "done", report
+    # The deletion needs a complete scan, due only `pages * pace / FULL_SHARE` after the last
+    # one (0.1 s here): three quick re-polls may all be head reads. Make it due, then poll.
+    await _scans_due(pool, account.id)
+    report = await ixt_poller.run_account(account.id, run_seconds=10.0, idle_exit=True)
+    assert report.outcome == "done", report
     events = await _events(pool, account.id)
     assert Counter(e["type"] for e in events) == truth
     assert truth == {
