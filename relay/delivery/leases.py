@@ -53,7 +53,8 @@ WITH scan AS (
     -- Only unindexed columns change: a HOT update, no index entries written (schema.sql).
     SET leased_until = now() + make_interval(secs => $2), lease_token = $7
     WHERE d.id = ANY(ARRAY(SELECT id FROM locked))
-    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, d.order_key
+    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, d.order_key,
+              d.next_attempt_at
 )
 SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, c.order_key, l.expired, e.body,
        e.payload,
@@ -70,6 +71,12 @@ FROM claimed AS c
 JOIN locked AS l ON l.id = c.id
 JOIN events AS e ON e.id = c.event_id
 JOIN subscriptions AS s ON s.id = c.subscription_id
+-- Handed out oldest due first, as `picked` chose them, and deliveries due at the same moment
+-- (one fan-out or replay statement stamps them all with its now()) in the order their events
+-- were stored: without this the order is whatever the join's plan gives (with sequential scans
+-- off, the primary key's), and a replay window or an object's events to an unordered
+-- subscription would start out of order.
+ORDER BY c.next_attempt_at, e.seq, c.id
 """
 
 _RECORD = """
