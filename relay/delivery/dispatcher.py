@@ -36,7 +36,7 @@ import structlog
 
 from relay.db import Outage, store_outage
 from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
-from relay.delivery.leases import claim, record, release
+from relay.delivery.leases import claim, record, release, release_unanswered
 from relay.delivery.ordering import promote
 from relay.delivery.policy import retry_delay
 from relay.delivery.recovery import advance_jobs
@@ -142,6 +142,9 @@ class Dispatcher:
         self._listener_retry_at = 0.0
         # Postgres down: one line when it starts and one when it ends, not one per retry.
         self._db_outage = Outage("Postgres", settings.database_url, "dispatcher")
+        # Tokens of claims that failed on their way back: their rows, if the claim committed,
+        # are leased to nobody until they are handed back.
+        self._unanswered: set[uuid.UUID] = set()
 
     def _db_failed(self, event: str, exc: BaseException) -> None:
         if store_outage(exc) is not None:
@@ -202,6 +205,8 @@ class Dispatcher:
         if time.monotonic() >= self._jobs_due:
             self._jobs_due = time.monotonic() + _JOBS_INTERVAL
             await advance_jobs(self._pool)
+        if self._unanswered:
+            await self._release_unanswered()
         claimed = 0
         while not self._stopping:
             room = min(self._batch, self._hold_capacity - self._held_total)
@@ -223,6 +228,13 @@ class Dispatcher:
                     self._look_again_in(_SHORT_CLAIM_RECHECK)
                 break
         return claimed
+
+    async def _release_unanswered(self) -> None:
+        for token in sorted(self._unanswered):
+            released = await release_unanswered(self._pool, token)
+            self._unanswered.discard(token)
+            if released:
+                log.info("delivery_claim_released", deliveries=released, reason="answer_lost")
 
     # ---- waiting ----------------------------------------------------------------------------
 
@@ -269,15 +281,21 @@ class Dispatcher:
         saturated = [s for s, n in self._held.items() if n >= cap]
         partial = [(s, cap - n) for s, n in self._held.items() if 0 < n < cap]
         token = uuid.uuid4()
-        rows = await claim(
-            self._pool,
-            room=room,
-            lease=self._lease,
-            saturated=saturated,
-            partial=partial,
-            cap=cap,
-            token=token,
-        )
+        try:
+            rows = await claim(
+                self._pool,
+                room=room,
+                lease=self._lease,
+                saturated=saturated,
+                partial=partial,
+                cap=cap,
+                token=token,
+            )
+        except BaseException:
+            # The claim may have committed with its answer lost on the way back: hand its
+            # rows back once Postgres answers again (`_release_unanswered`).
+            self._unanswered.add(token)
+            raise
         now = datetime.now(UTC)
         if self._metrics is not None:
             self._metrics.recovered("lease_expired", sum(1 for row in rows if row["expired"]))

@@ -163,6 +163,20 @@ async def record(conn: Querier, columns: Sequence[list[Any]]) -> None:
     await conn.execute(_RECORD, *columns)
 
 
+async def release_unanswered(pool: asyncpg.Pool, token: uuid.UUID) -> int:
+    """Hand back every delivery still leased under a claim whose answer never arrived (the
+    connection broke after the claim committed, as in a Postgres restart): due now, no lease,
+    as if never claimed. Without this they would wait out the whole lease (60 s) before
+    anyone sent them. Runs only after such a failure, so the scan of a column no index may
+    cover (schema.sql says why) is a rare cost."""
+    status = await pool.execute(
+        "UPDATE deliveries SET leased_until = NULL, lease_token = NULL "
+        "WHERE lease_token = $1 AND status = 'pending'",
+        token,
+    )
+    return int(status.split()[-1])
+
+
 async def release(pool: asyncpg.Pool, ids: list[str], tokens: list[uuid.UUID]) -> None:
     """Hand claimed deliveries back, due as they were, if they are still under these claims."""
     await pool.execute(_RELEASE, ids, tokens)

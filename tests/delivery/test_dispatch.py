@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import orjson
@@ -17,6 +18,7 @@ from relay.delivery import (
     retry_failed,
     send_test_event,
 )
+from relay.delivery.leases import claim, release_unanswered
 from relay.settings import Settings
 from relay.subscriptions import get_subscription, rotate_secret, update_subscription
 from relay.vault import Vault
@@ -511,3 +513,33 @@ async def all_settled_but(pool: asyncpg.Pool, succeeded: int) -> bool:
     rows = await delivery_rows(pool)
     done = [r for r in rows if r["status"] == "succeeded"]
     return len(done) == succeeded and all(r["lease_token"] is None for r in rows)
+
+
+async def test_a_claim_whose_answer_was_lost_is_handed_back_not_left_to_its_lease(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    """A claim that committed while its connection broke (a Postgres restart) leaves its rows
+    leased to nobody; the dispatcher hands them back by token instead of waiting out the lease
+    (60 s here), and they are sent once."""
+    await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    await store_events(pool, event_body(), event_body())
+    assert await fan_out_events(pool) == 2
+    token = uuid.uuid4()
+    # The claim commits; its rows never reach the dispatcher (the answer was lost).
+    lost = await claim(pool, room=10, lease=60, saturated=[], partial=[], cap=10, token=token)
+    assert len(lost) == 2
+    # Not claimable again: without a hand-back they wait a minute.
+    again = await claim(pool, room=10, lease=60, saturated=[], partial=[], cap=10, token=token)
+    assert again == []
+    assert await release_unanswered(pool, token) == 2
+    assert await release_unanswered(pool, token) == 0  # nothing left under that token
+    rows = await delivery_rows(pool)
+    assert all(r["lease_token"] is None and r["leased_until"] is None for r in rows)
+    await start_dispatcher()
+    await wait_until(lambda: _count(endpoint, "/ok", 2), what="both sent at once")
+    await asyncio.sleep(0.3)
+    assert len(endpoint.hits) == 2
