@@ -37,7 +37,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -150,6 +150,31 @@ class RateLimitState:
             "reset_at": self.reset_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "throttled_last_hour": self.throttled_last_hour,
         }
+
+
+async def wait_for_grant(
+    try_acquire: Callable[[], Awaitable[Grant]],
+    clock: Callable[[], float],
+    max_wait: float | None,
+) -> None:
+    """Ask `try_acquire` until it grants a slot, sleeping as long as each refusal says; a
+    TimeoutError when `max_wait` seconds pass first. Both limiters (this fixed window and
+    `relay.ratelimit_rolling`) wait this way. Cancelling the awaiting task cancels the wait;
+    no slot is held by a waiter."""
+    deadline = None if max_wait is None else clock() + max_wait
+    while True:
+        grant = await try_acquire()
+        if grant.granted:
+            return
+        # A few ms of jitter so processes woken by one window start don't arrive in lockstep.
+        pause = grant.wait + random.uniform(0, 0.005)
+        if deadline is not None:
+            left = deadline - clock()
+            if pause > left:
+                if left > 0:
+                    await asyncio.sleep(left)
+                raise TimeoutError(f"no rate-limit slot within {max_wait} s")
+        await asyncio.sleep(pause)
 
 
 @dataclass(frozen=True)
@@ -266,20 +291,7 @@ class RateLimiter:
 
         Cancelling the awaiting task cancels the wait; no slot is held by a waiter.
         """
-        deadline = None if max_wait is None else self._clock() + max_wait
-        while True:
-            grant = await self.try_acquire()
-            if grant.granted:
-                return
-            # A few ms of jitter so processes woken by one window start don't arrive in lockstep.
-            pause = grant.wait + random.uniform(0, 0.005)
-            if deadline is not None:
-                left = deadline - self._clock()
-                if pause > left:
-                    if left > 0:
-                        await asyncio.sleep(left)
-                    raise TimeoutError(f"no rate-limit slot within {max_wait} s")
-            await asyncio.sleep(pause)
+        await wait_for_grant(self.try_acquire, self._clock, max_wait)
 
     async def observe(self, status: int, headers: Mapping[str, str]) -> Feedback:
         """Feed one response back: the server's count and any 429 apply to every process."""

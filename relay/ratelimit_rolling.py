@@ -8,9 +8,7 @@ the token: `relay:ratelimit:{<hash>}:rolling:...`.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import random
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +25,7 @@ from relay.ratelimit import (
     RateLimitState,
     _arg,
     token_key,
+    wait_for_grant,
 )
 
 log = structlog.get_logger("relay.ratelimit")
@@ -162,19 +161,7 @@ class RollingRateLimiter:
 
     async def acquire(self, *, max_wait: float | None = None) -> None:
         """Wait until a slot is granted; TimeoutError when `max_wait` seconds pass first."""
-        deadline = None if max_wait is None else self._clock() + max_wait
-        while True:
-            grant = await self.try_acquire()
-            if grant.granted:
-                return
-            pause = grant.wait + random.uniform(0, 0.005)
-            if deadline is not None:
-                left = deadline - self._clock()
-                if pause > left:
-                    if left > 0:
-                        await asyncio.sleep(left)
-                    raise TimeoutError(f"no rate-limit slot within {max_wait} s")
-            await asyncio.sleep(pause)
+        await wait_for_grant(self.try_acquire, self._clock, max_wait)
 
     async def observe(self, status: int, headers: Mapping[str, str]) -> Feedback:
         now = self._clock()
