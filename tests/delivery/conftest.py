@@ -10,13 +10,17 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 
+from relay.api.app import create_app
 from relay.delivery import Dispatcher, close_session, create_session
 from relay.ids import new_id
 from relay.settings import Settings
 from relay.subscriptions import create_subscription
 from relay.vault import Vault
+from tests.conftest import TEST_ADMIN_TOKEN
 
 
 @dataclass
@@ -215,3 +219,27 @@ async def all_settled(pool: asyncpg.Pool, count: int | None = None) -> bool:
     if count is not None and len(rows) != count:
         return False
     return bool(rows) and all(r["status"] != "pending" for r in rows)
+
+
+Api = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def api(
+    aiohttp_client: Callable[..., Awaitable[Api]],
+    dsettings: Settings,
+    pool: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+) -> Api:
+    """The admin API served on loopback (stores emptied first, by `pool` and `redis_client`)."""
+    return await aiohttp_client(
+        create_app(dsettings), headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+    )
+
+
+@pytest.fixture
+async def api2(aiohttp_client: Callable[..., Awaitable[Api]], dsettings: Settings, api: Api) -> Api:
+    """A second admin API app with its own pool, as a second `relay api` process would be."""
+    return await aiohttp_client(
+        create_app(dsettings), headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+    )

@@ -13,17 +13,13 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from standardwebhooks import Webhook
 
-from relay.api.app import create_app
 from relay.delivery.store import fan_out_events
 from relay.settings import Settings
 from relay.subscriptions import MAX_SIGNING_SECRETS
 from relay.vault import Vault
-from tests.conftest import TEST_ADMIN_TOKEN
 from tests.delivery.conftest import (
     DispatcherFactory,
     Endpoint,
@@ -34,28 +30,6 @@ from tests.delivery.conftest import (
 )
 
 Api = TestClient[Any, Any]
-ClientFactory = Callable[..., Awaitable[Api]]
-
-
-@pytest.fixture
-async def api(
-    aiohttp_client: ClientFactory,
-    dsettings: Settings,
-    pool: asyncpg.Pool,
-    redis_client: aioredis.Redis,
-) -> Api:
-    """The admin API served on loopback (stores emptied first, by `pool` and `redis_client`)."""
-    return await aiohttp_client(
-        create_app(dsettings), headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
-    )
-
-
-@pytest.fixture
-async def api2(aiohttp_client: ClientFactory, dsettings: Settings, api: Api) -> Api:
-    """A second admin API app with its own pool, as a second `relay api` process would be."""
-    return await aiohttp_client(
-        create_app(dsettings), headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
-    )
 
 
 async def in_waves(calls: list[Callable[[], Awaitable[Any]]], width: int) -> list[Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,16 +11,13 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from relay.api.app import create_app
 from relay.delivery import recovery
 from relay.events import build_event, insert_events
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault
-from tests.conftest import TEST_ADMIN_TOKEN
 from tests.delivery.conftest import (
     DispatcherFactory,
     Endpoint,
@@ -30,27 +27,6 @@ from tests.delivery.conftest import (
 )
 
 Api = TestClient[Any, Any]
-ClientFactory = Callable[..., Awaitable[Api]]
-
-
-@pytest.fixture
-async def api(
-    aiohttp_client: ClientFactory,
-    dsettings: Settings,
-    pool: asyncpg.Pool,
-    redis_client: aioredis.Redis,
-) -> Api:
-    return await aiohttp_client(
-        create_app(dsettings), headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
-    )
-
-
-@pytest.fixture
-async def api2(aiohttp_client: ClientFactory, dsettings: Settings, api: Api) -> Api:
-    """A second admin app with its own pool, as a second `relay api` process would be."""
-    return await aiohttp_client(
-        create_app(dsettings), headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
-    )
 
 
 async def answer(request: Awaitable[aiohttp.ClientResponse]) -> tuple[int, Any]:
