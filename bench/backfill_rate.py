@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from relay.db import create_pool, migrate
 from relay.delivery import Dispatcher, close_session, create_session
 from relay.delivery.recovery import get_job, start_backfill
+from relay.delivery.subscriptions import create_subscription
 from relay.logs import configure_logging
-from relay.runtime import tune_gc
 from relay.settings import Settings
-from relay.subscriptions import create_subscription
 from relay.vault import Vault, generate_key
+from workers.runtime import tune_gc
 
 PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 

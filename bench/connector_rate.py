@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.http import create_client_session
 from relay.logs import configure_logging
-from relay.ratelimit import RateLimiter
 from relay.sandbox.server import SANDBOX, SandboxOptions, create_sandbox_app
 from relay.sources.dext import DextClient
+from relay.sources.ratelimit import RateLimiter
 
 REDIS_SERVER = "redis://127.0.0.1:6379"
 SCRIPT = str(Path(__file__).resolve())

@@ -48,10 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from relay.db import create_pool, migrate  # noqa: E402
+from relay.delivery.signing import secret_key, webhook_headers  # noqa: E402
+from relay.delivery.subscriptions import create_subscription  # noqa: E402
 from relay.events import build_event, insert_event, insert_events  # noqa: E402
 from relay.settings import Settings  # noqa: E402
-from relay.signing import secret_key, webhook_headers  # noqa: E402
-from relay.subscriptions import create_subscription  # noqa: E402
 from relay.vault import Vault, generate_key  # noqa: E402
 
 PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")

@@ -8,7 +8,7 @@
    same run. Median of several runs, and the median of the per-run ratios. All three (the
    dispatcher, the raw loop, the receiver) run on the same kind of event loop: uvloop, as
    `relay worker` does, unless `--loop asyncio`. The dispatcher runs with the worker's garbage
-   collector settings (relay/runtime.py), the raw loop with Python's defaults (faster for it).
+   collector settings (workers/runtime.py), the raw loop with Python's defaults (faster for it).
 2. Latency: a trickle of 50 events/s for a few seconds, each stored in its own transaction as
    the events module does; p50/p99 from the event's commit to its first attempt.
 
@@ -46,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.db import create_pool, migrate
 from relay.delivery import Dispatcher, close_session, create_session
+from relay.delivery.subscriptions import create_subscription
 from relay.ids import new_id
 from relay.logs import configure_logging
-from relay.runtime import tune_gc
 from relay.settings import Settings
-from relay.subscriptions import create_subscription
 from relay.vault import Vault, generate_key
+from workers.runtime import tune_gc
 
 PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 PENDING_LEFT = "SELECT EXISTS (SELECT FROM deliveries WHERE status = 'pending')"

@@ -45,21 +45,22 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay import accounts, snapshots
+from relay import snapshots
 from relay.db import create_pool, migrate
 from relay.errors import UpstreamError, UpstreamNotFound
 from relay.http import create_client_session
 from relay.logs import configure_logging
 from relay.poller import Poller
-from relay.ratelimit import RateLimiter
-from relay.rules import normalized
-from relay.sandbox.drift import parse_drift
+from relay.poller.plan import Policy
+from relay.sandbox.dext.drift import parse_drift
 from relay.sandbox.server import SANDBOX, Sandbox, SandboxOptions, create_sandbox_app
-from relay.scheduling import Policy
 from relay.settings import Settings
+from relay.snapshots.rules import normalized
+from relay.sources import accounts
 from relay.sources.dext import DextClient
+from relay.sources.ratelimit import RateLimiter
 from relay.vault import Vault, generate_key
-from tests.polling.helpers import expected_types
+from tests.support.polling import expected_types
 
 REDIS_SERVER = "redis://127.0.0.1:6379"
 GOAL_TYPES = ("document.created", "document.status_changed")

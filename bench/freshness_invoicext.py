@@ -42,17 +42,17 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay import accounts
 from relay.db import create_pool, migrate
 from relay.errors import UpstreamError
 from relay.http import create_client_session
 from relay.logs import configure_logging
 from relay.poller import Poller
 from relay.poller.lists import ListPoller
-from relay.sandbox.invoicext import InvoicextSandbox
-from relay.sandbox.invoicext_api import create_invoicext_app
-from relay.scheduling import Policy
+from relay.poller.plan import Policy
+from relay.sandbox.invoicext.account import InvoicextSandbox
+from relay.sandbox.invoicext.api import create_invoicext_app
 from relay.settings import Settings
+from relay.sources import accounts
 from relay.sources.source import ListSpec
 from relay.vault import Vault, generate_key
 

@@ -48,12 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.db import create_pool, migrate
 from relay.delivery import Dispatcher, close_session, create_session
+from relay.delivery.subscriptions import create_subscription
 from relay.logs import configure_logging
 from relay.retention import prune
-from relay.runtime import tune_gc
 from relay.settings import Settings
-from relay.subscriptions import create_subscription
 from relay.vault import Vault, generate_key
+from workers.runtime import tune_gc
 
 PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 THROUGHPUT = Path(__file__).resolve().parent / "delivery_throughput.py"

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from delivery_throughput import free_port, run_dispatcher, seed_pending
 
 from relay.db import create_pool, migrate
+from relay.delivery.subscriptions import create_subscription
 from relay.logs import configure_logging
 from relay.settings import Settings
-from relay.subscriptions import create_subscription
 from relay.vault import Vault, generate_key
 
 PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")

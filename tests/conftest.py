@@ -24,6 +24,7 @@ from relay.settings import Settings
 
 pytest_plugins = [
     "tests.plugins.sandbox",
+    "tests.support.api",
 ]
 
 PG_SERVER = os.environ.get("RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432")

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from relay.cli import build_parser
+from relay.cli.main import build_parser
 from relay.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 
 ROOT = Path(__file__).resolve().parent.parent

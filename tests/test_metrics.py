@@ -15,13 +15,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay import accounts, metrics
+from relay import metrics
 from relay.api.app import create_app
 from relay.delivery import fan_out_events
+from relay.delivery.subscriptions import create_subscription
 from relay.ids import new_id
-from relay.scheduling import Policy
+from relay.poller.plan import Policy
 from relay.settings import Settings
-from relay.subscriptions import create_subscription
+from relay.sources import accounts
 from relay.vault import Vault
 from tests.plugins.sandbox import SandboxFactory
 from workers.delivery import sweep_deliveries

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 
 from relay.events import list_events
-from tests.test_snapshots_objects import cost, diff, make_account
+from tests.snapshots.test_objects import cost, diff, make_account
 
 
 async def test_sequence_counts_each_objects_events_in_detection_order(pool: asyncpg.Pool) -> None:

@@ -31,7 +31,6 @@ from relay.db import (
     wait_for_stores,
 )
 from relay.http import create_client_session
-from relay.runtime import tune_gc
 from relay.settings import Settings
 from workers.delivery import (
     delivery_cron_jobs,
@@ -43,6 +42,7 @@ from workers.delivery import (
 from workers.polling import cron_jobs as polling_cron_jobs
 from workers.polling import functions as polling_functions
 from workers.retention import retention_cron_jobs
+from workers.runtime import tune_gc
 
 log = structlog.get_logger("workers.main")
 

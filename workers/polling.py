@@ -25,13 +25,13 @@ from aiohttp import ClientSession
 from arq import cron, func
 from arq.connections import ArqRedis
 
-from relay import accounts
 from relay.db import store_outage
 from relay.http import create_client_session
 from relay.metrics import WorkerMetrics
 from relay.poller import Poller
-from relay.scheduling import Policy
+from relay.poller.plan import Policy
 from relay.settings import Settings
+from relay.sources import accounts
 from relay.vault import Vault
 from workers.outages import outage, recovered
 

@@ -6,12 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import account_warnings, accounts
 from relay.api.keys import POOL, REDIS, SETTINGS, VAULT
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, Boolean, String, Url
+from relay.poller import account_warnings
+from relay.poller.plan import Policy
 from relay.poller.progress import baseline_progress
-from relay.scheduling import Policy
+from relay.sources import accounts
 from relay.sources.models import SET_ASIDE_KINDS
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}

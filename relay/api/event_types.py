@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.api.catalog import CATALOGUE
 from relay.api.events import EVENT_SCHEMA
 from relay.api.routing import Input, Route, page_of, page_response
-from relay.catalog import CATALOGUE
 
 EVENT_TYPE_SCHEMA: dict[str, Any] = {
     "type": "object",

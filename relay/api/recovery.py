@@ -10,7 +10,7 @@ from relay.api.keys import POOL
 from relay.api.routing import Input, Route, json_response
 from relay.api.validation import Body, DateTime, String, StringList
 from relay.delivery import recovery
-from relay.rules import OBJECT_TYPES
+from relay.snapshots.rules import OBJECT_TYPES
 
 _TIME = {"type": "string", "format": "date-time"}
 _EVENT_TYPE = String(max_length=100, pattern=r"\*|[a-z][a-z_]*\.\*|[a-z][a-z_]*\.[a-z][a-z_]*")

@@ -32,10 +32,10 @@ from relay.api.middleware import error_response
 from relay.api.routing import Input, Route
 from relay.api.validation import DateTime, Query, String
 from relay.delivery.store import WAKE_CHANNEL
+from relay.delivery.subscriptions import type_matches
 from relay.errors import InvalidInput
 from relay.events import StreamPosition
 from relay.settings import Settings
-from relay.subscriptions import type_matches
 
 log = structlog.get_logger("relay.api.stream")
 

@@ -6,11 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import subscriptions
 from relay.api.keys import POOL, SETTINGS, VAULT
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, Boolean, String, StringList, Url
-from relay.delivery import ordering
+from relay.delivery import ordering, subscriptions
 from relay.delivery import store as deliveries
 
 _TIME = {"type": "string", "format": "date-time"}

@@ -42,9 +42,9 @@ from relay.delivery.policy import retry_delay
 from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
 from relay.delivery.store import WAKE_CHANNEL, fan_out_events
+from relay.delivery.subscriptions import signing_keys, signing_keys_change_at
 from relay.metrics import WorkerMetrics
 from relay.settings import Settings
-from relay.subscriptions import signing_keys, signing_keys_change_at
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.delivery")

@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 import structlog
 
 from relay.delivery.store import fail_pending_deliveries
+from relay.delivery.subscriptions import Querier, disable_subscription
 from relay.events import format_time, insert_event
-from relay.subscriptions import Querier, disable_subscription
 
 log = structlog.get_logger("relay.delivery")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.subscriptions import Querier
+from relay.delivery.subscriptions import Querier
 
 _CLAIM = """
 WITH scan AS (

@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from relay.subscriptions import ORDERINGS, Querier
+from relay.delivery.subscriptions import ORDERINGS, Querier
 
 __all__ = ["FAN_OUT_LOCK", "ORDERINGS", "event_order_key", "order_key", "promote", "release"]
 # pg_advisory_xact_lock(bigint) key of ordered fan-out; queue locks use the two-int form.

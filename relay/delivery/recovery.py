@@ -27,9 +27,9 @@ import orjson
 import structlog
 
 from relay.delivery.ordering import event_order_key, promote
+from relay.delivery.subscriptions import Querier, load_matchers
 from relay.errors import Conflict, InvalidInput, NotFound
-from relay.rules import OBJECT_TYPES
-from relay.subscriptions import Querier, load_matchers
+from relay.snapshots.rules import OBJECT_TYPES
 
 log = structlog.get_logger("relay.delivery")
 

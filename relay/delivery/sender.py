@@ -14,10 +14,10 @@ import aiohttp
 import orjson
 
 from relay.delivery.policy import parse_retry_after
-from relay.integrations import slack_message
+from relay.delivery.signing import webhook_headers
+from relay.delivery.slack import slack_message
+from relay.delivery.targets import GuardedResolver, TargetRefused, check_target_host
 from relay.settings import Settings
-from relay.signing import webhook_headers
-from relay.targets import GuardedResolver, TargetRefused, check_target_host
 
 # Only this much of a response is read (and stored as its excerpt): an endless or huge body
 # must neither hang a worker nor bloat the database.

@@ -17,9 +17,7 @@ from typing import Any
 import asyncpg
 
 from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key, promote
-from relay.errors import Conflict, InvalidInput, NotFound
-from relay.events import build_event, event_key, reserve_sequences
-from relay.subscriptions import (
+from relay.delivery.subscriptions import (
     Matcher,
     Querier,
     check_limit,
@@ -29,6 +27,8 @@ from relay.subscriptions import (
     load_matchers,
     type_matches,
 )
+from relay.errors import Conflict, InvalidInput, NotFound
+from relay.events import build_event, event_key, reserve_sequences
 
 WAKE_CHANNEL = "relay_wake"
 FAN_OUT_BATCH = 500

@@ -1,8 +1,8 @@
 """The poller: runs an account's planned poll tasks against Dext and feeds snapshots and events.
 
 One `Poller.run_account` call holds the account's Postgres lease, plans with
-`relay.scheduling` and runs tasks until nothing is due before `run_seconds` are up. What each
-task kind does (the module docstring of `relay.scheduling` says how often):
+`relay.poller.plan` and runs tasks until nothing is due before `run_seconds` are up. What each
+task kind does (the module docstring of `relay.poller.plan` says how often):
 
 - `clients`: every /clients page -> client snapshots (client.health_changed); the list also
   creates or prunes the per-client tasks.
@@ -27,7 +27,7 @@ Errors: `invalid_token` marks the account broken and stores one `account.auth_fa
 next successful pass stores `account.recovered`. A malformed page is logged and skipped (the
 scan becomes partial); an object on a page that cannot be used is set aside by the connector
 (the page goes on, a scan with one deletes nothing, a client list with one prunes nothing) and
-the run's set-asides become the account's `warnings` (`relay.account_warnings`); an upstream
+the run's set-asides become the account's `warnings` (`relay.poller.account_warnings`); an upstream
 outage ends the pass and leaves the task due.
 
 An account of a lists-only source (InvoiceXT) is polled by `lists`, which knows it only through

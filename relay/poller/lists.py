@@ -29,9 +29,10 @@ from typing import Any
 import asyncpg
 import structlog
 
-from relay import accounts, snapshots
+from relay import snapshots
 from relay.errors import UpstreamForbidden, UpstreamNotFound, UpstreamProtocolError
 from relay.poller.pages import _connection
+from relay.sources import accounts
 from relay.sources.source import ListSpec, Source
 
 log = structlog.get_logger("relay.poller")

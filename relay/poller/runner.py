@@ -19,15 +19,13 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from relay import account_warnings, accounts
 from relay.db import POSTGRES_OUTAGE_ERRORS, Backoff
 from relay.errors import NotFound, UpstreamAuthError, UpstreamError
 from relay.events import insert_event
+from relay.poller import account_warnings
 from relay.poller.lists import ListPoller
 from relay.poller.pages import _connection
-from relay.poller.tasks import PollTasks
-from relay.ratelimit import RateLimiter
-from relay.scheduling import (
+from relay.poller.plan import (
     Policy,
     Task,
     TaskKind,
@@ -46,7 +44,10 @@ from relay.scheduling import (
     renew_lease,
     save_task,
 )
+from relay.poller.tasks import PollTasks
+from relay.sources import accounts
 from relay.sources.dext import CountingMetrics, DextClient
+from relay.sources.ratelimit import RateLimiter
 from relay.sources.registry import SOURCES
 from relay.sources.source import Budget, Source
 from relay.vault import Vault

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from relay.sandbox import contract, control
-from relay.sandbox.edge import edge
-from relay.sandbox.invoicext import InvoicextSandbox
-from relay.sandbox.invoicext_api import IXT, create_invoicext_app
-from relay.sandbox.state import SANDBOX, Sandbox, SandboxOptions
+from relay.sandbox.dext import contract, control
+from relay.sandbox.dext.edge import edge
+from relay.sandbox.dext.state import SANDBOX, Sandbox, SandboxOptions
+from relay.sandbox.invoicext.account import InvoicextSandbox
+from relay.sandbox.invoicext.api import IXT, create_invoicext_app
 
 log = structlog.get_logger("relay.sandbox")
 # How often the background task brings the simulation up to the clock, in real seconds, so the
@@ -39,7 +39,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 def create_sandbox_app(options: SandboxOptions) -> web.Application:
     """A sandbox app; its state is `app[SANDBOX]` (raises ConfigError on bad options), or for
-    `provider="invoicext"` `app[IXT]` (see `relay.sandbox.invoicext`)."""
+    `provider="invoicext"` `app[IXT]` (see `relay.sandbox.invoicext.account`)."""
     if options.provider == "invoicext":
         return create_invoicext_app(invoicext_sandbox(options))
     app = web.Application(middlewares=[control.control_errors, edge])

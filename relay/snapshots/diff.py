@@ -13,7 +13,8 @@ from xxhash import xxh3_128_digest
 from relay.errors import InvalidInput
 from relay.events import build_event, insert_events, reserve_sequences
 from relay.exactjson import dumps as exact_dumps
-from relay.rules import (
+from relay.snapshots.hashing import _object_id, content_hash, summary_hash
+from relay.snapshots.rules import (
     DERIVED,
     ENVELOPE_OBJECT_TYPE,
     INVOICEXT_OBJECT_TYPES,
@@ -28,7 +29,6 @@ from relay.rules import (
     previous_fields,
     same_content,
 )
-from relay.snapshots.hashing import _object_id, content_hash, summary_hash
 from relay.snapshots.scans import record_scan_page
 
 if TYPE_CHECKING:

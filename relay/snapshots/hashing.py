@@ -11,7 +11,7 @@ from xxhash import xxh3_128_digest
 
 from relay.errors import InvalidInput
 from relay.exactjson import json_default
-from relay.rules import SUMMARY_FIELDS, canonical, normalized
+from relay.snapshots.rules import SUMMARY_FIELDS, canonical, normalized
 
 
 def _summary_digest(value: Any) -> bytes:

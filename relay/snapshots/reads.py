@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 async def should_emit(conn: Executor, account_id: str) -> bool:
     """Whether diffs of this account emit events: after its baseline, or from the start when
-    it was created with `backfill`. (`relay.accounts.complete_baseline` ends the baseline.)"""
+    it was created with `backfill`. (`relay.sources.accounts.complete_baseline` ends the
+    baseline.)"""
     row = await conn.fetchrow(
         "SELECT baseline_completed_at IS NOT NULL OR backfill AS emit FROM accounts WHERE id = $1",
         account_id,

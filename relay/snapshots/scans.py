@@ -12,7 +12,7 @@ import structlog
 from relay import exactjson
 from relay.errors import InvalidInput, NotFound
 from relay.events import build_event, insert_events
-from relay.rules import INVOICEXT_OBJECT_TYPES, event_type_for
+from relay.snapshots.rules import INVOICEXT_OBJECT_TYPES, event_type_for
 
 if TYPE_CHECKING:
     from relay.events import Connection

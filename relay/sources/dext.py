@@ -54,7 +54,6 @@ from relay.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from relay.ratelimit import RateLimiter, RateLimitState
 from relay.sources import models
 from relay.sources.models import (
     Check,
@@ -66,6 +65,7 @@ from relay.sources.models import (
     SetAsideTally,
     UpstreamMetrics,
 )
+from relay.sources.ratelimit import RateLimiter, RateLimitState
 
 log = structlog.get_logger("relay.sources.dext")
 

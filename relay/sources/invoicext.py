@@ -48,9 +48,9 @@ from relay.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from relay.ratelimit import RateLimitState
-from relay.ratelimit_rolling import RollingRateLimiter
 from relay.sources.models import CountingMetrics, JsonObject, Page, UpstreamMetrics
+from relay.sources.ratelimit import RateLimitState
+from relay.sources.ratelimit_rolling import RollingRateLimiter
 from relay.sources.source import Budget, ListSpec
 
 log = structlog.get_logger("relay.sources.invoicext")

@@ -231,10 +231,11 @@ def list_of(check: Check) -> Check:
 
 
 # What Relay depends on, and nothing more (relay.md "Reading upstreams"): ids, the ordering
-# field, the fields the scans route by (`workspace`) and the watched fields of `relay.rules`,
-# each only as far as comparing it needs. Every other field (descriptions, money, line items,
-# `paid`, dates, unknown fields ...) is opaque JSON that may change type, be null or vanish:
-# checking it would turn one upstream's spelling (`"quantity": "1"`) into a blind account.
+# field, the fields the scans route by (`workspace`) and the watched fields of
+# `relay.snapshots.rules`, each only as far as comparing it needs. Every other field
+# (descriptions, money, line items, `paid`, dates, unknown fields ...) is opaque JSON that
+# may change type, be null or vanish: checking it would turn one upstream's spelling
+# (`"quantity": "1"`) into a blind account.
 OPT_STR = nullable(STR)
 
 CLIENT = obj(

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import aiohttp
 import redis.asyncio as aioredis
 
-from relay.ratelimit import RateLimitState
 from relay.sources.models import CountingMetrics, JsonObject, Page
+from relay.sources.ratelimit import RateLimitState
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from urllib.parse import urlencode
 import structlog
 from aiohttp import web
 
-from relay import accounts, subscriptions
 from relay.api.keys import POOL, REDIS, SETTINGS, VAULT
 from relay.delivery import store as deliveries
+from relay.delivery import subscriptions
 from relay.errors import Conflict, InvalidInput
+from relay.sources import accounts
 from relay.ui import auth, data
 from relay.ui.pages import parse_time
 from relay.ui.render import render_page

@@ -14,10 +14,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from relay import accounts, events, subscriptions
+from relay import events
 from relay.api.keys import POOL
 from relay.api.stream import StreamFilter, serve_stream
+from relay.delivery import subscriptions
 from relay.errors import InvalidInput
+from relay.sources import accounts
 from relay.ui import data
 from relay.ui.render import render_page
 

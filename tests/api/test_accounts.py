@@ -13,11 +13,12 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from relay import account_warnings, accounts
+from relay.poller import account_warnings
 from relay.settings import Settings
+from relay.sources import accounts
 from relay.sources.models import SetAside, SetAsideTally
 from relay.vault import Vault
-from tests.api.conftest import create_account, error_of
+from tests.support.api import create_account, error_of
 
 ACCOUNT_KEYS = {
     "id",

@@ -13,11 +13,11 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from relay.cli import build_parser
-from relay.console import run_operator_command
+from relay.cli.main import build_parser
+from relay.cli.operator import run_operator_command
 from relay.errors import ConfigError
-from relay.rules import RULES, changed_event_types
 from relay.settings import Settings
+from relay.snapshots.rules import RULES, changed_event_types
 
 # relay.md's events table and invoicext-api.md's, written out (not read from the code).
 CONTRACT_TYPES = {

@@ -17,8 +17,8 @@ from relay.api.keys import ROUTES
 from relay.api.routing import Input, Route
 from relay.errors import ConfigError
 from relay.settings import Settings
-from tests.api.conftest import AUTH, ClientFactory, create_account, error_of
 from tests.conftest import TEST_ADMIN_TOKEN
+from tests.support.api import AUTH, ClientFactory, create_account, error_of
 
 V1_ROUTES = [
     ("GET", "/v1/accounts"),

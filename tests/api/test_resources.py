@@ -14,7 +14,7 @@ from relay.api.app import create_app
 from relay.delivery.store import fan_out_events
 from relay.events import build_event, insert_events
 from relay.settings import Settings
-from tests.api.conftest import AUTH, ClientFactory, create_account, error_of
+from tests.support.api import AUTH, ClientFactory, create_account, error_of
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 

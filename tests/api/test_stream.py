@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from relay import events
 from relay.api.stream import STREAM_HUB, STREAM_OPTIONS, StreamOptions
-from tests.api.conftest import AUTH, ClientFactory, error_of
+from tests.support.api import AUTH, ClientFactory, error_of
 
 SSE = {**AUTH, "Accept": "text/event-stream"}
 

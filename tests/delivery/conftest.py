@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient
 
 from relay.api.app import create_app
 from relay.delivery import Dispatcher, close_session, create_session
+from relay.delivery.subscriptions import create_subscription
 from relay.ids import new_id
 from relay.settings import Settings
-from relay.subscriptions import create_subscription
 from relay.vault import Vault
 from tests.conftest import TEST_ADMIN_TOKEN
 

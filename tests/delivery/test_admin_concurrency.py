@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient
 from standardwebhooks import Webhook
 
 from relay.delivery.store import fan_out_events
+from relay.delivery.subscriptions import MAX_SIGNING_SECRETS
 from relay.settings import Settings
-from relay.subscriptions import MAX_SIGNING_SECRETS
 from relay.vault import Vault
 from tests.delivery.conftest import (
     DispatcherFactory,

@@ -19,8 +19,8 @@ from relay.delivery import (
     send_test_event,
 )
 from relay.delivery.leases import claim, release_unanswered
+from relay.delivery.subscriptions import get_subscription, rotate_secret, update_subscription
 from relay.settings import Settings
-from relay.subscriptions import get_subscription, rotate_secret, update_subscription
 from relay.vault import Vault
 from tests.delivery.conftest import (
     DispatcherFactory,

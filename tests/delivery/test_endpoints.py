@@ -20,9 +20,9 @@ from standardwebhooks import Webhook
 
 from relay.delivery import fan_out_events, retry_failed
 from relay.delivery.endpoints import MIN_FAILED_ATTEMPTS, streaks
+from relay.delivery.subscriptions import get_subscription, update_subscription
 from relay.errors import ConfigError
 from relay.settings import Settings
-from relay.subscriptions import get_subscription, update_subscription
 from relay.vault import Vault
 from tests.delivery.conftest import (
     DispatcherFactory,

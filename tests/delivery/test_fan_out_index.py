@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 from relay.delivery.store import _matching
-from relay.subscriptions import Matcher
+from relay.delivery.subscriptions import Matcher
 
 TYPES = ["document.created", "document.categorized", "client.health_changed", "relay.ping"]
 PATTERNS = ["*", "document.*", "client.*", "document.created", "relay.ping", "nothing.*"]

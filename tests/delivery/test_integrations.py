@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 import pytest
 
-from relay.integrations import slack_message
+from relay.delivery.slack import slack_message
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault

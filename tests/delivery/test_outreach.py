@@ -14,8 +14,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay.cli import build_parser
-from relay.console import OUTREACH_FILTER
+from relay.cli.main import build_parser
+from relay.cli.operator import OUTREACH_FILTER
 from relay.delivery import fan_out_events
 from relay.settings import Settings
 from relay.snapshots import diff_objects

@@ -13,10 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from relay.cli.receiver import RECEIVED, ReceiverOptions, create_receiver_app, describe
+from relay.delivery.signing import generate_secret, secret_key, sign, verify, webhook_headers
+from relay.delivery.subscriptions import signing_keys
 from relay.errors import ConfigError, SignatureError
-from relay.receiver import RECEIVED, ReceiverOptions, create_receiver_app, describe
-from relay.signing import generate_secret, secret_key, sign, verify, webhook_headers
-from relay.subscriptions import signing_keys
 from relay.vault import Vault
 from tests.delivery.conftest import event_body
 

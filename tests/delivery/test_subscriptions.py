@@ -9,10 +9,8 @@ import asyncpg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from relay.errors import InvalidInput, NotFound
-from relay.settings import Settings
-from relay.signing import secret_key
-from relay.subscriptions import (
+from relay.delivery.signing import secret_key
+from relay.delivery.subscriptions import (
     Matcher,
     delete_subscription,
     get_subscription,
@@ -24,6 +22,8 @@ from relay.subscriptions import (
     type_matches,
     update_subscription,
 )
+from relay.errors import InvalidInput, NotFound
+from relay.settings import Settings
 from relay.vault import Vault
 from tests.delivery.conftest import subscribe
 

@@ -6,8 +6,13 @@ import socket
 
 import pytest
 
+from relay.delivery.targets import (
+    GuardedResolver,
+    TargetRefused,
+    parse_ipv4_loosely,
+    validate_target_url,
+)
 from relay.errors import InvalidInput
-from relay.targets import GuardedResolver, TargetRefused, parse_ipv4_loosely, validate_target_url
 
 REFUSED = [
     "http://127.0.0.1/hook",

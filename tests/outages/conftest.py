@@ -23,11 +23,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from relay import accounts
 from relay.db import create_pool, migrate
+from relay.delivery.subscriptions import create_subscription
 from relay.ids import new_id
 from relay.settings import Settings
-from relay.subscriptions import create_subscription
+from relay.sources import accounts
 from relay.vault import Vault
 from tests.conftest import TEST_ADMIN_TOKEN, TEST_SECRET_KEY
 from tests.plugins.sandbox import SandboxFactory, SandboxHandle

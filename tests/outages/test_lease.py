@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from relay.db import create_pool
 from relay.poller import Poller
-from relay.scheduling import Policy
+from relay.poller.plan import Policy
 from relay.settings import Settings
 from relay.vault import Vault
 from tests.outages.conftest import Receiver, setup_relay, wait_for

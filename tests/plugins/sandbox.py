@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay.sandbox.invoicext import InvoicextSandbox
-from relay.sandbox.invoicext_api import create_invoicext_app
+from relay.sandbox.invoicext.account import InvoicextSandbox
+from relay.sandbox.invoicext.api import create_invoicext_app
 from relay.sandbox.server import SANDBOX, Sandbox, SandboxOptions, create_sandbox_app
 
 TEST_DEFAULTS: dict[str, Any] = {
@@ -77,7 +77,7 @@ class SandboxHandle:
         await self._control("POST", "/simulation", body)
 
     async def drift(self, kinds: list[str] | str, rate: float | None = None) -> dict[str, Any]:
-        """Switch the drift switches (relay/sandbox/drift.py): `all`, `none` or a list."""
+        """Switch the drift switches (relay/sandbox/dext/drift.py): `all`, `none` or a list."""
         body: dict[str, Any] = {"kinds": kinds}
         if rate is not None:
             body["rate"] = rate

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from tests.plugins.sandbox import SandboxHandle
-from tests.sandbox.helpers import Dext
+from tests.support.sandbox import Dext
 
 
 @pytest.fixture

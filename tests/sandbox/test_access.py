@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.sandbox.helpers import Dext
+from tests.support.sandbox import Dext
 
 WINDOW = 2.0
 

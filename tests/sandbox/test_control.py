@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.plugins.sandbox import SandboxHandle
-from tests.sandbox.helpers import Dext, Snapshot, replay
+from tests.support.sandbox import Dext, Snapshot, replay
 
 
 async def _first_cost(dext: Dext) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from relay.errors import ConfigError
-from relay.sandbox.drift import DRIFT_KINDS, parse_drift
+from relay.sandbox.dext.drift import DRIFT_KINDS, parse_drift
 from relay.sandbox.server import SandboxOptions, create_sandbox_app
 from tests.plugins.sandbox import SandboxFactory
-from tests.sandbox.helpers import Dext
+from tests.support.sandbox import Dext
 
 
 def test_parse_drift_takes_all_none_and_lists() -> None:

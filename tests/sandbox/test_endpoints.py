@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.sandbox.helpers import Dext
+from tests.support.sandbox import Dext
 
 SUMMARY = {
     "id", "client_id", "workspace", "type", "source", "status", "supplier_name", "category_code",

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.sandbox.helpers import Dext
+from tests.support.sandbox import Dext
 
 
 async def _raw(dext: Dext, path: str) -> tuple[int, str, str, dict[str, str]]:

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from relay.errors import ConfigError
-from relay.sandbox.invoicext import InvoicextSandbox, IxtFault
+from relay.sandbox.invoicext.account import InvoicextSandbox, IxtFault
 from relay.sandbox.server import SandboxOptions, create_sandbox_app
 from tests.plugins.sandbox import IxtHandle
 

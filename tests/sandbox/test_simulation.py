@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.sandbox.helpers import Dext, replay
+from tests.support.sandbox import Dext, replay
 
 DOCUMENT_FIELDS = {
     # Relay's document event families, by the top-level fields that signal them.

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from relay.http import create_client_session
-from relay.ratelimit import RateLimiter
 from relay.sources.dext import CountingMetrics, DextClient
+from relay.sources.ratelimit import RateLimiter
 from tests.plugins.sandbox import SandboxHandle
 
 MakeClient = Callable[..., DextClient]

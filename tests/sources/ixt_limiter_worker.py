@@ -13,7 +13,7 @@ import time
 import aiohttp
 import redis.asyncio as aioredis
 
-from relay.ratelimit_rolling import RollingRateLimiter
+from relay.sources.ratelimit_rolling import RollingRateLimiter
 
 
 async def main(

@@ -18,8 +18,8 @@ from relay.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from relay.ratelimit import RateLimiter
 from relay.sources.dext import CountingMetrics, DextClient
+from relay.sources.ratelimit import RateLimiter
 from tests.plugins.sandbox import SandboxFactory, SandboxHandle
 from tests.sources.conftest import MakeClient
 

@@ -16,7 +16,7 @@ import asyncio, sys, time
 import redis.asyncio as aioredis
 from relay.http import create_client_session
 from relay.logs import configure_logging
-from relay.ratelimit import RateLimiter
+from relay.sources.ratelimit import RateLimiter
 from relay.sources.dext import DextClient
 
 async def main(url, token, redis_url, limit, width, windows):

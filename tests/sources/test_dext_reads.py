@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from relay.errors import UpstreamForbidden, UpstreamNotFound
-from relay.sandbox.practice import summarize
+from relay.sandbox.dext.practice import summarize
 from relay.sources.dext import DextClient
 from tests.plugins.sandbox import SandboxHandle
 

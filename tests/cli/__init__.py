@@ -1,0 +1,1 @@
+"""Tests of `relay.cli`: the operator commands, `relay demo`, `relay listen`, `relay rekey`."""

@@ -1,0 +1,1 @@
+"""Tests of `relay.snapshots`: hashing, the set-based diff, scans and deletions."""

@@ -1,0 +1,90 @@
+"""Admin API fixtures, a pytest plugin registered in tests/conftest.py: the real app on
+loopback over real Postgres and Redis, for tests/api and tests/cli."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from relay.api.app import create_app
+from relay.logs import configure_logging
+from relay.settings import Settings
+from tests.conftest import TEST_ADMIN_TOKEN
+
+AUTH = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def all_logs() -> Iterator[None]:
+    """Let every log level through for the test (the suite runs at `warning`), then restore."""
+    configure_logging("console", "debug", cache=False)
+    yield
+    configure_logging("console", "warning", cache=False)
+
+
+@pytest.fixture
+def app(settings: Settings, pool: asyncpg.Pool, redis_client: aioredis.Redis) -> web.Application:
+    """The admin API app; depending on `pool` and `redis_client` empties both stores first."""
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, app: web.Application) -> TestClient[Any, Any]:
+    """A client of the served app that sends the admin token on every request."""
+    return await aiohttp_client(app, headers=AUTH)
+
+
+@pytest.fixture
+async def anon(client: TestClient[Any, Any]) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session with no admin token, for the same server (use `client.make_url`)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def create_account(client: TestClient[Any, Any], **overrides: Any) -> dict[str, Any]:
+    body = {
+        "provider": "dext",
+        "name": "Practice",
+        "base_url": "https://api.dext.example/v1",
+        "api_token": "upstream-secret-token",
+        **overrides,
+    }
+    response = await client.post("/v1/accounts", json=body)
+    assert response.status == 201, await response.text()
+    data: dict[str, Any] = await response.json()
+    return data
+
+
+async def error_of(response: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
+    """Assert the status and the error envelope; return the inner error object."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) >= {"error"}
+    error: dict[str, Any] = body["error"]
+    assert isinstance(error["code"], str)
+    assert error["code"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    return error
+
+
+@pytest.fixture
+def api_env(client: TestClient[Any, Any], settings: Settings) -> dict[str, str]:
+    """The environment a `relay` subprocess needs to run operator commands against `client`."""
+    import os
+
+    return {
+        **os.environ,
+        "RELAY_API_URL": str(client.make_url("")).rstrip("/"),
+        "RELAY_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+        "RELAY_LOG_LEVEL": "warning",
+    }
