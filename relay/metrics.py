@@ -57,7 +57,7 @@ from redis.exceptions import RedisError
 from relay.sources.models import CountingMetrics
 
 if TYPE_CHECKING:
-    from relay.events import Connection
+    from relay.db import Connection
 
 log = structlog.get_logger("relay.metrics")
 

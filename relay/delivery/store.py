@@ -20,15 +20,13 @@ from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key, promote
 from relay.delivery.subscriptions import (
     Matcher,
     Querier,
-    check_limit,
-    decode_cursor,
-    encode_cursor,
     get_subscription,
     load_matchers,
     type_matches,
 )
 from relay.errors import Conflict, InvalidInput, NotFound
 from relay.events import build_event, event_key, reserve_sequences
+from relay.paging import check_limit, decode_cursor, encode_cursor
 
 WAKE_CHANNEL = "relay_wake"
 FAN_OUT_BATCH = 500
@@ -218,7 +216,7 @@ async def list_deliveries(
     """Deliveries newest first, filtered; (page with attempts, next_cursor or None)."""
     if status is not None and status not in STATUSES:
         raise InvalidInput("status must be pending, succeeded or failed", "status")
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, str)[0] if cursor else None
     rows = await pool.fetch(
         f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
         "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR subscription_id = $2) "
