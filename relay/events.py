@@ -354,3 +354,33 @@ async def read_stream(
         limit,
     )
     return [((int(row["xid"]), int(row["seq"])), dict(row["body"])) for row in rows]
+
+
+# ---- /metrics reads (relay/api/metrics.py counts events by type incrementally) --------------
+
+
+async def seq_and_writers(conn: Executor) -> tuple[int, set[str]]:
+    """The highest stored `seq` (0 when none), and the transaction ids of this database that
+    are writing now: a lower `seq` can still commit until every one of them has ended."""
+    top = await conn.fetchrow(
+        "SELECT coalesce(max(seq), 0) AS seq, ARRAY(SELECT backend_xid::text "
+        " FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL"
+        ") AS running FROM events"
+    )
+    assert top is not None
+    return int(top["seq"]), set(top["running"])
+
+
+async def count_by_type(conn: Executor, *, after: int, upto: int | None = None) -> dict[str, int]:
+    """Stored events by type whose `seq` is above `after` (and at most `upto`, when given)."""
+    if upto is None:
+        rows = await conn.fetch(
+            "SELECT type, count(*) AS n FROM events WHERE seq > $1 GROUP BY type", after
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT type, count(*) AS n FROM events WHERE seq > $1 AND seq <= $2 GROUP BY type",
+            after,
+            upto,
+        )
+    return {row["type"]: int(row["n"]) for row in rows}

@@ -396,3 +396,8 @@ async def rekey_tokens(
                 changed.append((row["id"], new))
         await conn.executemany("UPDATE accounts SET api_token_enc = $2 WHERE id = $1", changed)
     return (rows[-1]["id"] if rows else None), len(rows), len(changed), unreadable
+
+
+async def rate_limits_by_account(conn: Executor) -> list[asyncpg.Record]:
+    """(id, status, rate_limit) of every live account, for the /metrics gauges."""
+    return await conn.fetch("SELECT id, status, rate_limit FROM accounts WHERE deleted_at IS NULL")
