@@ -509,3 +509,8 @@ async def rekey_secrets(
             changed,
         )
     return (rows[-1]["id"] if rows else None), len(rows), len(changed), unreadable
+
+
+async def count_all_subscriptions(db: Querier) -> int:
+    """Every subscription row, deleted ones too (what `relay rekey` goes through)."""
+    return int(await db.fetchval("SELECT count(*) FROM subscriptions"))

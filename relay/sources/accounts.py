@@ -401,3 +401,8 @@ async def rekey_tokens(
 async def rate_limits_by_account(conn: Executor) -> list[asyncpg.Record]:
     """(id, status, rate_limit) of every live account, for the /metrics gauges."""
     return await conn.fetch("SELECT id, status, rate_limit FROM accounts WHERE deleted_at IS NULL")
+
+
+async def count_all_accounts(db: Executor) -> int:
+    """Every account row, deleted ones too (what `relay rekey` goes through)."""
+    return int(await db.fetchval("SELECT count(*) FROM accounts"))
