@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from relay.db import Executor
 from relay.errors import ConfigError, InvalidInput, NotFound
-from relay.paging import decode_cursor, encode_cursor
+from relay.paging import check_limit, decode_cursor, encode_cursor
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.sources.accounts")
@@ -165,7 +165,7 @@ async def list_accounts(
         "ORDER BY created_at DESC, id DESC LIMIT $3",
         after[0] if after else None,
         after[1] if after else "",
-        limit + 1,
+        check_limit(limit) + 1,
     )
     accounts = [Account.from_row(row) for row in rows[:limit]]
     next_cursor = None
