@@ -334,6 +334,29 @@ def test_known_violations_still_occur() -> None:
     assert stale == set(), "fixed: delete these from KNOWN_VIOLATIONS"
 
 
+# ---- one of each --------------------------------------------------------------------------------
+
+# A shared helper and what only a copy of it would spell out: the executor alias (asyncpg's pool
+# connection proxy), the Retry-After parser (an HTTP date), the cursor codec (URL-safe base64)
+# and the limit check (its message). Anywhere else, import the helper.
+ONE_OF_EACH = {
+    "PoolConnectionProxy": "relay/db.py",
+    "parsedate_to_datetime": "relay/http.py",
+    "urlsafe_b64decode": "relay/paging.py",
+    "limit must be an integer": "relay/paging.py",
+}
+
+
+@pytest.mark.parametrize(("marker", "home"), ONE_OF_EACH.items())
+def test_one_of_each_shared_helper(marker: str, home: str) -> None:
+    spelled = {
+        str(path.relative_to(ROOT))
+        for path in source_files()
+        if marker in path.read_text(encoding="utf-8")
+    }
+    assert spelled == {home}, f"import the one in {home} instead of a copy"
+
+
 # ---- the checks can fail ------------------------------------------------------------------------
 
 
