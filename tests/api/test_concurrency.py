@@ -16,8 +16,8 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from relay.vault import Vault
-from tests.conftest import TEST_SECRET_KEY
 from tests.support.api import create_account
+from tests.support.stores import TEST_SECRET_KEY
 
 Client = TestClient[Any, Any]
 

@@ -20,7 +20,7 @@ from relay.delivery.store import fan_out_events
 from relay.delivery.subscriptions import MAX_SIGNING_SECRETS
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     DispatcherFactory,
     Endpoint,
     event_body,

@@ -22,17 +22,17 @@ from relay.delivery.leases import claim, release_unanswered
 from relay.delivery.subscriptions import get_subscription, rotate_secret, update_subscription
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     DispatcherFactory,
     Endpoint,
     all_settled,
     delivery_rows,
     event_body,
-    make_account,
     store_events,
     subscribe,
     wait_until,
 )
+from tests.support.stores import make_account
 
 
 async def test_event_is_delivered_signed_and_recorded(
@@ -224,7 +224,7 @@ async def test_matching_by_type_account_client_filter_and_enabled(
     dsettings: Settings,
     endpoint: Endpoint,
 ) -> None:
-    account = await make_account(pool)
+    account = await make_account(pool, baselined=False)
     url = endpoint.url("/ok")
     subs = {
         "all": await subscribe(pool, vault, dsettings, url),

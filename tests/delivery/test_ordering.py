@@ -20,14 +20,8 @@ from aiohttp import web
 from relay.events import build_event, insert_events
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.conftest import TEST_SECRET_KEY
-from tests.delivery.conftest import (
-    DispatcherFactory,
-    Endpoint,
-    make_account,
-    subscribe,
-    wait_until,
-)
+from tests.support.delivery import DispatcherFactory, Endpoint, subscribe, wait_until
+from tests.support.stores import TEST_SECRET_KEY, make_account
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +98,7 @@ async def test_a_retried_event_holds_back_its_object_only_even_with_two_workers(
     ledger: Ledger,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool)
+    account = await make_account(pool, baselined=False)
     settings = dsettings.with_changes(retry_schedule=(1.0, 1.0))
     sub, _ = await subscribe(pool, vault, settings, ledger.base + "/hook", ordering="object")
     assert sub["ordering"] == "object"
@@ -134,7 +128,7 @@ async def test_an_exhausted_event_releases_the_next(
     ledger: Ledger,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool)
+    account = await make_account(pool, baselined=False)
     settings = dsettings.with_changes(retry_schedule=(0.1,))
     await subscribe(pool, vault, settings, ledger.base + "/hook", ordering="object")
     bodies = await store_rounds(pool, account, objects=2, rounds=3)
@@ -157,7 +151,7 @@ async def test_unordered_subscription_is_not_held_back(
     ledger: Ledger,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool)
+    account = await make_account(pool, baselined=False)
     settings = dsettings.with_changes(retry_schedule=(1.0,))
     sub, _ = await subscribe(pool, vault, settings, ledger.base + "/hook")
     assert sub["ordering"] == "none"
@@ -211,7 +205,7 @@ async def test_sigkill_mid_sequence_keeps_each_objects_order(
     worker_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    account = await make_account(pool)
+    account = await make_account(pool, baselined=False)
     await subscribe(pool, vault, settings, endpoint.url("/hold"), ordering="object")
     await store_rounds(pool, account, objects=5, rounds=4)
     log = tmp_path / "worker.log"

@@ -14,8 +14,7 @@ import redis.asyncio as aioredis
 
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.conftest import TEST_SECRET_KEY
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     Endpoint,
     all_settled,
     delivery_rows,
@@ -24,6 +23,7 @@ from tests.delivery.conftest import (
     subscribe,
     wait_until,
 )
+from tests.support.stores import TEST_SECRET_KEY
 from workers.main import build_worker
 
 ROOT = Path(__file__).resolve().parents[2]

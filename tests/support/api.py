@@ -1,5 +1,5 @@
 """Admin API fixtures, a pytest plugin registered in tests/conftest.py: the real app on
-loopback over real Postgres and Redis, for tests/api and tests/cli."""
+loopback over real Postgres and Redis, for tests/api, tests/cli and tests/ui."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from aiohttp.test_utils import TestClient
 from relay.api.app import create_app
 from relay.logs import configure_logging
 from relay.settings import Settings
-from tests.conftest import TEST_ADMIN_TOKEN
+from tests.support.stores import AUTH, TEST_ADMIN_TOKEN
 
-AUTH = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
@@ -50,6 +49,8 @@ async def anon(client: TestClient[Any, Any]) -> AsyncIterator[aiohttp.ClientSess
 
 
 async def create_account(client: TestClient[Any, Any], **overrides: Any) -> dict[str, Any]:
+    """An account through the admin API, as an operator would add it (the admin token is sent
+    with the request, so a client without one, like the console's `browser`, works too)."""
     body = {
         "provider": "dext",
         "name": "Practice",
@@ -57,7 +58,7 @@ async def create_account(client: TestClient[Any, Any], **overrides: Any) -> dict
         "api_token": "upstream-secret-token",
         **overrides,
     }
-    response = await client.post("/v1/accounts", json=body)
+    response = await client.post("/v1/accounts", json=body, headers=AUTH)
     assert response.status == 201, await response.text()
     data: dict[str, Any] = await response.json()
     return data
