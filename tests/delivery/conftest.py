@@ -19,6 +19,7 @@ from relay.vault import Vault
 from tests.support.delivery import Api, DispatcherFactory, Endpoint
 from tests.support.loopback import serve
 from tests.support.stores import AUTH
+from tests.support.workers import worker_env as relay_worker_env
 
 
 @pytest.fixture
@@ -74,3 +75,9 @@ async def api(
 async def api2(aiohttp_client: Callable[..., Awaitable[Api]], dsettings: Settings, api: Api) -> Api:
     """A second admin API app with its own pool, as a second `relay api` process would be."""
     return await aiohttp_client(create_app(dsettings), headers=AUTH)
+
+
+@pytest.fixture
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of a `relay worker` subprocess on this run's stores."""
+    return relay_worker_env(settings)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,9 +15,11 @@ from aiohttp import web
 from relay.db import create_pool, migrate
 from relay.settings import Settings
 from tests.support.loopback import serve
-from tests.support.outages import ROOT, SPEED, Receiver, WorkerFactory, WorkerProcess, worker_env
+from tests.support.outages import SPEED, Receiver, WorkerFactory, WorkerProcess
 from tests.support.sandbox import SandboxFactory, SandboxHandle
 from tests.support.stores import PrivateStores, make_settings
+from tests.support.workers import spawn_worker as start_worker
+from tests.support.workers import worker_env
 
 
 @pytest.fixture(scope="session")
@@ -73,13 +74,14 @@ async def spawn_worker(tmp_path: Path) -> AsyncIterator[WorkerFactory]:
 
     async def spawn(settings: Settings, *args: str) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
-        with log.open("wb") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "relay", "worker", *args,
-                env=worker_env(settings), cwd=ROOT,
-                stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
-        worker = WorkerProcess(process, log)
+        env = worker_env(
+            settings,
+            RELAY_RETRY_SCHEDULE="0.2,0.4,0.6,0.8,1.0",
+            RELAY_DELIVERY_LEASE="30",
+            RELAY_UPSTREAM_SPEED=str(SPEED),
+            RELAY_LOG_LEVEL="info",
+        )
+        worker = WorkerProcess(await start_worker(env, log, *args), log)
         started.append(worker)
         return worker
 

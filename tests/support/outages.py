@@ -9,7 +9,6 @@ rate-limit window, head polls every 0.3-5 s) so polling is visible within second
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,28 +27,8 @@ from relay.vault import Vault
 from tests.support import delivery
 from tests.support.delivery import event_body
 from tests.support.sandbox import SandboxHandle
-from tests.support.stores import TEST_SECRET_KEY
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEED = 60.0  # RELAY_UPSTREAM_SPEED of the workers: Dext's minute is one second here
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "RELAY_SECRET_KEY": TEST_SECRET_KEY,
-        "RELAY_ALLOW_PRIVATE_TARGETS": "true",
-        "RELAY_RETRY_SCHEDULE": "0.2,0.4,0.6,0.8,1.0",
-        "RELAY_DELIVERY_TIMEOUT": "2",
-        "RELAY_DELIVERY_LEASE": "30",
-        "RELAY_DELIVERY_POLL_INTERVAL": "0.2",
-        "RELAY_QUEUE_NAME": settings.queue_name,
-        "RELAY_UPSTREAM_SPEED": str(SPEED),
-        "RELAY_LOG_FORMAT": "json",
-        "RELAY_LOG_LEVEL": "info",
-    }
 
 
 @dataclass
