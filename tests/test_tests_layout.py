@@ -26,7 +26,10 @@ CROSS_CUTTING = {
 
 
 def _python_files() -> list[Path]:
-    return sorted(p for p in TESTS.rglob("*.py") if "__pycache__" not in p.parts)
+    """Every test file, conftest and support module, and the benches (which share the
+    polling ground truth with the tests the same way)."""
+    files = [*TESTS.rglob("*.py"), *(ROOT / "bench").glob("*.py")]
+    return sorted(p for p in files if "__pycache__" not in p.parts)
 
 
 def _package(path: Path) -> str:
