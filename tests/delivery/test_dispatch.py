@@ -28,11 +28,11 @@ from tests.support.delivery import (
     all_settled,
     delivery_rows,
     event_body,
+    make_account,
     store_events,
     subscribe,
     wait_until,
 )
-from tests.support.stores import make_account
 
 
 async def test_event_is_delivered_signed_and_recorded(
@@ -224,7 +224,7 @@ async def test_matching_by_type_account_client_filter_and_enabled(
     dsettings: Settings,
     endpoint: Endpoint,
 ) -> None:
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     url = endpoint.url("/ok")
     subs = {
         "all": await subscribe(pool, vault, dsettings, url),

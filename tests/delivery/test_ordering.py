@@ -18,8 +18,7 @@ from aiohttp import web
 from relay.events import build_event, insert_events
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.support.delivery import DispatcherFactory, Endpoint, subscribe, wait_until
-from tests.support.stores import make_account
+from tests.support.delivery import DispatcherFactory, Endpoint, make_account, subscribe, wait_until
 from tests.support.workers import spawn_worker
 
 
@@ -95,7 +94,7 @@ async def test_a_retried_event_holds_back_its_object_only_even_with_two_workers(
     ledger: Ledger,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     settings = dsettings.with_changes(retry_schedule=(1.0, 1.0))
     sub, _ = await subscribe(pool, vault, settings, ledger.base + "/hook", ordering="object")
     assert sub["ordering"] == "object"
@@ -125,7 +124,7 @@ async def test_an_exhausted_event_releases_the_next(
     ledger: Ledger,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     settings = dsettings.with_changes(retry_schedule=(0.1,))
     await subscribe(pool, vault, settings, ledger.base + "/hook", ordering="object")
     bodies = await store_rounds(pool, account, objects=2, rounds=3)
@@ -148,7 +147,7 @@ async def test_unordered_subscription_is_not_held_back(
     ledger: Ledger,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     settings = dsettings.with_changes(retry_schedule=(1.0,))
     sub, _ = await subscribe(pool, vault, settings, ledger.base + "/hook")
     assert sub["ordering"] == "none"
@@ -176,7 +175,7 @@ async def test_sigkill_mid_sequence_keeps_each_objects_order(
     worker_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     await subscribe(pool, vault, settings, endpoint.url("/hold"), ordering="object")
     await store_rounds(pool, account, objects=5, rounds=4)
     log = tmp_path / "worker.log"

@@ -18,8 +18,7 @@ from relay.events import build_event, insert_events
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault
-from tests.support.delivery import DispatcherFactory, Endpoint, subscribe, wait_until
-from tests.support.stores import make_account
+from tests.support.delivery import DispatcherFactory, Endpoint, make_account, subscribe, wait_until
 
 Api = TestClient[Any, Any]
 
@@ -67,7 +66,7 @@ async def test_replay_window_resends_the_same_ids_in_order_with_progress(
     endpoint: Endpoint,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok/a"))
     other, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok/b"))
     await start_dispatcher()
@@ -110,7 +109,7 @@ async def test_a_large_window_streams_in_batches_and_concurrent_replays_all_coun
 ) -> None:
     monkeypatch.setattr(recovery, "BATCH", 5)
     monkeypatch.setattr(recovery, "WINDOW", 5)
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok/a"))
     since = datetime.now(UTC) - timedelta(seconds=1)
     bodies = await store(pool, account, *(f"d{n}" for n in range(23)))
@@ -154,7 +153,7 @@ async def test_backfill_sends_every_snapshot_with_its_sequence_and_no_upstream_r
     start_dispatcher: DispatcherFactory,
 ) -> None:
     # The account's base_url points at a closed port: any upstream request would fail.
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     docs = [{"id": f"doc_{n}", "status": "review"} for n in range(3)]
     async with pool.acquire() as conn:
         for emit, objects in ((False, docs), (True, [{**docs[0], "status": "ready"}, *docs[1:]])):
@@ -238,7 +237,7 @@ async def test_a_replay_to_an_ordered_subscription_keeps_each_objects_order(
     endpoint: Endpoint,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok/l"), ordering="object")
     since = datetime.now(UTC) - timedelta(seconds=1)
     for _ in range(4):
@@ -271,7 +270,7 @@ async def test_live_events_do_not_wait_behind_a_large_replay(
 ) -> None:
     monkeypatch.setattr(recovery, "BATCH", 5)
     monkeypatch.setattr(recovery, "WINDOW", 5)
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/slow/0.02"))
     since = datetime.now(UTC) - timedelta(seconds=1)
     await store(pool, account, *(f"old_{n}" for n in range(60)))
@@ -300,7 +299,7 @@ async def test_concurrent_backfills_are_each_whole(
     endpoint: Endpoint,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account = await make_account(pool, baselined=False)
+    account = await make_account(pool)
     async with pool.acquire() as conn:
         await diff_objects(
             conn,

@@ -28,7 +28,6 @@ from relay.poller.plan import (
     renew_lease,
     save_task,
 )
-from tests.support.stores import make_account
 
 POLICY = Policy()
 T0 = 1_800_000_000.0
@@ -238,8 +237,17 @@ def test_scaled_policy_divides_every_duration() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+async def make_account(pool: asyncpg.Pool) -> str:
+    return str(
+        await pool.fetchval(
+            "INSERT INTO accounts (provider, name, base_url, api_token_enc) "
+            "VALUES ('dext', 'test', 'http://127.0.0.1:1', 'x') RETURNING id"
+        )
+    )
+
+
 async def test_tasks_round_trip_through_postgres(pool: asyncpg.Pool) -> None:
-    acc = await make_account(pool, name="test", baselined=False)
+    acc = await make_account(pool)
     await ensure_tasks(pool, acc, ["c1", "c2"], T0, POLICY)
     await ensure_tasks(pool, acc, ["c1", "c2"], T0 + 500, POLICY)  # idempotent
     tasks = await load_tasks(pool, acc)
@@ -258,7 +266,7 @@ async def test_tasks_round_trip_through_postgres(pool: asyncpg.Pool) -> None:
 
 
 async def test_full_pass_forces_every_task_and_restarts_sweeps(pool: asyncpg.Pool) -> None:
-    acc = await make_account(pool, name="test", baselined=False)
+    acc = await make_account(pool)
     await ensure_tasks(pool, acc, ["c1"], T0, POLICY)
     for t in await load_tasks(pool, acc):
         done = after_run(t, T0, POLICY, changed=0, cost=1)
@@ -277,7 +285,7 @@ async def test_full_pass_forces_every_task_and_restarts_sweeps(pool: asyncpg.Poo
 
 
 async def test_only_one_worker_holds_an_account(pool: asyncpg.Pool) -> None:
-    acc = await make_account(pool, name="test", baselined=False)
+    acc = await make_account(pool)
     results = await asyncio.gather(*(claim_lease(pool, acc, f"w{n}", 30) for n in range(8)))
     assert sum(results) == 1
     winner = f"w{results.index(True)}"

@@ -19,6 +19,7 @@ from relay.delivery.subscriptions import create_subscription
 from relay.ids import new_id
 from relay.settings import Settings
 from relay.vault import Vault
+from tests.support import stores
 
 
 @dataclass
@@ -131,6 +132,11 @@ async def store_events(pool: asyncpg.Pool, *bodies: dict[str, Any]) -> list[str]
             ],
         )
     return [b["id"] for b in bodies]
+
+
+async def make_account(pool: asyncpg.Pool) -> str:
+    """An account row for events to belong to, its baseline not yet done (the token is a dummy)."""
+    return await stores.make_account(pool, baselined=False)
 
 
 async def subscribe(
