@@ -12,7 +12,8 @@ import pytest
 from relay.errors import InvalidInput, NotFound
 from relay.events import encode_cursor, get_event, insert_event, list_events
 from relay.snapshots import diff_objects
-from tests.snapshots.test_objects import CLIENT, cost, make_account
+from tests.support.snapshots import CLIENT, cost
+from tests.support.stores import make_account
 
 
 async def add(

@@ -22,7 +22,7 @@ from relay.delivery.leases import claim, release_unanswered
 from relay.delivery.subscriptions import get_subscription, rotate_secret, update_subscription
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     DispatcherFactory,
     Endpoint,
     all_settled,

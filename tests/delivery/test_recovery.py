@@ -18,13 +18,7 @@ from relay.events import build_event, insert_events
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault
-from tests.delivery.conftest import (
-    DispatcherFactory,
-    Endpoint,
-    make_account,
-    subscribe,
-    wait_until,
-)
+from tests.support.delivery import DispatcherFactory, Endpoint, make_account, subscribe, wait_until
 
 Api = TestClient[Any, Any]
 

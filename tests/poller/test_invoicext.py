@@ -16,7 +16,7 @@ from relay.poller.lists import ListPoller
 from relay.sandbox.invoicext.account import IxtFault
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import IxtHandle
+from tests.support.sandbox import IxtHandle
 
 IxtFactory = Callable[..., Awaitable[IxtHandle]]
 

@@ -11,7 +11,7 @@ import pytest
 from relay.errors import ConfigError
 from relay.sandbox.invoicext.account import InvoicextSandbox, IxtFault
 from relay.sandbox.server import SandboxOptions, create_sandbox_app
-from tests.plugins.sandbox import IxtHandle
+from tests.support.sandbox import IxtHandle
 
 IxtFactory = Callable[..., Awaitable[IxtHandle]]
 
