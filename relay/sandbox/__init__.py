@@ -1,1 +1,22 @@
-"""A simulated upstream (Dext, InvoiceXT) whose practice changes over time."""
+"""Simulated upstreams (Dext, InvoiceXT) whose data changes over simulated time.
+
+One subfolder per upstream over a shared core, so a second provider is a sibling, not a fork:
+
+- `clock.py`      the simulated clock: real time scaled by a speed, plus manual advances
+- `ratelimit.py`  the rate-limit windows in real seconds: fixed (Dext) or rolling (InvoiceXT)
+- `faults.py`     one `Fault` model, its parser and the armed set (each provider names its kinds)
+- `edge.py`       the one injection path in front of a provider's handlers (auth, counting,
+                  faults, spoiling), with the provider's parts behind a `Gate`
+- `logs.py`       the ground-truth change log and the log of requests served
+- `control.py`    the `/_sandbox` routes both serve (state, clock, changes, faults, requests),
+                  subclassed by each provider for its JSON and its own actions
+- `wire.py`       the JSON type, RFC 3339 times, JSON answers
+- `options.py`    `SandboxOptions`: `relay sandbox`'s flags for either provider
+- `server.py`     builds the app for `--provider dext|invoicext` and serves it
+- `dext/`         the Dext practice (dext-api.md); `invoicext/` the InvoiceXT account
+                  (invoicext-api.md)
+
+Imports: a provider imports the shared core, never the other provider; the shared core imports
+no provider (only `server.py`, which assembles them); the sandbox imports only the foundation
+of `relay/` (settings, errors, logs, exactjson...), never a stage.
+"""
