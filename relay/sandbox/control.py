@@ -102,6 +102,7 @@ class Control:
 
     fault_kinds: frozenset[str] = KINDS
     fault_aliases: Mapping[str, str] | None = None
+    too_far: str = f"seconds must be from 0 to {MAX_ADVANCE:.0f}"
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
@@ -146,9 +147,7 @@ class Control:
     async def advance_clock(self, request: web.Request) -> web.Response:
         seconds = number(await read_object(request), "seconds")
         if seconds > MAX_ADVANCE:
-            raise ControlError(
-                400, "validation_error", f"seconds must be from 0 to {MAX_ADVANCE:.0f}"
-            )
+            raise ControlError(400, "validation_error", self.too_far)
         return self.reply(self.advanced_reply(self.upstream.advance(seconds)))
 
     async def list_changes(self, request: web.Request) -> web.Response:

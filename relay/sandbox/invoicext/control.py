@@ -23,6 +23,7 @@ FAULT_ALIASES: Final = {"malformed": "malformed_json"}
 class IxtControl(Control):
     fault_kinds = FAULT_KINDS
     fault_aliases = FAULT_ALIASES
+    too_far = "seconds must be from 0 to 90 days"
 
     def __init__(self, box: InvoicextSandbox) -> None:
         super().__init__(box)
