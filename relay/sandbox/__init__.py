@@ -7,7 +7,7 @@ One subfolder per upstream over a shared core, so a second provider is a sibling
 - `faults.py`     one `Fault` model, its parser and the armed set (each provider names its kinds)
 - `edge.py`       the one injection path in front of a provider's handlers (auth, counting,
                   faults, spoiling), with the provider's parts behind a `Gate`
-- `logs.py`       the ground-truth change log and the log of requests served
+- `records.py`    the ground-truth change log and the log of requests served
 - `control.py`    the `/_sandbox` routes both serve (state, clock, changes, faults, requests),
                   subclassed by each provider for its JSON and its own actions
 - `wire.py`       the JSON type, RFC 3339 times, JSON answers

@@ -20,7 +20,7 @@ from aiohttp.typedefs import Handler
 
 from relay.sandbox.clock import SimClock
 from relay.sandbox.faults import KINDS, Fault, Faults, parse_fault
-from relay.sandbox.logs import ChangeLog, RequestLog
+from relay.sandbox.records import ChangeLog, RequestLog
 from relay.sandbox.wire import JSON, json_response
 
 PREFIX: Final = "/_sandbox"

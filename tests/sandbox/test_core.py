@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from relay.sandbox.faults import parse_fault
-from relay.sandbox.logs import ChangeLog
 from relay.sandbox.ratelimit import Usage, Window
+from relay.sandbox.records import ChangeLog
 from tests.plugins.sandbox import IxtHandle, SandboxHandle
 
 IxtFactory = Callable[..., Awaitable[IxtHandle]]

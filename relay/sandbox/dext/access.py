@@ -1,6 +1,6 @@
 """API tokens, sessions, the per-token fixed-window rate limit, and the log of requests served.
 
-The window and the log are the shared ones (`relay.sandbox.ratelimit`, `relay.sandbox.logs`);
+The window and the log are the shared ones (`relay.sandbox.ratelimit`, `relay.sandbox.records`);
 what is Dext's here is who is counted (a token, also through its sessions) and the summary.
 """
 
@@ -12,8 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.sandbox.logs import RequestLog
 from relay.sandbox.ratelimit import Quota, Usage, Window
+from relay.sandbox.records import RequestLog
 
 
 @dataclass

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from relay.sandbox.logs import ChangeLog as _ChangeLog
+from relay.sandbox.records import ChangeLog as _ChangeLog
 from relay.sandbox.wire import JSON, rfc3339
 
 OBJECT_TYPES: Final = ("document", "expense_report", "supplier", "client", "connection")
@@ -60,7 +60,7 @@ def sync_document_fields(document: JSON) -> JSON:
 
 
 class ChangeLog(_ChangeLog):
-    """The practice's ground truth (`relay.sandbox.logs.ChangeLog`), one entry per object change.
+    """The practice's ground truth (`relay.sandbox.records.ChangeLog`), one entry per object change.
 
     An entry's `kind` is `created`, `updated`, `deleted`, or `existing`: an object that came
     with a client added mid-run, already there before the relay could see it (history).

@@ -16,8 +16,8 @@ from relay.sandbox.dext.generate import build_practice
 from relay.sandbox.dext.practice import Practice
 from relay.sandbox.dext.simulation import Simulation
 from relay.sandbox.faults import Faults
-from relay.sandbox.logs import ChangeLog, RequestLog
 from relay.sandbox.options import SandboxOptions
+from relay.sandbox.records import ChangeLog, RequestLog
 from relay.sandbox.wire import JSON, rfc3339
 
 # One advance may cover at most this much simulated time (the control surface's bound too).

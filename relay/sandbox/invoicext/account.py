@@ -25,8 +25,8 @@ from typing import Any, Final
 from relay.errors import ConfigError
 from relay.sandbox.clock import SimClock
 from relay.sandbox.faults import Faults
-from relay.sandbox.logs import ChangeLog, RequestLog
 from relay.sandbox.ratelimit import Usage, Window
+from relay.sandbox.records import ChangeLog, RequestLog
 from relay.sandbox.wire import JSON, rfc3339
 
 PLANS: Final = {"starter": 100, "pro": 1000, "business": 10_000, "enterprise": 100_000}

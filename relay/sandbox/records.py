@@ -1,4 +1,4 @@
-"""The two logs every sandbox keeps: the ground truth of what changed, and the requests served.
+"""The two records every sandbox keeps: the ground truth of what changed, and the requests served.
 
 The change log is what tests and benchmarks compare a relay's events with; the request log is
 what they count a relay's traffic with (`/_sandbox/changes`, `/_sandbox/requests`).
