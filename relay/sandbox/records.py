@@ -7,6 +7,7 @@ what they count a relay's traffic with (`/_sandbox/changes`, `/_sandbox/requests
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import overload
 
 from relay.sandbox.wire import JSON
 
@@ -40,6 +41,15 @@ class ChangeLog:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @overload
+    def __getitem__(self, index: int) -> JSON: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[JSON]: ...
+
+    def __getitem__(self, index: int | slice) -> JSON | list[JSON]:
+        return self.entries[index]
 
 
 class RequestLog:

@@ -78,6 +78,8 @@ def test_the_change_log_numbers_entries_and_pages_them() -> None:
     assert [e["seq"] for e in log] == [1, 2, 3, 4, 5]
     assert [e["n"] for e in log.since(2, limit=2)] == [2, 3]
     assert (log.seq, len(log)) == (5, 5)
+    assert log[3:] == log.since(3), "a list's slices, for the benchmarks and tests that take them"
+    assert log[0]["seq"] == 1
 
 
 def test_each_provider_names_its_fault_kinds() -> None:
