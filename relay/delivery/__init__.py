@@ -1,7 +1,7 @@
 """Delivery: fan-out of stored events, the store behind /v1/deliveries, and the dispatcher.
 
 store       fan_out_events, list/get/retry deliveries, replay_event, send_test_event
-policy      retry_delay (schedule, jitter, Retry-After), parse_retry_after
+policy      retry_delay (schedule, jitter, Retry-After: relay.http reads it)
 sender      create_session (the worker's one ClientSession), post (one bounded attempt)
 dispatcher  Dispatcher: batched claims, per-endpoint caps, batched recording, leases
 leases      the claim, record and hand-back statements the dispatcher runs
@@ -13,7 +13,7 @@ endpoints   dead endpoints: failure streaks, disabling (streak or 410), `subscri
 from __future__ import annotations
 
 from relay.delivery.dispatcher import Dispatcher
-from relay.delivery.policy import parse_retry_after, retry_delay
+from relay.delivery.policy import retry_delay
 from relay.delivery.sender import AttemptResult, close_session, create_session, post
 from relay.delivery.store import (
     WAKE_CHANNEL,
@@ -39,7 +39,6 @@ __all__ = [
     "get_delivery",
     "list_deliveries",
     "notify_wake",
-    "parse_retry_after",
     "post",
     "replay_event",
     "retry_delay",

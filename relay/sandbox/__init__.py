@@ -1,6 +1,7 @@
-"""Simulated upstreams (Dext, InvoiceXT) whose data changes over simulated time.
+"""Simulated upstreams (`dext/`, `invoicext/`) whose practice changes over time, over a shared
+clock, rate limits, faults and control surface, for demos, tests and benchmarks.
 
-One subfolder per upstream over a shared core, so a second provider is a sibling, not a fork:
+One subfolder per upstream over the shared core, so a second provider is a sibling, not a fork:
 
 - `clock.py`      the simulated clock: real time scaled by a speed, plus manual advances
 - `ratelimit.py`  the rate-limit windows in real seconds: fixed (Dext) or rolling (InvoiceXT)
@@ -16,7 +17,9 @@ One subfolder per upstream over a shared core, so a second provider is a sibling
 - `dext/`         the Dext practice (dext-api.md); `invoicext/` the InvoiceXT account
                   (invoicext-api.md)
 
-Imports: a provider imports the shared core, never the other provider; the shared core imports
-no provider (only `server.py`, which assembles them); the sandbox imports only the foundation
-of `relay/` (settings, errors, logs, exactjson...), never a stage.
+It stands where the real upstream would: it imports only the foundation of `relay` (settings,
+errors, logs, exactjson, ...), never a stage, so it cannot lean on how Relay reads it. A
+provider imports the shared core, never the other provider; the shared core imports no
+provider (only `server.py`, which assembles them). Only `relay.cli` (`relay sandbox`) and the
+tests start it.
 """
