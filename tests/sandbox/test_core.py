@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -198,3 +200,34 @@ async def test_dext_refuses_the_bare_500_fault(sandbox: SandboxHandle) -> None:
     async with sandbox.http.post(f"{sandbox.url}/_sandbox/faults", json={"kind": "500"}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == "validation_error"
+
+
+def _sandbox_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.update({node.module, *(f"{node.module}.{a.name}" for a in node.names)})
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {name for name in found if name.startswith("relay.sandbox.")}
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [
+        ("dext", ("relay.sandbox.invoicext",)),
+        ("invoicext", ("relay.sandbox.dext",)),
+        (".", ("relay.sandbox.dext", "relay.sandbox.invoicext")),
+    ],
+)
+def test_providers_are_siblings_over_a_core_that_knows_neither(
+    folder: str, forbidden: tuple[str, ...]
+) -> None:
+    root = Path(__file__).resolve().parents[2] / "relay" / "sandbox"
+    # server.py assembles the providers: the one core module that names them.
+    files = [p for p in (root / folder).glob("*.py") if folder != "." or p.name != "server.py"]
+    assert files
+    breaches = {
+        (p.name, name) for p in files for name in _sandbox_imports(p) if name.startswith(forbidden)
+    }
+    assert not breaches
