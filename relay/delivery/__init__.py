@@ -1,10 +1,10 @@
 """Delivery: fan-out of stored events, the store behind /v1/deliveries, and the dispatcher.
 
-store       fan_out_events, list/get/retry deliveries, replay_event, send_test_event
+store       fan_out_events, list/get/retry deliveries, replay_event, send_test_event; the
+            dispatcher's claim, record and hand-back statements (every write of deliveries)
 policy      retry_delay (schedule, jitter, Retry-After), parse_retry_after
 sender      create_session (the worker's one ClientSession), post (one bounded attempt)
 dispatcher  Dispatcher: batched claims, per-endpoint caps, batched recording, leases
-leases      the claim, record and hand-back statements the dispatcher runs
 ordering    `ordering: "object"`: one head per object queue, promoted as each head settles
 recovery    replay-window and backfill jobs, queued in batches behind a window
 endpoints   dead endpoints: failure streaks, disabling (streak or 410), `subscription.disabled`

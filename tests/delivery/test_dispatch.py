@@ -18,7 +18,7 @@ from relay.delivery import (
     retry_failed,
     send_test_event,
 )
-from relay.delivery.leases import claim, release_unanswered
+from relay.delivery.store import claim, release_unanswered
 from relay.delivery.subscriptions import get_subscription, rotate_secret, update_subscription
 from relay.settings import Settings
 from relay.vault import Vault
