@@ -166,7 +166,8 @@ async def main(args: argparse.Namespace) -> None:
                         flush=True,
                     )
             base = receivers[kinds[0]][0]
-            await deployment.start_workers(1)
+            if args.store_seconds > 0 or args.latency_seconds > 0 or args.fan_out > 0:
+                await deployment.start_workers(1)
             if args.store_seconds > 0:
                 await retire_subscriptions(pool)
                 store_rates = {"plain": [], "outbox": []}

@@ -136,7 +136,12 @@ class Deployment:
         for w in self.workers:
             w.send_signal(signal.SIGTERM)
         for w in self.workers:
-            await w.wait()
+            try:
+                await asyncio.wait_for(w.wait(), 30)
+            except TimeoutError:
+                # A SIGTERM that lands while arq is still starting up is not acted on.
+                w.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(w.wait(), 30)
         self.workers = []
 
     async def stop(self) -> None:
@@ -178,4 +183,10 @@ async def check_recorded(pool: asyncpg.Pool, n: int, status_code: int = 204) -> 
         "WHERE a.status_code = $1) AS attempts FROM deliveries d",
         status_code,
     )
-    assert row["deliveries"] == row["once"] == row["attempts"] == n, dict(row)
+    if not row["deliveries"] == row["once"] == row["attempts"] == n:
+        errors = await pool.fetch(
+            "SELECT error, status_code, count(*) FROM delivery_attempts "
+            "WHERE status_code IS DISTINCT FROM $1 GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5",
+            status_code,
+        )
+        raise AssertionError(f"{dict(row)}; other attempts: {[tuple(e) for e in errors]}")
