@@ -11,13 +11,13 @@ Every function that makes work due sends `NOTIFY relay_wake` so dispatchers star
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key, promote
+from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key, lock_queues
 from relay.delivery.subscriptions import (
     Matcher,
     Querier,
@@ -636,3 +636,49 @@ async def release_unanswered(pool: asyncpg.Pool, token: uuid.UUID) -> int:
 async def release(pool: asyncpg.Pool, ids: list[str], tokens: list[uuid.UUID]) -> None:
     """Hand claimed deliveries back, due as they were, if they are still under these claims."""
     await pool.execute(_RELEASE, ids, tokens)
+
+
+# ---- ordered queues (relay/delivery/ordering.py says how they work) ---------------------------
+
+# Per queue the first pending delivery, heads (with a next_attempt_at) before parked ones, then
+# in sequence order (events before sequences existed have none: first), then `seq`, then the
+# replay generation. Only where that first one is parked is there no head: promote it.
+_PROMOTE = """
+WITH queues AS (
+    SELECT DISTINCT s, k FROM unnest($1::text[], $2::text[]) AS t(s, k)
+), first AS (
+    SELECT DISTINCT ON (d.subscription_id, d.order_key) d.id, d.next_attempt_at
+    FROM queues
+    JOIN deliveries AS d ON d.subscription_id = queues.s AND d.order_key = queues.k
+         AND d.status = 'pending' AND d.order_key IS NOT NULL
+    JOIN events AS e ON e.id = d.event_id
+    ORDER BY d.subscription_id, d.order_key, d.next_attempt_at IS NULL,
+             e.sequence NULLS FIRST, e.seq, d.generation
+)
+UPDATE deliveries AS d SET next_attempt_at = now(), updated_at = now()
+FROM first WHERE d.id = first.id AND first.next_attempt_at IS NULL
+"""
+
+
+async def promote(conn: Querier, queues: Iterable[tuple[str, str]]) -> int:
+    """Make the next delivery of each (subscription_id, order_key) queue due where the queue
+    has no head; returns how many were made due. Run it in the transaction that settled or
+    parked the deliveries, so the promotion commits with them."""
+    pairs = sorted(set(queues))
+    if not pairs:
+        return 0
+    await lock_queues(conn, pairs)
+    status = await conn.execute(_PROMOTE, [s for s, _ in pairs], [k for _, k in pairs])
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def release_order(conn: Querier, subscription_id: str) -> int:
+    """Ordering turned off: every pending delivery of the subscription is unordered from now
+    on, and the parked ones are due at once (their heads keep their own due time)."""
+    status = await conn.execute(
+        "UPDATE deliveries SET order_key = NULL, "
+        "next_attempt_at = coalesce(next_attempt_at, now()), updated_at = now() "
+        "WHERE subscription_id = $1 AND status = 'pending' AND order_key IS NOT NULL",
+        subscription_id,
+    )
+    return int(status.rsplit(" ", 1)[1])
