@@ -1,11 +1,12 @@
 """Delivery: fan-out of stored events, the store behind /v1/deliveries, and the dispatcher.
 
-store       fan_out_events, list/get/retry deliveries, replay_event, send_test_event
+store       fan_out_events, list/get/retry deliveries, replay_event, send_test_event; the
+            dispatcher's claim, record and hand-back, ordered queues' promote and release_order:
+            every write of deliveries and delivery_attempts
 policy      retry_delay (schedule, jitter, Retry-After: relay.http reads it)
 sender      create_session (the worker's one ClientSession), post (one bounded attempt)
 dispatcher  Dispatcher: batched claims, per-endpoint caps, batched recording, leases
-leases      the claim, record and hand-back statements the dispatcher runs
-ordering    `ordering: "object"`: one head per object queue, promoted as each head settles
+ordering    `ordering: "object"`: one head per object queue (keys, locks; store.py promotes)
 recovery    replay-window and backfill jobs, queued in batches behind a window
 endpoints   dead endpoints: failure streaks, disabling (streak or 410), `subscription.disabled`
 """

@@ -26,7 +26,8 @@ import asyncpg
 import orjson
 import structlog
 
-from relay.delivery.ordering import event_order_key, promote
+from relay.delivery.ordering import event_order_key
+from relay.delivery.store import promote
 from relay.delivery.subscriptions import Querier, load_matchers
 from relay.errors import Conflict, InvalidInput, NotFound
 from relay.snapshots.rules import OBJECT_TYPES

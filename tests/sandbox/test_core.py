@@ -17,7 +17,7 @@ import pytest
 from relay.sandbox.faults import parse_fault
 from relay.sandbox.ratelimit import Usage, Window
 from relay.sandbox.records import ChangeLog
-from tests.plugins.sandbox import IxtHandle, SandboxHandle
+from tests.support.sandbox import IxtHandle, SandboxHandle
 
 IxtFactory = Callable[..., Awaitable[IxtHandle]]
 
