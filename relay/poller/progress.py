@@ -3,7 +3,7 @@ the rest will take at the account's request budget.
 
 A 100,000-item practice takes most of an hour at 60 requests a minute, and `baselining` alone
 tells an operator nothing. The progress is read, not kept: from the first-run tasks in
-`poll_tasks` (`relay.poller.plan.baseline_rows`: which are done, where a sliced scan's cursor is,
+`poll_tasks` (`relay.poller.state.baseline_rows`: which are done, where a sliced scan's cursor is,
 the page totals it has seen) and the documents stored so far. So it costs nothing while
 polling and is as true as Postgres.
 
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from relay.poller.plan import ACCOUNT_LEVEL, BaselineRow, Policy, TaskKind, baseline_rows
+from relay.poller.plan import ACCOUNT_LEVEL, Policy, TaskKind
+from relay.poller.state import BaselineRow, baseline_rows
 from relay.poller.tasks import WORKSPACES
 from relay.snapshots import stored_document_counts
 from relay.sources.dext import MAX_ITEMS_PER_PAGE

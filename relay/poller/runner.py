@@ -25,21 +25,20 @@ from relay.events import insert_event
 from relay.poller import account_warnings
 from relay.poller.lists import ListPoller
 from relay.poller.pages import _connection
-from relay.poller.plan import (
-    Policy,
-    Task,
-    TaskKind,
-    WindowBudget,
-    after_run,
+from relay.poller.plan import Policy, Task, TaskKind, WindowBudget, after_run, plan_window
+from relay.poller.state import (
     all_baselined,
     claim_lease,
+    clear_auth_failure,
     defer_sweep,
     ensure_tasks,
     force_full_pass,
+    forced_left,
     hurry_sweep,
     load_tasks,
     next_due_at,
-    plan_window,
+    note_poll_request,
+    record_auth_failure,
     release_lease,
     renew_lease,
     save_task,
@@ -362,13 +361,7 @@ class Poller(PollTasks):
         requested = account.poll_requested_at
         if requested is None:
             return None
-        seen = await self.pool.fetchval(
-            "UPDATE poll_state SET poll_request_seen_at = $2 WHERE account_id = $1 "
-            "AND (poll_request_seen_at IS NULL OR poll_request_seen_at < $2) RETURNING 1",
-            account.id,
-            requested,
-        )
-        if seen:
+        if await note_poll_request(self.pool, account.id, requested):
             forced = await force_full_pass(self.pool, account.id)
             log.info("full_pass_requested", account_id=account.id, tasks=forced)
         return requested
@@ -386,19 +379,10 @@ class Poller(PollTasks):
     async def _after_pass(self, account: accounts.Account, request_seen: Any) -> None:
         async with _connection(self.pool) as conn:
             await accounts.record_poll_success(conn, account.id)
-            if request_seen is not None:
-                forced_left = await conn.fetchval(
-                    "SELECT count(*) FROM poll_tasks WHERE account_id = $1 AND forced",
-                    account.id,
-                )
-                if not forced_left:
-                    await accounts.clear_poll_request(conn, account.id, request_seen)
+            if request_seen is not None and not await forced_left(conn, account.id):
+                await accounts.clear_poll_request(conn, account.id, request_seen)
             async with conn.transaction():
-                recovered = await conn.fetchval(
-                    "UPDATE poll_state SET auth_failed_at = NULL WHERE account_id = $1 "
-                    "AND auth_failed_at IS NOT NULL RETURNING 1",
-                    account.id,
-                )
+                recovered = await clear_auth_failure(conn, account.id)
                 was_broken = await accounts.mark_recovered(conn, account.id)
                 if recovered or was_broken:
                     await insert_event(
@@ -416,11 +400,7 @@ class Poller(PollTasks):
             newly = await accounts.mark_broken(
                 conn, account.id, f"upstream refused the token: {exc.code}"
             )
-            first = await conn.fetchval(
-                "UPDATE poll_state SET auth_failed_at = now(), auth_tried_at = now() "
-                "WHERE account_id = $1 AND auth_failed_at IS NULL RETURNING 1",
-                account.id,
-            )
+            first = await record_auth_failure(conn, account.id)
             if newly or first:
                 await insert_event(
                     conn,

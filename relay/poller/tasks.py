@@ -13,7 +13,8 @@ import structlog
 from relay import snapshots
 from relay.errors import UpstreamForbidden, UpstreamNotFound, UpstreamProtocolError
 from relay.poller.pages import _connection, _detail, _page_skipped, _pages
-from relay.poller.plan import Policy, Task, TaskKind, ensure_tasks, head_floor
+from relay.poller.plan import Policy, Task, TaskKind
+from relay.poller.state import ensure_tasks, head_floor
 from relay.sources import accounts
 from relay.sources.dext import MAX_ITEMS_PER_PAGE, MAX_PER_PAGE, DextClient
 from relay.sources.models import JsonObject, Page

@@ -22,8 +22,9 @@ from aiohttp.test_utils import TestClient
 
 from relay.api.app import create_app
 from relay.poller import Poller
-from relay.poller.plan import BaselineRow, Policy, TaskKind
+from relay.poller.plan import Policy, TaskKind
 from relay.poller.progress import baseline_progress, compute_progress
+from relay.poller.state import BaselineRow
 from relay.settings import Settings
 from relay.sources import accounts
 from relay.vault import Vault

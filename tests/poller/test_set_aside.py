@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from relay.metrics import WorkerMetrics, worker_families
 from relay.poller import Poller, account_warnings
-from relay.poller.plan import force_full_pass
+from relay.poller.state import force_full_pass
 from relay.sources import accounts
 from relay.vault import Vault
 from tests.plugins.sandbox import SandboxFactory, SandboxHandle

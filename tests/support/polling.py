@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from relay.poller import Poller
-from relay.poller.plan import force_full_pass
+from relay.poller.state import force_full_pass
 
 CATEGORIZED = ("category", "category_code", "supplier", "customer", "supplier_name", "tax_rate")
 # The fields each event type is about, to compare before/after with the ground truth.
