@@ -21,7 +21,7 @@ import structlog
 
 from relay.db import POSTGRES_OUTAGE_ERRORS, Backoff
 from relay.errors import NotFound, UpstreamAuthError, UpstreamError
-from relay.events import insert_event
+from relay.events import PayloadRenderer, insert_event
 from relay.poller import account_warnings
 from relay.poller.lists import ListPoller
 from relay.poller.pages import _connection
@@ -323,7 +323,7 @@ class Poller(PollTasks):
                 # Stored after every cycle, not only when the run ends (see the Dext path).
                 await self._record_source_rate_limit(account.id, client, budget, lists)
                 account = await accounts.get_account(self.pool, account.id)
-                await self._after_pass(account, request_seen)
+                await self._after_pass(account, request_seen, client.webhook_payload)
                 if cycle.forbidden:
                     missing = ", ".join(sorted(cycle.forbidden))
                     await accounts.record_poll_error(
@@ -335,7 +335,7 @@ class Poller(PollTasks):
             report.outcome = "gone"
         except UpstreamAuthError as exc:
             report.outcome = "broken"
-            await self._auth_failed(account, exc)
+            await self._auth_failed(account, exc, client.webhook_payload)
         except UpstreamError as exc:
             report.outcome = "error"
             log.warning("poll_failed", account_id=account.id, error=str(exc), status=exc.status)
@@ -376,7 +376,12 @@ class Poller(PollTasks):
         log.info("baseline_completed", account_id=account.id)
         return await accounts.get_account(self.pool, account.id)
 
-    async def _after_pass(self, account: accounts.Account, request_seen: Any) -> None:
+    async def _after_pass(
+        self,
+        account: accounts.Account,
+        request_seen: Any,
+        payload: PayloadRenderer | None = None,
+    ) -> None:
         async with _connection(self.pool) as conn:
             await accounts.record_poll_success(conn, account.id)
             if request_seen is not None and not await forced_left(conn, account.id):
@@ -391,10 +396,16 @@ class Poller(PollTasks):
                         account_id=account.id,
                         object_id=account.id,
                         object=_account_object(account, "active"),
+                        payload=payload,
                     )
                     log.info("account_recovered", account_id=account.id)
 
-    async def _auth_failed(self, account: accounts.Account, exc: UpstreamAuthError) -> None:
+    async def _auth_failed(
+        self,
+        account: accounts.Account,
+        exc: UpstreamAuthError,
+        payload: PayloadRenderer | None = None,
+    ) -> None:
         log.warning("account_auth_failed", account_id=account.id, code=exc.code)
         async with _connection(self.pool) as conn, conn.transaction():
             newly = await accounts.mark_broken(
@@ -408,6 +419,7 @@ class Poller(PollTasks):
                     account_id=account.id,
                     object_id=account.id,
                     object={**_account_object(account, "broken"), "error": exc.code},
+                    payload=payload,
                 )
 
 

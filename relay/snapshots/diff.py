@@ -36,7 +36,7 @@ from relay.snapshots.rules import (
 )
 
 if TYPE_CHECKING:
-    from relay.events import Connection, Executor
+    from relay.events import Connection, Executor, PayloadRenderer
 
 log = structlog.get_logger("relay.snapshots")
 
@@ -293,6 +293,7 @@ async def diff_objects(
     emit: bool,
     scan_id: int | None = None,
     page: str | int | None = None,
+    payload: PayloadRenderer | None = None,
 ) -> DiffResult:
     """Diff a page (or a whole scan) of upstream objects against their snapshots, store what is
     new or changed and, when `emit`, the events it causes, all in one transaction.
@@ -303,6 +304,7 @@ async def diff_objects(
     for an account's baseline scan (unless it has `backfill`): snapshots are stored, no events.
     An object seen again after it was reported deleted counts as created. With `scan_id` and
     `page`, the page's ids are recorded for that complete scan in the same transaction.
+    `payload` is the source's webhook body renderer (`relay.events.insert_events`).
     Runs in its own transaction, or in a savepoint of the caller's.
 
     Dext has no `updated_at`: a change is only visible as a difference between what a poll
@@ -402,6 +404,7 @@ async def diff_objects(
                 conn,
                 _event_bodies(fired, object_type, batch, account_id, result.events, sequences),
                 sequenced=True,
+                payload=payload,
             )
     log.debug(
         "objects_diffed",

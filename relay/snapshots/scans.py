@@ -18,7 +18,7 @@ from relay.snapshots import diff
 from relay.snapshots.rules import INVOICEXT_OBJECT_TYPES, event_type_for
 
 if TYPE_CHECKING:
-    from relay.events import Connection
+    from relay.events import Connection, PayloadRenderer
 
 log = structlog.get_logger("relay.snapshots")
 
@@ -113,6 +113,7 @@ async def finish_complete_scan(
     confirmed_gone: Collection[str] | None,
     expected_pages: Iterable[str | int] | None = None,
     emit: bool = True,
+    payload: PayloadRenderer | None = None,
 ) -> ScanOutcome:
     """Finish a complete scan: return its deletion candidates and report deleted (one
     `<type>.deleted` event each, `data.object` the last version seen, `previous` {}) exactly
@@ -172,7 +173,7 @@ async def finish_complete_scan(
                     )
                     for row in deleted
                 ]
-                await insert_events(conn, outcome.events)
+                await insert_events(conn, outcome.events, payload=payload)
         await conn.execute(
             "UPDATE snapshot_scans SET finished_at = coalesce(finished_at, now()) WHERE id = $1",
             scan_id,

@@ -48,6 +48,7 @@ from relay.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from relay.sources import invoicext_events
 from relay.sources.models import CountingMetrics, JsonObject, Page, UpstreamMetrics
 from relay.sources.ratelimit import RateLimitState
 from relay.sources.ratelimit_rolling import RollingRateLimiter
@@ -186,6 +187,10 @@ class InvoicextClient:
             max(self.limiter.window_seconds / self.limiter.limit, pace),
             self.monthly.to_json(pace) if self.monthly else None,
         )
+
+    def webhook_payload(self, body: Mapping[str, Any]) -> bytes | None:
+        """Seed 004's body for this source's events (`relay.sources.invoicext_events`)."""
+        return invoicext_events.webhook_payload(body)
 
     async def rate_limit_state(self) -> RateLimitState:
         return await self.limiter.state()

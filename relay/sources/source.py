@@ -3,7 +3,8 @@
 A source names its lists (each an object type in snapshots), reads one page of one, fetches
 one object's detail (a 404 is how a deletion is confirmed), reads its singletons (objects not
 paged, e.g. InvoiceXT's ledgers), and reports its budget: how many requests it may spend and
-how fast. Ids are each object's `id`; a list's order (newest first by `order_field`) is what
+how fast, and renders the webhook body its subscribers receive, when that is not Relay's
+envelope. Ids are each object's `id`; a list's order (newest first by `order_field`) is what
 lets the poller read its first page often and the whole list less often. The poller
 (`relay.poller.lists`) runs any `Source` the same way; a new upstream plugs in here.
 """
@@ -64,6 +65,11 @@ class Source(Protocol):
     async def budget(self) -> Budget: ...
 
     async def rate_limit_state(self) -> RateLimitState: ...
+
+    def webhook_payload(self, body: Mapping[str, Any]) -> bytes | None:
+        """What this source's subscribers receive for an event envelope instead of it (None:
+        the envelope); rendered once, when the event is stored (`relay.events`)."""
+        ...
 
 
 class SourceFactory(Protocol):
