@@ -1,7 +1,11 @@
 """The poll planner: which (client, task kind) to poll next within an account's request budget.
 
-Dext offers no `updated_since` and allows 60 requests a minute per token, so every request is
-spent on purpose. Work is cut into tasks, one per (account, client, kind); the account-level
+Pure: no SQL and no I/O (`relay.poller.state` keeps the tasks in Postgres, `relay.poller.tasks`
+runs them against a `relay.sources.source.ScopedSource`). The reads named below are Dext's, the
+scoped source the default policy is tuned for: Dext offers no `updated_since` and allows 60
+requests a minute per token, so every request is spent on purpose.
+
+Work is cut into tasks, one per (account, client, kind); the account-level
 `/clients` list has client_id "". Each task has an adaptive interval, a due time and a cost
 estimate in requests, all kept in Postgres (`poll_tasks`) so a restart resumes where it was.
 

@@ -43,12 +43,11 @@ from relay.poller.state import (
     renew_lease,
     save_task,
 )
-from relay.poller.tasks import PollTasks
+from relay.poller.tasks import ScopedTasks
 from relay.sources import accounts
-from relay.sources.dext import CountingMetrics, DextClient
-from relay.sources.ratelimit import RateLimiter
+from relay.sources.models import CountingMetrics
 from relay.sources.registry import SOURCES
-from relay.sources.source import Budget, Source
+from relay.sources.source import Budget, ScopedSource, Source
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.poller")
@@ -80,8 +79,13 @@ def default_holder() -> str:
 
 
 @dataclass
-class Poller(PollTasks):
-    """Polls accounts: shared pool, Redis (the limiter), HTTP session and vault of a worker."""
+class Poller:
+    """Polls accounts: shared pool, Redis (the limiter), HTTP session and vault of a worker.
+
+    A pass opens the account's source (`relay.sources.registry`) and runs it by its shape: a
+    `ScopedSource` (Dext) by planned tasks (`relay.poller.plan`, each task run by a
+    `relay.poller.tasks.ScopedTasks`), a lists-only `Source` (InvoiceXT) by cycles of a
+    `relay.poller.lists.ListPoller`."""
 
     pool: asyncpg.Pool
     redis: aioredis.Redis
@@ -90,29 +94,32 @@ class Poller(PollTasks):
     policy: Policy = field(default_factory=Policy)
     clock: Callable[[], float] = time.time
     holder: str = field(default_factory=default_holder)
-    client_options: Mapping[str, Any] = field(default_factory=dict)
-    # Options of the lists-only sources' clients (tests shorten backoffs).
-    source_options: Mapping[str, Any] = field(default_factory=dict)
+    # Options of each provider's client, by provider (tests shorten backoffs).
+    source_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    def make_client(self, account: accounts.Account) -> tuple[DextClient, CountingMetrics]:
-        token = accounts.account_token(self.vault, account)
-        limiter = RateLimiter(
-            self.redis,
-            token,
-            limit=self.policy.rate_limit,
+    def open_source(
+        self, account: accounts.Account
+    ) -> tuple[Source | ScopedSource, CountingMetrics]:
+        """The account's source (`relay.sources.registry`) on its token's shared limiter; its
+        clock (Dext's minute, InvoiceXT's hour and month) compresses with the policy's window."""
+        return SOURCES[account.provider](
+            account.base_url,
+            accounts.account_token(self.vault, account),
+            http=self.http,
+            redis=self.redis,
+            speed=60.0 / self.policy.window_seconds,
+            options=self.source_options.get(account.provider, {}),
+            rate_limit=self.policy.rate_limit,
             window_seconds=self.policy.window_seconds,
             margin=self.policy.safety_margin,
         )
-        metrics = CountingMetrics()
-        client = DextClient(
-            account.base_url,
-            token,
-            session=self.http,
-            limiter=limiter,
-            metrics=metrics,
-            **self.client_options,
-        )
-        return client, metrics
+
+    def make_source(self, account: accounts.Account) -> tuple[Source, CountingMetrics]:
+        """The `Source` of a lists-only account (tests and benchmarks drive its cycles)."""
+        source, metrics = self.open_source(account)
+        if isinstance(source, ScopedSource):
+            raise TypeError(f"{account.provider} is a scoped source, polled by planned tasks")
+        return source, metrics
 
     async def run_account(
         self, account_id: str, *, run_seconds: float | None = None, idle_exit: bool = False
@@ -170,16 +177,30 @@ class Poller(PollTasks):
         except NotFound:
             report.outcome = "gone"
             return
-        if account.provider != "dext":
-            if account.provider not in SOURCES:
-                # Say so on the account rather than leave it silently unpolled.
-                await accounts.record_poll_error(self.pool, account.id, UNSUPPORTED_PROVIDER)
-                report.outcome = "gone"
-                return
-            # A source with lists only (InvoiceXT): the source-generic pass of `poller.lists`.
-            await self._run_source(account, report, run_seconds, idle_exit)
+        if account.provider not in SOURCES:
+            # Say so on the account rather than leave it silently unpolled.
+            await accounts.record_poll_error(self.pool, account.id, UNSUPPORTED_PROVIDER)
+            report.outcome = "gone"
             return
-        client, metrics = self.make_client(account)
+        source, metrics = self.open_source(account)
+        if isinstance(source, ScopedSource):
+            await self._run_planned(account, source, metrics, report, run_seconds, idle_exit)
+        else:
+            await self._run_source(account, source, metrics, report, run_seconds, idle_exit)
+
+    async def _run_planned(
+        self,
+        account: accounts.Account,
+        source: ScopedSource,
+        metrics: CountingMetrics,
+        report: RunReport,
+        run_seconds: float,
+        idle_exit: bool,
+    ) -> None:
+        """Planned tasks of a scoped source until `run_seconds` are up (or, with `idle_exit`,
+        until nothing is due)."""
+        account_id = account.id
+        tasks_of = ScopedTasks(self.pool, self.policy, self.clock, source, account)
         deadline = self.clock() + run_seconds
         budget = WindowBudget(self.policy.budget, self.policy.window_seconds)
         request_seen = await self._honour_poll_request(account)
@@ -198,7 +219,7 @@ class Poller(PollTasks):
                 plan = plan_window(tasks, now, self.policy, budget.left(now))
                 if not plan:
                     # Idle: what ran so far is a pass (records it, clears a done poll request).
-                    await self._after_pass(account, request_seen)
+                    await self._after_pass(account, request_seen, source.webhook_payload)
                     due = await next_due_at(self.pool, account_id)
                     wake = deadline if due is None else due
                     if wake <= now:  # due, but this window's budget is spent
@@ -221,7 +242,8 @@ class Poller(PollTasks):
                     # appears after it is history all the same (relay.md, "Events").
                     backfill = account.backfill and account.baseline_completed_at is None
                     emit = backfill or _emits(task, tasks)
-                    run = await self._run_task(client, account, task, emit)
+                    tasks_of.account = account
+                    run = await tasks_of.run(task, emit)
                     cost = _requests(metrics) - before
                     budget.spend(cost)
                     done = after_run(
@@ -248,7 +270,7 @@ class Poller(PollTasks):
                     if self.clock() - shared_at >= self.policy.window_seconds:
                         # A run lasts `run_seconds` (2 min): the console should not wait for
                         # its end to see the upstream budget, so it is shared once a window.
-                        state = await client.rate_limit_state()
+                        state = await source.rate_limit_state()
                         await accounts.record_rate_limit(self.pool, account_id, state.to_json())
                         shared_at = self.clock()
                     if run.suspect_deletion:
@@ -264,42 +286,35 @@ class Poller(PollTasks):
                     report.by_kind[task.kind.value] = report.by_kind.get(task.kind.value, 0) + 1
                     if task.kind is TaskKind.CLIENTS or task.kind is TaskKind.BASELINE:
                         break  # the task list changed: plan again
-            await self._after_pass(account, request_seen)
+            await self._after_pass(account, request_seen, source.webhook_payload)
         except NotFound:
             report.outcome = "gone"  # deleted while polling: stop
         except UpstreamAuthError as exc:
             report.outcome = "broken"
-            await self._auth_failed(account, exc)
+            await self._auth_failed(account, exc, source.webhook_payload)
         except UpstreamError as exc:
             report.outcome = "error"
             log.warning("poll_failed", account_id=account_id, error=str(exc), status=exc.status)
             await accounts.record_poll_error(self.pool, account_id, str(exc))
         finally:
-            set_aside = client.set_aside.drain()
+            set_aside = source.set_aside.drain()
             metrics.set_aside.update(set_aside.counts)
             await account_warnings.record_set_aside(self.pool, account_id, set_aside)
             report.requests = _requests(metrics)
             report.upstream = metrics
-            state = await client.rate_limit_state()
+            state = await source.rate_limit_state()
             await accounts.record_rate_limit(self.pool, account_id, state.to_json())
 
-    def make_source(self, account: accounts.Account) -> tuple[Source, CountingMetrics]:
-        """The `Source` of a lists-only account (`relay.sources.registry`); its clock, the
-        hour and the month compress with the policy's window like Dext's minute."""
-        return SOURCES[account.provider](
-            account.base_url,
-            accounts.account_token(self.vault, account),
-            http=self.http,
-            redis=self.redis,
-            speed=60.0 / self.policy.window_seconds,
-            options=self.source_options,
-        )
-
     async def _run_source(
-        self, account: accounts.Account, report: RunReport, run_seconds: float, idle_exit: bool
+        self,
+        account: accounts.Account,
+        client: Source,
+        metrics: CountingMetrics,
+        report: RunReport,
+        run_seconds: float,
+        idle_exit: bool,
     ) -> None:
         """Cycles of the account's source until `run_seconds` are up (one with `idle_exit`)."""
-        client, metrics = self.make_source(account)
         deadline = self.clock() + run_seconds
         lists = ListPoller(self.pool, client, account, self.clock)
         request_seen = await self._honour_poll_request(account)
@@ -380,7 +395,7 @@ class Poller(PollTasks):
         self,
         account: accounts.Account,
         request_seen: Any,
-        payload: PayloadRenderer | None = None,
+        payload: PayloadRenderer,
     ) -> None:
         async with _connection(self.pool) as conn:
             await accounts.record_poll_success(conn, account.id)
@@ -404,7 +419,7 @@ class Poller(PollTasks):
         self,
         account: accounts.Account,
         exc: UpstreamAuthError,
-        payload: PayloadRenderer | None = None,
+        payload: PayloadRenderer,
     ) -> None:
         log.warning("account_auth_failed", account_id=account.id, code=exc.code)
         async with _connection(self.pool) as conn, conn.transaction():

@@ -357,9 +357,14 @@ def open_source(
     redis: aioredis.Redis,
     speed: float,
     options: Mapping[str, Any],
+    rate_limit: int = DEFAULT_LIMIT,
+    window_seconds: float = HOUR,
+    margin: int = 1,
 ) -> tuple[InvoicextClient, CountingMetrics]:
     """An account's InvoiceXT source on the key's shared rolling-hour limiter (the hour and
-    the month compress by `speed`, like Dext's minute); a `SourceFactory`."""
+    the month compress by `speed`, like Dext's minute); a `SourceFactory`. The limit is the
+    Starter plan's until the key's own headers say otherwise, so the poll policy's
+    `rate_limit`, `window_seconds` and `margin` (Dext's minute) are not used."""
     limiter = RollingRateLimiter(
         redis, api_token, limit=DEFAULT_LIMIT, window_seconds=HOUR / speed, margin=1
     )
