@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +15,6 @@ from relay.db import Connection, Executor
 from relay.errors import InvalidInput, NotFound
 from relay.ids import new_id
 from relay.paging import DEFAULT_LIMIT, check_limit, decode_cursor, encode_cursor
-from relay.sources.invoicext_events import webhook_payload
 
 log = structlog.get_logger("relay.events")
 
@@ -46,6 +45,10 @@ RETURNING o.account_id, o.object_type, o.object_id, o.sequence
 
 # (account_id or "", object_type, object_id): what `sequence` counts.
 ObjectKey: TypeAlias = tuple[str, str, str]
+# What a subscriber of the event's source receives instead of the envelope, rendered once when
+# the event is stored (InvoiceXT's seed-004 body), or None for the envelope itself. The source
+# supplies it (`relay.sources.source.Source.webhook_payload`): the outbox knows no provider.
+PayloadRenderer: TypeAlias = Callable[[Mapping[str, Any]], bytes | None]
 
 
 def format_time(at: datetime) -> str:
@@ -121,7 +124,7 @@ async def reserve_sequences(conn: Connection, keys: Sequence[ObjectKey]) -> list
     return numbers
 
 
-def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
+def _record(body: Mapping[str, Any], payload: PayloadRenderer | None) -> tuple[Any, ...]:
     """The `events` row of a body, in `_COLUMNS` order: the columns repeat what filters need."""
     return (
         body["id"],
@@ -133,13 +136,17 @@ def _record(body: Mapping[str, Any]) -> tuple[Any, ...]:
         body,
         datetime.fromisoformat(body["created_at"]),
         body.get("sequence"),
-        # An InvoiceXT event's webhook body (seed 004's format), rendered once, exactly.
-        webhook_payload(body),
+        # The source's own webhook body (InvoiceXT's seed 004 format), rendered once, exactly.
+        None if payload is None else payload(body),
     )
 
 
 async def insert_events(
-    conn: Connection, bodies: Iterable[Mapping[str, Any]], *, sequenced: bool = False
+    conn: Connection,
+    bodies: Iterable[Mapping[str, Any]],
+    *,
+    sequenced: bool = False,
+    payload: PayloadRenderer | None = None,
 ) -> None:
     """Store event bodies (from `build_event`) in one COPY, in order (so `seq` follows it).
 
@@ -148,7 +155,8 @@ async def insert_events(
     Bodies without a `sequence` are numbered here (`reserve_sequences`), which needs them all
     first; with `sequenced` the caller has numbered every body already and `bodies` may be a
     generator (the COPY takes them as they come). An empty sequence stores nothing and wakes
-    nobody, so pass a generator only when it yields something.
+    nobody, so pass a generator only when it yields something. `payload`, from the events'
+    source, renders what its subscribers receive instead of the envelope.
     """
     if not sequenced:
         # The caller's own dicts get their numbers, so what it returns is what was stored.
@@ -163,7 +171,7 @@ async def insert_events(
         bodies = listed
     if isinstance(bodies, Sequence) and not bodies:
         return
-    records = (_record(body) for body in bodies)
+    records = (_record(body, payload) for body in bodies)
     await conn.copy_records_to_table("events", records=records, columns=_COLUMNS)
 
 
@@ -176,9 +184,10 @@ async def insert_event(
     object: Mapping[str, Any],
     client_id: str | None = None,
     previous: Mapping[str, Any] | None = None,
+    payload: PayloadRenderer | None = None,
 ) -> dict[str, Any]:
     """Store one event made outside a diff (`account.auth_failed`, `account.recovered`,
-    `relay.ping`) and return its body."""
+    `relay.ping`) and return its body; `payload` as for `insert_events`."""
     key = (account_id or "", type.split(".", 1)[0], object_id)
     body = build_event(
         type,
@@ -192,7 +201,7 @@ async def insert_event(
     await conn.execute(
         "INSERT INTO events (id, type, account_id, client_id, object_type, object_id, body,"
         " created_at, sequence, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        *_record(body),
+        *_record(body, payload),
     )
     return body
 

@@ -18,6 +18,7 @@ returns seeds again, so polling resumes within seconds without anyone restarting
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -28,7 +29,7 @@ from arq.connections import ArqRedis
 from relay.db import store_outage
 from relay.http import create_client_session
 from relay.metrics import WorkerMetrics
-from relay.poller import Poller
+from relay.poller import Poller, state
 from relay.poller.plan import Policy
 from relay.settings import Settings
 from relay.sources import accounts
@@ -118,19 +119,14 @@ async def _schedule_polls(ctx: dict[str, Any]) -> int:
     policy = _policy(ctx)
     pool = ctx["pool"]
     redis: ArqRedis = ctx["redis"]
-    pollable = await accounts.list_pollable_accounts(pool)
+    # A broken account is tried again after the policy's `broken_retry` (scaled with its clock).
+    retry = timedelta(seconds=policy.broken_retry)
+    pollable = await accounts.list_pollable_accounts(pool, broken_retry=retry)
     if not pollable:
         return 0
-    due = await pool.fetch(
-        "SELECT a.id FROM unnest($1::text[]) AS a(id) WHERE NOT EXISTS ("
-        " SELECT 1 FROM poll_tasks t WHERE t.account_id = a.id)"
-        " OR EXISTS (SELECT 1 FROM poll_tasks t WHERE t.account_id = a.id AND (t.forced"
-        "  OR (t.due_at <= now() + make_interval(secs => $2)"
-        "      AND NOT (t.kind = 'baseline' AND t.baselined_at IS NOT NULL))))",
-        [a.id for a in pollable],
-        LOOKAHEAD * min(1.0, policy.window_seconds / 60.0),
+    wanted = await state.accounts_due(
+        pool, [a.id for a in pollable], LOOKAHEAD * min(1.0, policy.window_seconds / 60.0)
     )
-    wanted = {row["id"] for row in due}
     # A poll request or a broken account's retry must not wait for a task to fall due.
     wanted |= {a.id for a in pollable if a.poll_requested_at is not None or a.status == "broken"}
     enqueued = 0

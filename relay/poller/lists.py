@@ -136,6 +136,7 @@ class ListPoller:
                 objects=objects,
                 client_id=SOURCE_CLIENT,
                 emit=emit,
+                payload=self.source.webhook_payload,
                 **scan,
             )
         return len(diffed.created) + len(diffed.changed)
@@ -233,7 +234,7 @@ class ListPoller:
         changed = await self._diff(spec.object_type, alive, emit) if alive else 0
         async with _connection(self.pool) as conn:
             outcome = await snapshots.finish_complete_scan(
-                conn, scan_id, confirmed_gone=gone, emit=emit
+                conn, scan_id, confirmed_gone=gone, emit=emit, payload=self.source.webhook_payload
             )
         return changed + len(outcome.deleted)
 

@@ -1,5 +1,5 @@
-"""Reading Dext page by page for the poller: every page of a list, one item's detail, the
-log line of a skipped page; and the typed pooled connection the store calls take."""
+"""Reading an upstream list page by page for the poller: every page of a list, the log line
+of a skipped page; and the typed pooled connection the store calls take."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import asyncpg
 import structlog
 
 from relay.errors import UpstreamProtocolError
-from relay.sources.dext import DextClient
 from relay.sources.models import JsonObject, Page
 
 log = structlog.get_logger("relay.poller")
@@ -26,12 +25,6 @@ async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
 def _page_skipped(account_id: str, path: str, page: int, exc: UpstreamProtocolError) -> None:
     log.warning("page_skipped", account_id=account_id, path=path, page=page, detail=exc.detail)
-
-
-async def _detail(client: DextClient, workspace: str, object_id: str) -> JsonObject:
-    if workspace == "sales":
-        return await client.sale(object_id)
-    return await client.cost(object_id)
 
 
 async def _pages(

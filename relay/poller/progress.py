@@ -3,7 +3,7 @@ the rest will take at the account's request budget.
 
 A 100,000-item practice takes most of an hour at 60 requests a minute, and `baselining` alone
 tells an operator nothing. The progress is read, not kept: from the first-run tasks in
-`poll_tasks` (`relay.poller.plan.baseline_rows`: which are done, where a sliced scan's cursor is,
+`poll_tasks` (`relay.poller.state.baseline_rows`: which are done, where a sliced scan's cursor is,
 the page totals it has seen) and the documents stored so far. So it costs nothing while
 polling and is as true as Postgres.
 
@@ -11,15 +11,15 @@ Which clients count: while the account is baselining, all of them. Once it is ac
 that appears later gets a baseline of its own; then the progress covers the late clients made
 since the earliest one still baselining, and it is `None` again when they are done.
 
-The estimate counts the requests left, at one request per page of `MAX_ITEMS_PER_PAGE` items:
-the pages of each workspace a scan has not read yet (sizes from the pages' `total`; a workspace
-not reached yet is assumed as large as the mean of the same workspace of the clients whose size
-is known), plus one
-estimated run cost for each list (suppliers, expense reports, connections, clients) still to be
-read. Spread over the budget of a window (the upstream's limit as last seen, less the safety
-margin), that is `requests_left * window_seconds / budget`. It assumes the whole budget goes to
-baselining, which it nearly does (the baseline's weight dwarfs the other kinds'); with nothing
-known of any client's size yet it is `None` rather than a guess.
+The estimate counts the requests left, at one request per page of the source's `scan_per_page`
+items: the pages of each part (Dext's workspaces) a scan has not read yet (sizes from the
+pages' `total`; a part not reached yet is assumed as large as the mean of the same part of the
+clients whose size is known), plus one estimated run cost for each list (suppliers, expense
+reports, connections, clients) still to be read. Spread over the budget of a window (the
+upstream's limit as last seen, less the safety margin), that is
+`requests_left * window_seconds / budget`. It assumes the whole budget goes to baselining,
+which it nearly does (the baseline's weight dwarfs the other kinds'); with nothing known of any
+client's size yet it is `None` rather than a guess.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from relay.poller.plan import ACCOUNT_LEVEL, BaselineRow, Policy, TaskKind, baseline_rows
-from relay.poller.tasks import WORKSPACES
+from relay.poller.plan import ACCOUNT_LEVEL, Policy, TaskKind
+from relay.poller.state import BaselineRow, baseline_rows
 from relay.snapshots import stored_document_counts
-from relay.sources.dext import MAX_ITEMS_PER_PAGE
+from relay.sources.registry import SCOPED
 
 if TYPE_CHECKING:
     import asyncpg
@@ -63,33 +63,35 @@ class BaselineProgress:
         }
 
 
-def _pages(items: float) -> int:
-    """Requests to read a workspace of `items` (an empty list still takes one)."""
-    return max(1, math.ceil(items / MAX_ITEMS_PER_PAGE))
+def _pages(items: float, per_page: int) -> int:
+    """Requests to read a part of `items` (an empty list still takes one)."""
+    return max(1, math.ceil(items / per_page))
 
 
-def _totals(row: BaselineRow | None) -> dict[str, int]:
+def _totals(row: BaselineRow | None, parts: Sequence[str]) -> dict[str, int]:
     raw = row.cursor.get("totals") if row is not None else None
     if not isinstance(raw, dict):
         return {}
-    return {ws: int(n) for ws, n in raw.items() if ws in WORKSPACES and isinstance(n, int)}
+    return {ws: int(n) for ws, n in raw.items() if ws in parts and isinstance(n, int)}
 
 
-def _scan_requests_left(row: BaselineRow | None, means: Mapping[str, float]) -> int | None:
+def _scan_requests_left(
+    row: BaselineRow | None, means: Mapping[str, float], parts: Sequence[str], per_page: int
+) -> int | None:
     """Pages the client's document scan still has to read; None when a size is unknowable."""
     if row is not None and row.baselined_at is not None:
         return 0
-    totals = _totals(row)
+    totals = _totals(row, parts)
     cursor = row.cursor if row is not None else {}
-    current = cursor.get("ws") if "scan_id" in cursor else WORKSPACES[0]
-    if current not in WORKSPACES:
+    current = cursor.get("ws") if "scan_id" in cursor else parts[0]
+    if current not in parts:
         return 0  # between its last page and its end: only the deletion checks are left
     left = 0
-    for ws in WORKSPACES[WORKSPACES.index(str(current)) :]:
+    for ws in parts[list(parts).index(str(current)) :]:
         size: float | None = totals.get(ws, means.get(ws))
         if size is None:
             return None
-        pages = _pages(size)
+        pages = _pages(size, per_page)
         if ws == current and "scan_id" in cursor:
             pages = max(0, pages - (int(cursor.get("page", 1)) - 1))
         left += pages
@@ -103,9 +105,13 @@ def compute_progress(
     account_baselined_at: datetime | None,
     rate_limit: int,
     policy: Policy,
+    scan_parts: Sequence[str],
+    scan_per_page: int,
 ) -> BaselineProgress | None:
     """The progress from the first-run tasks and the documents stored per client; None when
-    nothing is baselining. A pure function, so its arithmetic is tested on its own."""
+    nothing is baselining. `scan_parts` and `scan_per_page` are the source's complete scan
+    (`relay.sources.source.ScopedSource`). A pure function, so its arithmetic is tested on
+    its own."""
     by_client: dict[str, dict[TaskKind, BaselineRow]] = {}
     for row in rows:
         by_client.setdefault(row.client_id, {})[row.kind] = row
@@ -128,7 +134,7 @@ def compute_progress(
 
     sizes: dict[str, list[int]] = {}
     for tasks in clients.values():
-        for ws, n in _totals(tasks.get(TaskKind.BASELINE)).items():
+        for ws, n in _totals(tasks.get(TaskKind.BASELINE), scan_parts).items():
             sizes.setdefault(ws, []).append(n)
     means = {ws: sum(ns) / len(ns) for ws, ns in sizes.items()}
     requests: int | None = 0
@@ -137,7 +143,7 @@ def compute_progress(
     items_total: int | None = 0
     for cid, tasks in clients.items():
         scan = tasks.get(TaskKind.BASELINE)
-        left = _scan_requests_left(scan, means)
+        left = _scan_requests_left(scan, means, scan_parts, scan_per_page)
         requests = None if requests is None or left is None else requests + left
         if requests is not None:
             requests += sum(
@@ -145,12 +151,12 @@ def compute_progress(
                 for kind, t in tasks.items()
                 if kind is not TaskKind.BASELINE and t.baselined_at is None
             )
-        totals = _totals(scan)
+        totals = _totals(scan, scan_parts)
         if items_total is None:
             continue
         if cid in done:
             items_total += stored.get(cid, 0)
-        elif set(totals) == set(WORKSPACES):
+        elif set(totals) == set(scan_parts):
             items_total += sum(totals.values())
         else:
             items_total = None
@@ -186,11 +192,15 @@ async def baseline_progress(
         clients = sorted({r.client_id for r in found if r.client_id != ACCOUNT_LEVEL})
         stored = await stored_document_counts(db, account.id, clients) if clients else {}
         limit = account.rate_limit.get("limit")
+        # A lists-only source keeps no poll tasks: its rows are empty and need no scan shape.
+        scoped = SCOPED.get(account.provider)
         out[account.id] = compute_progress(
             found,
             stored,
             account_baselined_at=account.baseline_completed_at,
             rate_limit=limit if isinstance(limit, int) and limit > 0 else policy.rate_limit,
             policy=policy,
+            scan_parts=scoped.scan_parts if scoped is not None else (),
+            scan_per_page=scoped.scan_per_page if scoped is not None else 1,
         )
     return out

@@ -21,35 +21,33 @@ import structlog
 
 from relay.db import POSTGRES_OUTAGE_ERRORS, Backoff
 from relay.errors import LeaseLost, NotFound, UpstreamAuthError, UpstreamError
-from relay.events import insert_event
+from relay.events import PayloadRenderer, insert_event
 from relay.poller import account_warnings
 from relay.poller.lists import ListPoller
 from relay.poller.pages import _connection
-from relay.poller.plan import (
-    Policy,
-    Task,
-    TaskKind,
-    WindowBudget,
-    after_run,
+from relay.poller.plan import Policy, Task, TaskKind, WindowBudget, after_run, plan_window
+from relay.poller.state import (
     all_baselined,
     claim_lease,
+    clear_auth_failure,
     defer_sweep,
     ensure_tasks,
     force_full_pass,
+    forced_left,
     hurry_sweep,
     load_tasks,
     next_due_at,
-    plan_window,
+    note_poll_request,
+    record_auth_failure,
     release_lease,
     renew_lease,
     save_task,
 )
-from relay.poller.tasks import PollTasks
+from relay.poller.tasks import ScopedTasks
 from relay.sources import accounts
-from relay.sources.dext import CountingMetrics, DextClient
-from relay.sources.ratelimit import RateLimiter
+from relay.sources.models import CountingMetrics
 from relay.sources.registry import SOURCES
-from relay.sources.source import Budget, Source
+from relay.sources.source import Budget, ScopedSource, Source
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.poller")
@@ -77,8 +75,13 @@ def default_holder() -> str:
 
 
 @dataclass
-class Poller(PollTasks):
-    """Polls accounts: shared pool, Redis (the limiter), HTTP session and vault of a worker."""
+class Poller:
+    """Polls accounts: shared pool, Redis (the limiter), HTTP session and vault of a worker.
+
+    A pass opens the account's source (`relay.sources.registry`) and runs it by its shape: a
+    `ScopedSource` (Dext) by planned tasks (`relay.poller.plan`, each task run by a
+    `relay.poller.tasks.ScopedTasks`), a lists-only `Source` (InvoiceXT) by cycles of a
+    `relay.poller.lists.ListPoller`."""
 
     pool: asyncpg.Pool
     redis: aioredis.Redis
@@ -87,29 +90,32 @@ class Poller(PollTasks):
     policy: Policy = field(default_factory=Policy)
     clock: Callable[[], float] = time.time
     holder: str = field(default_factory=default_holder)
-    client_options: Mapping[str, Any] = field(default_factory=dict)
-    # Options of the lists-only sources' clients (tests shorten backoffs).
-    source_options: Mapping[str, Any] = field(default_factory=dict)
+    # Options of each provider's client, by provider (tests shorten backoffs).
+    source_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    def make_client(self, account: accounts.Account) -> tuple[DextClient, CountingMetrics]:
-        token = accounts.account_token(self.vault, account)
-        limiter = RateLimiter(
-            self.redis,
-            token,
-            limit=self.policy.rate_limit,
+    def open_source(
+        self, account: accounts.Account
+    ) -> tuple[Source | ScopedSource, CountingMetrics]:
+        """The account's source (`relay.sources.registry`) on its token's shared limiter; its
+        clock (Dext's minute, InvoiceXT's hour and month) compresses with the policy's window."""
+        return SOURCES[account.provider](
+            account.base_url,
+            accounts.account_token(self.vault, account),
+            http=self.http,
+            redis=self.redis,
+            speed=60.0 / self.policy.window_seconds,
+            options=self.source_options.get(account.provider, {}),
+            rate_limit=self.policy.rate_limit,
             window_seconds=self.policy.window_seconds,
             margin=self.policy.safety_margin,
         )
-        metrics = CountingMetrics()
-        client = DextClient(
-            account.base_url,
-            token,
-            session=self.http,
-            limiter=limiter,
-            metrics=metrics,
-            **self.client_options,
-        )
-        return client, metrics
+
+    def make_source(self, account: accounts.Account) -> tuple[Source, CountingMetrics]:
+        """The `Source` of a lists-only account (tests and benchmarks drive its cycles)."""
+        source, metrics = self.open_source(account)
+        if isinstance(source, ScopedSource):
+            raise TypeError(f"{account.provider} is a scoped source, polled by planned tasks")
+        return source, metrics
 
     async def run_account(
         self, account_id: str, *, run_seconds: float | None = None, idle_exit: bool = False
@@ -167,16 +173,30 @@ class Poller(PollTasks):
         except NotFound:
             report.outcome = "gone"
             return
-        if account.provider != "dext":
-            if account.provider not in SOURCES:
-                # Say so on the account rather than leave it silently unpolled.
-                await accounts.record_poll_error(self.pool, account.id, UNSUPPORTED_PROVIDER)
-                report.outcome = "gone"
-                return
-            # A source with lists only (InvoiceXT): the source-generic pass of `poller.lists`.
-            await self._run_source(account, report, run_seconds, idle_exit)
+        if account.provider not in SOURCES:
+            # Say so on the account rather than leave it silently unpolled.
+            await accounts.record_poll_error(self.pool, account.id, UNSUPPORTED_PROVIDER)
+            report.outcome = "gone"
             return
-        client, metrics = self.make_client(account)
+        source, metrics = self.open_source(account)
+        if isinstance(source, ScopedSource):
+            await self._run_planned(account, source, metrics, report, run_seconds, idle_exit)
+        else:
+            await self._run_source(account, source, metrics, report, run_seconds, idle_exit)
+
+    async def _run_planned(
+        self,
+        account: accounts.Account,
+        source: ScopedSource,
+        metrics: CountingMetrics,
+        report: RunReport,
+        run_seconds: float,
+        idle_exit: bool,
+    ) -> None:
+        """Planned tasks of a scoped source until `run_seconds` are up (or, with `idle_exit`,
+        until nothing is due)."""
+        account_id = account.id
+        tasks_of = ScopedTasks(self.pool, self.policy, self.clock, source, account)
         deadline = self.clock() + run_seconds
         budget = WindowBudget(self.policy.budget, self.policy.window_seconds)
         request_seen = await self._honour_poll_request(account)
@@ -195,7 +215,7 @@ class Poller(PollTasks):
                 plan = plan_window(tasks, now, self.policy, budget.left(now))
                 if not plan:
                     # Idle: what ran so far is a pass (records it, clears a done poll request).
-                    await self._after_pass(account, request_seen)
+                    await self._after_pass(account, request_seen, source.webhook_payload)
                     due = await next_due_at(self.pool, account_id)
                     wake = deadline if due is None else due
                     if wake <= now:  # due, but this window's budget is spent
@@ -218,7 +238,8 @@ class Poller(PollTasks):
                     # appears after it is history all the same (relay.md, "Events").
                     backfill = account.backfill and account.baseline_completed_at is None
                     emit = backfill or _emits(task, tasks)
-                    run = await self._run_task(client, account, task, emit)
+                    tasks_of.account = account
+                    run = await tasks_of.run(task, emit)
                     cost = _requests(metrics) - before
                     budget.spend(cost)
                     done = after_run(
@@ -245,7 +266,7 @@ class Poller(PollTasks):
                     if self.clock() - shared_at >= self.policy.window_seconds:
                         # A run lasts `run_seconds` (2 min): the console should not wait for
                         # its end to see the upstream budget, so it is shared once a window.
-                        state = await client.rate_limit_state()
+                        state = await source.rate_limit_state()
                         await accounts.record_rate_limit(self.pool, account_id, state.to_json())
                         shared_at = self.clock()
                     if run.suspect_deletion:
@@ -261,42 +282,35 @@ class Poller(PollTasks):
                     report.by_kind[task.kind.value] = report.by_kind.get(task.kind.value, 0) + 1
                     if task.kind is TaskKind.CLIENTS or task.kind is TaskKind.BASELINE:
                         break  # the task list changed: plan again
-            await self._after_pass(account, request_seen)
+            await self._after_pass(account, request_seen, source.webhook_payload)
         except NotFound:
             report.outcome = "gone"  # deleted while polling: stop
         except UpstreamAuthError as exc:
             report.outcome = "broken"
-            await self._auth_failed(account, exc)
+            await self._auth_failed(account, exc, source.webhook_payload)
         except UpstreamError as exc:
             report.outcome = "error"
             log.warning("poll_failed", account_id=account_id, error=str(exc), status=exc.status)
             await accounts.record_poll_error(self.pool, account_id, str(exc))
         finally:
-            set_aside = client.set_aside.drain()
+            set_aside = source.set_aside.drain()
             metrics.set_aside.update(set_aside.counts)
             await account_warnings.record_set_aside(self.pool, account_id, set_aside)
             report.requests = _requests(metrics)
             report.upstream = metrics
-            state = await client.rate_limit_state()
+            state = await source.rate_limit_state()
             await accounts.record_rate_limit(self.pool, account_id, state.to_json())
 
-    def make_source(self, account: accounts.Account) -> tuple[Source, CountingMetrics]:
-        """The `Source` of a lists-only account (`relay.sources.registry`); its clock, the
-        hour and the month compress with the policy's window like Dext's minute."""
-        return SOURCES[account.provider](
-            account.base_url,
-            accounts.account_token(self.vault, account),
-            http=self.http,
-            redis=self.redis,
-            speed=60.0 / self.policy.window_seconds,
-            options=self.source_options,
-        )
-
     async def _run_source(
-        self, account: accounts.Account, report: RunReport, run_seconds: float, idle_exit: bool
+        self,
+        account: accounts.Account,
+        client: Source,
+        metrics: CountingMetrics,
+        report: RunReport,
+        run_seconds: float,
+        idle_exit: bool,
     ) -> None:
         """Cycles of the account's source until `run_seconds` are up (one with `idle_exit`)."""
-        client, metrics = self.make_source(account)
         deadline = self.clock() + run_seconds
         lists = ListPoller(self.pool, client, account, self.clock)
         request_seen = await self._honour_poll_request(account)
@@ -320,7 +334,7 @@ class Poller(PollTasks):
                 # Stored after every cycle, not only when the run ends (see the Dext path).
                 await self._record_source_rate_limit(account.id, client, budget, lists)
                 account = await accounts.get_account(self.pool, account.id)
-                await self._after_pass(account, request_seen)
+                await self._after_pass(account, request_seen, client.webhook_payload)
                 if cycle.forbidden:
                     missing = ", ".join(sorted(cycle.forbidden))
                     await accounts.record_poll_error(
@@ -332,7 +346,7 @@ class Poller(PollTasks):
             report.outcome = "gone"
         except UpstreamAuthError as exc:
             report.outcome = "broken"
-            await self._auth_failed(account, exc)
+            await self._auth_failed(account, exc, client.webhook_payload)
         except UpstreamError as exc:
             report.outcome = "error"
             log.warning("poll_failed", account_id=account.id, error=str(exc), status=exc.status)
@@ -358,13 +372,7 @@ class Poller(PollTasks):
         requested = account.poll_requested_at
         if requested is None:
             return None
-        seen = await self.pool.fetchval(
-            "UPDATE poll_state SET poll_request_seen_at = $2 WHERE account_id = $1 "
-            "AND (poll_request_seen_at IS NULL OR poll_request_seen_at < $2) RETURNING 1",
-            account.id,
-            requested,
-        )
-        if seen:
+        if await note_poll_request(self.pool, account.id, requested):
             forced = await force_full_pass(self.pool, account.id)
             log.info("full_pass_requested", account_id=account.id, tasks=forced)
         return requested
@@ -379,22 +387,18 @@ class Poller(PollTasks):
         log.info("baseline_completed", account_id=account.id)
         return await accounts.get_account(self.pool, account.id)
 
-    async def _after_pass(self, account: accounts.Account, request_seen: Any) -> None:
+    async def _after_pass(
+        self,
+        account: accounts.Account,
+        request_seen: Any,
+        payload: PayloadRenderer,
+    ) -> None:
         async with _connection(self.pool) as conn:
             await accounts.record_poll_success(conn, account.id)
-            if request_seen is not None:
-                forced_left = await conn.fetchval(
-                    "SELECT count(*) FROM poll_tasks WHERE account_id = $1 AND forced",
-                    account.id,
-                )
-                if not forced_left:
-                    await accounts.clear_poll_request(conn, account.id, request_seen)
+            if request_seen is not None and not await forced_left(conn, account.id):
+                await accounts.clear_poll_request(conn, account.id, request_seen)
             async with conn.transaction():
-                recovered = await conn.fetchval(
-                    "UPDATE poll_state SET auth_failed_at = NULL WHERE account_id = $1 "
-                    "AND auth_failed_at IS NOT NULL RETURNING 1",
-                    account.id,
-                )
+                recovered = await clear_auth_failure(conn, account.id)
                 was_broken = await accounts.mark_recovered(conn, account.id)
                 if recovered or was_broken:
                     await insert_event(
@@ -403,20 +407,22 @@ class Poller(PollTasks):
                         account_id=account.id,
                         object_id=account.id,
                         object=_account_object(account, "active"),
+                        payload=payload,
                     )
                     log.info("account_recovered", account_id=account.id)
 
-    async def _auth_failed(self, account: accounts.Account, exc: UpstreamAuthError) -> None:
+    async def _auth_failed(
+        self,
+        account: accounts.Account,
+        exc: UpstreamAuthError,
+        payload: PayloadRenderer,
+    ) -> None:
         log.warning("account_auth_failed", account_id=account.id, code=exc.code)
         async with _connection(self.pool) as conn, conn.transaction():
             newly = await accounts.mark_broken(
                 conn, account.id, f"upstream refused the token: {exc.code}"
             )
-            first = await conn.fetchval(
-                "UPDATE poll_state SET auth_failed_at = now(), auth_tried_at = now() "
-                "WHERE account_id = $1 AND auth_failed_at IS NULL RETURNING 1",
-                account.id,
-            )
+            first = await record_auth_failure(conn, account.id)
             if newly or first:
                 await insert_event(
                     conn,
@@ -424,6 +430,7 @@ class Poller(PollTasks):
                     account_id=account.id,
                     object_id=account.id,
                     object={**_account_object(account, "broken"), "error": exc.code},
+                    payload=payload,
                 )
 
 

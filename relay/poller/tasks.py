@@ -1,5 +1,12 @@
-"""What each poll task kind does (clients, baseline and sweep scans, head, hot, lists), as
-the `PollTasks` mixin of the Poller, and `_Run`, the result of one task run."""
+"""The strategies of a scoped source's poll tasks: scopes, complete scans with confirmed
+deletions, head reads, status-view reads with a probe, and the lists kept per scope.
+
+`ScopedTasks` runs one task of one account against its `relay.sources.source.ScopedSource`
+(Dext is one: `relay.sources.dext_source`). What to read, at which page size, which statuses
+are hot and which is probed are the source's; how a head read stops, when a status view is
+read, how a scan is sliced and how a deletion is confirmed are the poller's, the same for any
+scoped source. `_Run` is what one task run did.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +19,14 @@ import structlog
 
 from relay import snapshots
 from relay.errors import UpstreamForbidden, UpstreamNotFound, UpstreamProtocolError
-from relay.poller.pages import _connection, _detail, _page_skipped, _pages
-from relay.poller.plan import Policy, Task, TaskKind, ensure_tasks, head_floor
+from relay.poller.pages import _connection, _page_skipped, _pages
+from relay.poller.plan import Policy, Task, TaskKind
+from relay.poller.state import ensure_tasks, head_floor
 from relay.sources import accounts
-from relay.sources.dext import MAX_ITEMS_PER_PAGE, MAX_PER_PAGE, DextClient
 from relay.sources.models import JsonObject, Page
+from relay.sources.source import ScopedSource, ScopeList
 
 log = structlog.get_logger("relay.poller")
-
-HOT_ALWAYS = ("ready",)
-# Entered only from newer statuses (processing -> review): polled only when an item in them is
-# older than the head page reaches.
-HOT_IF_OLD = ("processing", "review")
-PROBED = "archived"
-HEAD_MAX_PAGES = 5
-BASELINE_PAGES = 10
-WORKSPACES = ("costs", "sales")
 
 
 @dataclass
@@ -41,63 +40,65 @@ class _Run:
     failed: bool = False  # nothing usable came back: keep the task as it was, retry later
 
 
-class PollTasks:
-    """The task kinds of `Poller` (a mixin: the Poller supplies its pool, policy and clock)."""
+@dataclass
+class ScopedTasks:
+    """Runs the tasks of one account of a scoped source (the Poller makes one per pass)."""
 
     pool: asyncpg.Pool
     policy: Policy
     clock: Callable[[], float]
+    source: ScopedSource
+    account: accounts.Account
 
-    async def _run_task(
-        self, client: DextClient, account: accounts.Account, task: Task, emit: bool
-    ) -> _Run:
+    def _scope_list(self, kind: TaskKind) -> ScopeList | None:
+        return next((s for s in self.source.scope_lists if s.kind == kind.value), None)
+
+    async def run(self, task: Task, emit: bool) -> _Run:
         cid = task.client_id
+        source = self.source
         try:
             match task.kind:
                 case TaskKind.CLIENTS:
-                    return await self._clients(client, account, emit)
+                    return await self._scopes(emit)
                 case TaskKind.BASELINE | TaskKind.SWEEP:
-                    return await self._scan(client, account, task, emit)
+                    return await self._scan(task, emit)
                 case TaskKind.HEAD:
-                    return await self._head(client, account, task, emit)
+                    return await self._head(task, emit)
                 case TaskKind.HOT:
-                    return await self._hot(client, account, task, emit)
-                case TaskKind.CONNECTIONS:
-                    unusable = client.set_aside.counts.total()
-                    try:
-                        objects = [await client.connections(cid)]
-                    except UpstreamProtocolError:
-                        if client.set_aside.counts.total() == unusable:
-                            raise  # not an odd object but a broken answer: retry later
-                        # An object that cannot be used is set aside, never a blind account:
-                        # the run counts (the baseline goes on), nothing is stored from it.
-                        return _Run()
-                    return _Run(await self._diff(account, "connection", objects, cid, emit))
-                case TaskKind.SUPPLIERS | TaskKind.EXPENSE_REPORTS:
-                    path, object_type, fetch = (
-                        ("/suppliers", "supplier", client.suppliers)
-                        if task.kind is TaskKind.SUPPLIERS
-                        else ("/expense_reports", "expense_report", client.expense_reports)
-                    )
-                    objects, complete = await _pages(account.id, path, fetch, cid)
-                    changed = await self._diff(account, object_type, objects, cid, emit)
-                    # An incomplete first read is no baseline: what it missed is not "new".
-                    return _Run(changed, failed=not complete and not task.baselined)
+                    return await self._hot(task, emit)
+            spec = self._scope_list(task.kind)
+            if spec is None:
+                return _Run()  # the source keeps no such list: nothing to read
+            if spec.single:
+                unusable = source.set_aside.counts.total()
+                try:
+                    objects = [await source.scope_object(spec, cid)]
+                except UpstreamProtocolError:
+                    if source.set_aside.counts.total() == unusable:
+                        raise  # not an odd object but a broken answer: retry later
+                    # An object that cannot be used is set aside, never a blind account:
+                    # the run counts (the baseline goes on), nothing is stored from it.
+                    return _Run()
+                return _Run(await self._diff(spec.object_type, objects, cid, emit))
+            objects, complete = await _pages(
+                self.account.id, spec.path, lambda *, page: source.scope_page(spec, cid, page)
+            )
+            changed = await self._diff(spec.object_type, objects, cid, emit)
+            # An incomplete first read is no baseline: what it missed is not "new".
+            return _Run(changed, failed=not complete and not task.baselined)
         except (UpstreamForbidden, UpstreamNotFound) as exc:
             # Access to this client was removed (or it is gone): nothing to see, nothing deleted.
             log.warning(
-                "client_unavailable", account_id=account.id, client_id=cid, status=exc.status
+                "client_unavailable", account_id=self.account.id, client_id=cid, status=exc.status
             )
             return _Run(cursor={})
         except UpstreamProtocolError as exc:
             # A malformed answer: skip this run (nothing stored from it) and try at the next turn.
-            _page_skipped(account.id, exc.url, 0, exc)
+            _page_skipped(self.account.id, exc.url, 0, exc)
             return _Run(failed=True)
-        raise AssertionError(f"unknown task kind {task.kind}")
 
     async def _diff(
         self,
-        account: accounts.Account,
         object_type: str,
         objects: Sequence[Mapping[str, Any]],
         client_id: str | None,
@@ -107,51 +108,54 @@ class PollTasks:
         async with _connection(self.pool) as conn:
             result = await snapshots.diff_objects(
                 conn,
-                account_id=account.id,
+                account_id=self.account.id,
                 object_type=object_type,
                 objects=objects,
                 client_id=client_id,
                 emit=emit,
+                payload=self.source.webhook_payload,
                 **scan,
             )
         return len(result.created) + len(result.changed)
 
-    async def _clients(self, client: DextClient, account: accounts.Account, emit: bool) -> _Run:
-        unusable = client.set_aside.counts.total()
-        items, complete = await _pages(account.id, "/clients", client.clients)
-        changed = await self._diff(account, "client", items, None, emit)
+    async def _scopes(self, emit: bool) -> _Run:
+        source = self.source
+        unusable = source.set_aside.counts.total()
+        items, complete = await _pages(
+            self.account.id, f"/{source.scope_type}s", lambda *, page: source.scopes(page)
+        )
+        changed = await self._diff(source.scope_type, items, None, emit)
         ids = [str(item["id"]) for item in items]
-        # A client set aside is still there: only a list read whole and clean prunes tasks.
-        prune = complete and client.set_aside.counts.total() == unusable
-        await ensure_tasks(self.pool, account.id, ids, self.clock(), self.policy, prune=prune)
+        # A scope set aside is still there: only a list read whole and clean prunes tasks.
+        prune = complete and source.set_aside.counts.total() == unusable
+        await ensure_tasks(self.pool, self.account.id, ids, self.clock(), self.policy, prune=prune)
         return _Run(changed)
 
-    async def _scan(
-        self, client: DextClient, account: accounts.Account, task: Task, emit: bool
-    ) -> _Run:
+    async def _scan(self, task: Task, emit: bool) -> _Run:
         """A slice of a complete scan of the client's full items (baseline or sweep)."""
+        source, account = self.source, self.account
+        parts = source.scan_parts
         cursor = dict(task.cursor)
         cid = task.client_id
         async with _connection(self.pool) as conn:
             if "scan_id" not in cursor:
                 cursor = {
                     "scan_id": await snapshots.begin_complete_scan(
-                        conn, account_id=account.id, object_type="document", client_id=cid
+                        conn, account_id=account.id, object_type=source.object_type, client_id=cid
                     ),
-                    "ws": WORKSPACES[0],
+                    "ws": parts[0],
                     "page": 1,
                 }
                 if "totals" in task.cursor:  # from an earlier attempt: sizes to estimate with
                     cursor["totals"] = task.cursor["totals"]
         scan_id = int(cursor["scan_id"])
-        pages = BASELINE_PAGES if task.kind is TaskKind.BASELINE else self.policy.sweep_pages
+        pages = source.baseline_pages if task.kind is TaskKind.BASELINE else self.policy.sweep_pages
         changed = 0
         for _ in range(pages):
             ws, page_no = str(cursor["ws"]), int(cursor["page"])
-            fetch = client.costs if ws == "costs" else client.sales
             page: Page | None = None
             try:
-                page = await fetch(cid, page=page_no, per_page=MAX_ITEMS_PER_PAGE)
+                page = await source.scan_page(cid, ws, page_no)
             except UpstreamProtocolError as exc:
                 _page_skipped(account.id, f"/{ws}", page_no, exc)
                 async with _connection(self.pool) as conn:
@@ -166,24 +170,23 @@ class PollTasks:
                     )
             if page is not None:
                 changed += await self._diff(
-                    account,
-                    "document",
+                    source.object_type,
                     page.items,
                     cid,
                     emit,
                     scan_id=scan_id,
                     page=f"{ws}:{page_no}",
                 )
-                # The workspace's size, for the account's baseline progress.
+                # The part's size, for the account's baseline progress.
                 cursor["totals"] = {**cursor.get("totals", {}), ws: page.total}
             if page is not None and page.has_next:
                 cursor.update(page=page_no + 1, total_pages=page.total_pages)
             elif page is None and page_no < int(cursor.get("total_pages", 0)):
                 cursor["page"] = page_no + 1  # skip the failed page; the scan stays partial
             else:
-                cursor = _next_workspace(cursor)
+                cursor = _next_part(cursor, parts)
             if cursor["ws"] == "done":
-                changed += await self._finish_scan(client, account, cid, scan_id, emit)
+                changed += await self._finish_scan(cid, scan_id, emit)
                 # A first scan with a page it could not read is no baseline: the items on that
                 # page are history and would come back as news. The baseline starts again,
                 # from a fresh scan. (An object set aside is no gap: the rest of its page is in.)
@@ -195,16 +198,15 @@ class PollTasks:
                         client_id=cid,
                         pages_skipped=cursor["gaps"],
                     )
-                # A baseline keeps the workspaces' sizes: its progress estimates from them.
+                # A baseline keeps the parts' sizes: its progress estimates from them.
                 kept = (
                     {"totals": cursor.get("totals", {})} if task.kind is TaskKind.BASELINE else {}
                 )
                 return _Run(changed, finished=True, cursor=kept, failed=failed)
         return _Run(changed, finished=False, cursor=cursor)
 
-    async def _finish_scan(
-        self, client: DextClient, account: accounts.Account, cid: str, scan_id: int, emit: bool
-    ) -> int:
+    async def _finish_scan(self, cid: str, scan_id: int, emit: bool) -> int:
+        source, account = self.source, self.account
         async with _connection(self.pool) as conn:
             first = await snapshots.finish_complete_scan(conn, scan_id, confirmed_gone=None)
         if first.refused or not first.candidates:
@@ -214,93 +216,96 @@ class PollTasks:
         gone: list[str] = []
         alive: list[JsonObject] = []
         for object_id in first.candidates:
+            part = workspaces.get(object_id, source.scan_parts[0])
             try:
-                alive.append(await _detail(client, workspaces.get(object_id, "costs"), object_id))
+                alive.append(await source.detail(part, object_id))
             except UpstreamNotFound:
                 gone.append(object_id)
             except UpstreamProtocolError as exc:
                 # It answered, so it is there, even if it cannot be read: not gone, and the
                 # other candidates are still settled.
                 _page_skipped(account.id, "/{workspace}/{id}", 0, exc)
-        changed = await self._diff(account, "document", alive, cid, emit) if alive else 0
+        changed = await self._diff(source.object_type, alive, cid, emit) if alive else 0
         async with _connection(self.pool) as conn:
             outcome = await snapshots.finish_complete_scan(
-                conn, scan_id, confirmed_gone=gone, emit=emit
+                conn, scan_id, confirmed_gone=gone, emit=emit, payload=source.webhook_payload
             )
         if outcome.deleted:
             log.info("documents_deleted", account_id=account.id, client_id=cid, count=len(gone))
         return changed + len(outcome.deleted)
 
-    async def _head(
-        self, client: DextClient, account: accounts.Account, task: Task, emit: bool
-    ) -> _Run:
+    async def _head(self, task: Task, emit: bool) -> _Run:
+        source = self.source
         cid = task.client_id
         summaries: list[JsonObject] = []
         floor: str | None = None
         total: int | None = None
         wanted: list[str] = []
-        for page_no in range(1, HEAD_MAX_PAGES + 1):
-            page = await client.documents(cid, page=page_no, per_page=MAX_PER_PAGE)
+        for page_no in range(1, source.head_max_pages + 1):
+            page = await source.head_page(cid, page_no)
             if page_no == 1:
                 total = page.total
             summaries.extend(page.items)
             async with _connection(self.pool) as conn:
                 fresh = await snapshots.changed_summary_ids(
-                    conn, account_id=account.id, client_id=cid, summaries=page.items
+                    conn, account_id=self.account.id, client_id=cid, summaries=page.items
                 )
             wanted.extend(fresh)
             if page.items:
-                floor = str(page.items[-1]["created_at"]) if page_no == 1 else floor
+                floor = str(page.items[-1][source.order_field]) if page_no == 1 else floor
             # The page's oldest item is new too: newer captures may have pushed more past it.
             if not page.items or page.items[-1]["id"] not in fresh or not page.has_next:
                 break
-        changed, gone = await self._fetch_details(client, account, cid, summaries, wanted, emit)
+        changed, gone = await self._fetch_details(cid, summaries, wanted, emit)
         previous_total = task.cursor.get("total")
         shrank = previous_total is not None and total is not None and total < previous_total
         cursor = {"floor": floor, "total": total}
         return _Run(changed, cursor=cursor, suspect_deletion=bool(gone) or shrank)
 
-    async def _hot(
-        self, client: DextClient, account: accounts.Account, task: Task, emit: bool
-    ) -> _Run:
+    async def _hot(self, task: Task, emit: bool) -> _Run:
+        source, account = self.source, self.account
+        views = source.status_views
         cid = task.client_id
         floor = await head_floor(self.pool, account.id, cid)
+        probed = [views.probe] if views.probe is not None else []
         stored = await snapshots.stored_by_status(
-            self.pool, account.id, cid, [*HOT_ALWAYS, *HOT_IF_OLD, PROBED]
+            self.pool, account.id, cid, [*views.always, *views.if_old, *probed]
         )
-        statuses = list(HOT_ALWAYS)
-        for status in HOT_IF_OLD:
+        statuses = list(views.always)
+        for status in views.if_old:
             created = [c for _, _, c in stored.get(status, [])]
             if created and (floor is None or min(created) < floor):
                 statuses.append(status)
         changed, gone = 0, False
         for status in statuses:
-            summaries, complete = await _pages(
-                account.id, "/documents", client.documents, cid, status=status, per_page=100
-            )
-            c, g = await self._reconcile(
-                client, account, cid, summaries, complete, stored.get(status, []), emit
-            )
+            c, g = await self._read_view(cid, status, stored.get(status, []), emit)
             changed += c
             gone = gone or g
-        # The cold tail: a one-item probe says whether anything moved into `archived`.
-        probe = await client.documents(cid, status=PROBED, per_page=1)
-        stored_archived = stored.get(PROBED, [])
-        if probe.total != len(stored_archived):
-            summaries, complete = await _pages(
-                account.id, "/documents", client.documents, cid, status=PROBED, per_page=100
-            )
-            c, g = await self._reconcile(
-                client, account, cid, summaries, complete, stored_archived, emit
-            )
-            changed += c
-            gone = gone or g
+        if views.probe is not None:
+            # The cold tail: a one-item probe says whether anything moved into it.
+            probe = await source.head_page(cid, 1, status=views.probe, per_page=1)
+            stored_probed = stored.get(views.probe, [])
+            if probe.total != len(stored_probed):
+                c, g = await self._read_view(cid, views.probe, stored_probed, emit)
+                changed += c
+                gone = gone or g
         return _Run(changed, suspect_deletion=gone)
+
+    async def _read_view(
+        self, cid: str, status: str, stored: list[tuple[str, str, str]], emit: bool
+    ) -> tuple[int, bool]:
+        """Every page of one status view, reconciled with what is stored in that status."""
+        source = self.source
+        per_page = source.status_views.per_page
+        summaries, complete = await _pages(
+            self.account.id,
+            "/documents",
+            lambda *, page: source.head_page(cid, page, status=status, per_page=per_page),
+        )
+        return await self._reconcile(cid, summaries, complete, stored, emit)
 
     async def _reconcile(
         self,
-        client: DextClient,
-        account: accounts.Account,
         cid: str,
         summaries: list[JsonObject],
         complete: bool,
@@ -311,51 +316,52 @@ class PollTasks:
         members that left it (they changed status, or are gone)."""
         async with _connection(self.pool) as conn:
             wanted = await snapshots.changed_summary_ids(
-                conn, account_id=account.id, client_id=cid, summaries=summaries
+                conn, account_id=self.account.id, client_id=cid, summaries=summaries
             )
         listed = {str(s["id"]) for s in summaries}
-        extra: list[JsonObject] = []
+        left: dict[str, str] = {}
         if complete:
-            extra = [{"id": oid, "workspace": ws} for oid, ws, _ in stored if oid not in listed]
-            wanted.extend(str(e["id"]) for e in extra)
-        changed, gone = await self._fetch_details(
-            client, account, cid, [*summaries, *extra], wanted, emit
-        )
+            left = {oid: part for oid, part, _ in stored if oid not in listed}
+            wanted.extend(left)
+        changed, gone = await self._fetch_details(cid, summaries, wanted, emit, parts=left)
         return changed, bool(gone)
 
     async def _fetch_details(
         self,
-        client: DextClient,
-        account: accounts.Account,
         cid: str,
         summaries: Iterable[JsonObject],
         wanted: Sequence[str],
         emit: bool,
+        parts: Mapping[str, str] | None = None,
     ) -> tuple[int, list[str]]:
         """Full items for `wanted` ids, diffed; returns (changed count, ids that are gone).
 
-        A few ids are fetched one by one; more of one workspace and status come from that
-        filtered /costs|/sales list (newest first, where new and changed items usually are).
+        A few ids are fetched one by one; more of one part and status come from that
+        filtered scan list (newest first, where new and changed items usually are). An id
+        without a summary (a stored item that left its status view) is in `parts`, with its
+        part as stored and no status: it is fetched by its detail.
         """
         if not wanted:
             return 0, []
+        source, account = self.source, self.account
         info = {str(s["id"]): s for s in summaries}
+        known = parts or {}
+
+        def part_of(oid: str) -> str:
+            return known[oid] if oid in known else source.part_of(info.get(oid, {}))
+
         groups: dict[tuple[str, str | None], list[str]] = {}
         for oid in dict.fromkeys(wanted):
-            summary = info.get(oid, {})
-            key = (str(summary.get("workspace", "costs")), summary.get("status"))
-            groups.setdefault(key, []).append(oid)
+            status = None if oid in known else info.get(oid, {}).get(source.status_field)
+            groups.setdefault((part_of(oid), status), []).append(oid)
         found: dict[str, JsonObject] = {}
         for (ws, status), ids in groups.items():
             if len(ids) > self.policy.detail_batch and status is not None:
-                fetch = client.costs if ws == "costs" else client.sales
                 missing = set(ids)
                 page_no = 1
                 while missing and page_no <= len(ids):
                     try:
-                        page = await fetch(
-                            cid, status=status, page=page_no, per_page=MAX_ITEMS_PER_PAGE
-                        )
+                        page = await source.scan_page(cid, ws, page_no, status=status)
                     except UpstreamProtocolError as exc:
                         _page_skipped(account.id, f"/{ws}", page_no, exc)
                         break
@@ -370,21 +376,21 @@ class PollTasks:
         for oid in wanted:
             if oid in found or oid in gone:
                 continue
-            ws = str(info.get(oid, {}).get("workspace", "costs"))
+            ws = part_of(oid)
             try:
-                found[oid] = await _detail(client, ws, oid)
+                found[oid] = await source.detail(ws, oid)
             except UpstreamNotFound:
                 gone.append(oid)
             except UpstreamProtocolError as exc:
                 _page_skipped(account.id, f"/{ws}/{{id}}", 0, exc)
         objects = [found[oid] for oid in wanted if oid in found]
-        changed = await self._diff(account, "document", objects, cid, emit) if objects else 0
+        changed = await self._diff(source.object_type, objects, cid, emit) if objects else 0
         return changed, gone
 
 
-def _next_workspace(cursor: dict[str, Any]) -> dict[str, Any]:
-    index = WORKSPACES.index(cursor["ws"]) + 1
-    nxt = WORKSPACES[index] if index < len(WORKSPACES) else "done"
-    # What the scan has learnt so far (its gaps, the workspaces' totals) travels along.
+def _next_part(cursor: dict[str, Any], parts: Sequence[str]) -> dict[str, Any]:
+    index = list(parts).index(cursor["ws"]) + 1
+    nxt = parts[index] if index < len(parts) else "done"
+    # What the scan has learnt so far (its gaps, the parts' totals) travels along.
     kept = {k: v for k, v in cursor.items() if k not in ("ws", "page", "total_pages")}
     return {**kept, "ws": nxt, "page": 1}

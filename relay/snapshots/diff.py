@@ -1,4 +1,7 @@
-"""The set-based diff: `diff_objects` and its SQL, and `changed_summary_ids` for detail fetches."""
+"""The `snapshots` table: the set-based diff that writes it (`diff_objects`, and
+`changed_summary_ids` for detail fetches), the reads the poller makes of it, and the deletions
+a complete scan confirms (`relay.snapshots.scans` decides them; the rows change here). All SQL
+of `snapshots` lives in this module."""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import structlog
 from xxhash import xxh3_128_digest
 
 from relay.errors import InvalidInput
 from relay.events import build_event, insert_events, outbox, reserve_sequences
 from relay.exactjson import dumps as exact_dumps
+from relay.snapshots import scans
 from relay.snapshots.hashing import _object_id, content_hash, summary_hash
 from relay.snapshots.rules import (
     DERIVED,
@@ -29,10 +34,10 @@ from relay.snapshots.rules import (
     previous_fields,
     same_content,
 )
-from relay.snapshots.scans import record_scan_page
 
 if TYPE_CHECKING:
-    from relay.db import Connection
+    from relay.db import Connection, Executor
+    from relay.events import PayloadRenderer
 
 log = structlog.get_logger("relay.snapshots")
 
@@ -289,6 +294,7 @@ async def diff_objects(
     emit: bool,
     scan_id: int | None = None,
     page: str | int | None = None,
+    payload: PayloadRenderer | None = None,
 ) -> DiffResult:
     """Diff a page (or a whole scan) of upstream objects against their snapshots, store what is
     new or changed and, when `emit`, the events it causes, all in one transaction.
@@ -299,6 +305,7 @@ async def diff_objects(
     for an account's baseline scan (unless it has `backfill`): snapshots are stored, no events.
     An object seen again after it was reported deleted counts as created. With `scan_id` and
     `page`, the page's ids are recorded for that complete scan in the same transaction.
+    `payload` is the source's webhook body renderer (`relay.events.insert_events`).
     Runs in its own transaction, or in a savepoint of the caller's.
 
     Dext has no `updated_at`: a change is only visible as a difference between what a poll
@@ -327,7 +334,7 @@ async def diff_objects(
         ids = batch.object_ids
         result.seen = len(batch.unique_ids)
         if scan_id is not None and page is not None:
-            await record_scan_page(conn, scan_id, page, batch.unique_ids)
+            await scans.record_scan_page(conn, scan_id, page, batch.unique_ids)
         candidates = batch.candidates
         if not candidates:
             return result
@@ -398,6 +405,7 @@ async def diff_objects(
                 conn,
                 _event_bodies(fired, object_type, batch, account_id, result.events, sequences),
                 sequenced=True,
+                payload=payload,
             )
     log.debug(
         "objects_diffed",
@@ -475,3 +483,101 @@ def _same_watched_summary(stored: Mapping[str, Any], summary: Mapping[str, Any])
         normalized(stored.get(name)) == normalized(summary.get(name))
         for name in WATCHED_SUMMARY_FIELDS
     )
+
+
+# ---- reads of stored snapshots (what the poller re-checks) -----------------------------------
+
+
+async def stored_by_status(
+    db: Executor, account_id: str, client_id: str, statuses: Sequence[str]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """A client's live stored documents in these statuses, per status: (id, workspace,
+    created_at), so the planner can re-check its hot set (index snapshots_document_status)."""
+    rows = await db.fetch(
+        "SELECT object_id, data->>'status' AS status, coalesce(data->>'workspace', 'costs') AS ws,"
+        " coalesce(data->>'created_at', '') AS created_at FROM snapshots"
+        " WHERE account_id = $1 AND client_id = $2 AND object_type = 'document'"
+        " AND deleted_at IS NULL AND data->>'status' = ANY ($3::text[])",
+        account_id,
+        client_id,
+        list(statuses),
+    )
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for row in rows:
+        found.setdefault(row["status"], []).append((row["object_id"], row["ws"], row["created_at"]))
+    return found
+
+
+async def stored_workspaces(
+    db: Executor, account_id: str, client_id: str, ids: Sequence[str]
+) -> dict[str, str]:
+    """The workspace (`costs` | `sales`) of stored documents: which detail URL to ask."""
+    rows = await db.fetch(
+        "SELECT object_id, coalesce(data->>'workspace', 'costs') AS ws FROM snapshots"
+        " WHERE account_id = $1 AND object_type = 'document' AND client_id = $2"
+        " AND object_id = ANY ($3::text[])",
+        account_id,
+        client_id,
+        list(ids),
+    )
+    return {row["object_id"]: row["ws"] for row in rows}
+
+
+async def stored_document_counts(
+    db: Executor, account_id: str, client_ids: Sequence[str]
+) -> dict[str, int]:
+    """Live stored documents per client: what a baseline has seen so far (an index-only count
+    on snapshots_live_keys)."""
+    rows = await db.fetch(
+        "SELECT client_id, count(*) AS n FROM snapshots WHERE account_id = $1"
+        " AND object_type = 'document' AND client_id = ANY ($2::text[]) AND deleted_at IS NULL"
+        " GROUP BY client_id",
+        account_id,
+        list(client_ids),
+    )
+    return {row["client_id"]: int(row["n"]) for row in rows}
+
+
+# ---- deletions confirmed by a complete scan (`relay.snapshots.scans.finish_complete_scan`) ---
+
+_SEEN = (
+    "seen AS (SELECT DISTINCT unnest(object_ids) AS object_id FROM snapshot_scan_pages "
+    "WHERE scan_id = $1)"
+)
+
+# Stored, live, not seen anywhere in the scan, and not written since the scan began (an object
+# a poll stored while the scan ran was alive then, whatever the scan's pages show).
+_UNSEEN_WHERE = """
+s.account_id = scan.account_id AND s.object_type = scan.object_type
+  AND s.client_id = scan.client_id AND s.deleted_at IS NULL AND s.last_seen_at < scan.started_at
+  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.object_id = s.object_id)
+"""
+
+_UNSEEN = f"""
+WITH {_SEEN}
+SELECT s.object_id FROM snapshots s JOIN snapshot_scans scan ON scan.id = $1
+WHERE {_UNSEEN_WHERE}
+ORDER BY s.object_id
+"""
+
+_MARK_DELETED = f"""
+WITH {_SEEN}
+UPDATE snapshots s SET deleted_at = now()
+FROM snapshot_scans scan
+WHERE scan.id = $1 AND s.object_id = ANY($2::text[]) AND {_UNSEEN_WHERE}
+RETURNING s.object_id, s.client_id, s.data, s.data::text AS data_text
+"""
+
+
+async def unseen_in_scan(conn: Connection, scan_id: int) -> list[str]:
+    """Ids of the scan's client and type stored and live that the scan did not see (and that
+    nothing wrote since it began): its deletion candidates, in id order."""
+    return [row["object_id"] for row in await conn.fetch(_UNSEEN, scan_id)]
+
+
+async def mark_deleted_in_scan(
+    conn: Connection, scan_id: int, object_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    """Mark deleted those of `object_ids` that are still the scan's candidates; returns their
+    rows (object_id, client_id, data, data_text: the last version seen)."""
+    return list(await conn.fetch(_MARK_DELETED, scan_id, list(object_ids)))

@@ -17,6 +17,26 @@ Trigger = Literal["created", "changed", "deleted"]
 # upstreams add them to some responses and not to others.
 ANY_FIELD = "*"
 
+# The fields of a /documents summary; a stored full item projected on these hashes the same as
+# the summary of the same item, which is how `snapshots.changed_summary_ids` finds what to re-fetch.
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "id",
+    "client_id",
+    "workspace",
+    "type",
+    "source",
+    "status",
+    "supplier_name",
+    "category_code",
+    "total_amount",
+    "currency",
+    "date",
+    "integration",
+    "publish_status",
+    "approval_status",
+    "created_at",
+)
+
 # The top-level fields dext-api.md documents, per object type.
 DOCUMENTED_FIELDS: dict[str, frozenset[str]] = {
     "client": frozenset(
@@ -40,23 +60,10 @@ DOCUMENTED_FIELDS: dict[str, frozenset[str]] = {
             "default_expense_claims_integration",
         )
     ),
+    # A full /costs or /sales item: the summary's fields and the detail-only ones.
     "document": frozenset(
         (
-            "id",
-            "client_id",
-            "workspace",
-            "type",
-            "source",
-            "status",
-            "supplier_name",
-            "category_code",
-            "total_amount",
-            "currency",
-            "date",
-            "integration",
-            "publish_status",
-            "approval_status",
-            "created_at",
+            *SUMMARY_FIELDS,
             "supplier",
             "customer",
             "category",
@@ -345,26 +352,6 @@ VOLATILE_FIELDS: dict[str, tuple[str, ...]] = {
     "reconciliation": (),
     "ledger": ("last_sync",),
 }
-
-# The fields of a /documents summary; a stored full item projected on these hashes the same as
-# the summary of the same item, which is how `snapshots.changed_summary_ids` finds what to re-fetch.
-SUMMARY_FIELDS: tuple[str, ...] = (
-    "id",
-    "client_id",
-    "workspace",
-    "type",
-    "source",
-    "status",
-    "supplier_name",
-    "category_code",
-    "total_amount",
-    "currency",
-    "date",
-    "integration",
-    "publish_status",
-    "approval_status",
-    "created_at",
-)
 
 # The summary fields a rule watches: a summary whose only differences from the stored item are
 # elsewhere (a retyped `total_amount`, a new `source` value) is not worth a detail fetch from the

@@ -1,4 +1,6 @@
-"""Complete scans of one client's objects and the deletions they confirm."""
+"""Complete scans of one client's objects and the deletions they confirm: the `snapshot_scans`
+and `snapshot_scan_pages` tables (the snapshot rows a scan finds unseen or deletes are
+`relay.snapshots.diff`'s)."""
 
 from __future__ import annotations
 
@@ -12,42 +14,16 @@ import structlog
 from relay import exactjson
 from relay.errors import InvalidInput, NotFound
 from relay.events import build_event, insert_events, outbox
+from relay.snapshots import diff
 from relay.snapshots.rules import INVOICEXT_OBJECT_TYPES, event_type_for
 
 if TYPE_CHECKING:
     from relay.db import Connection
+    from relay.events import PayloadRenderer
 
 log = structlog.get_logger("relay.snapshots")
 
 SCANNABLE_TYPES = ("document", "supplier", "expense_report", "invoice", "reconciliation")
-
-_SEEN = (
-    "seen AS (SELECT DISTINCT unnest(object_ids) AS object_id FROM snapshot_scan_pages "
-    "WHERE scan_id = $1)"
-)
-
-# Stored, live, not seen anywhere in the scan, and not written since the scan began (an object
-# a poll stored while the scan ran was alive then, whatever the scan's pages show).
-_CANDIDATE_WHERE = """
-s.account_id = scan.account_id AND s.object_type = scan.object_type
-  AND s.client_id = scan.client_id AND s.deleted_at IS NULL AND s.last_seen_at < scan.started_at
-  AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.object_id = s.object_id)
-"""
-
-_CANDIDATES = f"""
-WITH {_SEEN}
-SELECT s.object_id FROM snapshots s JOIN snapshot_scans scan ON scan.id = $1
-WHERE {_CANDIDATE_WHERE}
-ORDER BY s.object_id
-"""
-
-_MARK_DELETED = f"""
-WITH {_SEEN}
-UPDATE snapshots s SET deleted_at = now()
-FROM snapshot_scans scan
-WHERE scan.id = $1 AND s.object_id = ANY($2::text[]) AND {_CANDIDATE_WHERE}
-RETURNING s.object_id, s.client_id, s.data, s.data::text AS data_text
-"""
 
 
 @dataclass
@@ -128,7 +104,7 @@ async def mark_scan_partial(conn: Connection, scan_id: int, reason: str) -> None
 
 async def deletion_candidates(conn: Connection, scan_id: int) -> list[str]:
     """Ids stored and live that this scan did not see (no side effects; see finish)."""
-    return [row["object_id"] for row in await conn.fetch(_CANDIDATES, scan_id)]
+    return await diff.unseen_in_scan(conn, scan_id)
 
 
 async def finish_complete_scan(
@@ -138,6 +114,7 @@ async def finish_complete_scan(
     confirmed_gone: Collection[str] | None,
     expected_pages: Iterable[str | int] | None = None,
     emit: bool = True,
+    payload: PayloadRenderer | None = None,
 ) -> ScanOutcome:
     """Finish a complete scan: return its deletion candidates and report deleted (one
     `<type>.deleted` event each, `data.object` the last version seen, `previous` {}) exactly
@@ -176,7 +153,7 @@ async def finish_complete_scan(
         outcome = ScanOutcome(candidates=await deletion_candidates(conn, scan_id))
         gone = sorted(set(confirmed_gone or ()) & set(outcome.candidates))
         if gone:
-            deleted = await conn.fetch(_MARK_DELETED, scan_id, gone)
+            deleted = await diff.mark_deleted_in_scan(conn, scan_id, gone)
             outcome.deleted = [row["object_id"] for row in deleted]
             deleted_type = event_type_for(scan["object_type"], "deleted")
             if emit and deleted_type:
@@ -197,7 +174,7 @@ async def finish_complete_scan(
                     )
                     for row in deleted
                 ]
-                await insert_events(conn, outcome.events)
+                await insert_events(conn, outcome.events, payload=payload)
         await conn.execute(
             "UPDATE snapshot_scans SET finished_at = coalesce(finished_at, now()) WHERE id = $1",
             scan_id,

@@ -33,8 +33,6 @@ PROVIDERS = ("dext", "invoicext")
 STATUSES = ("baselining", "active", "broken")
 # Redis channel told about "poll now" requests; a wake-up only, Postgres holds the request.
 POLL_CHANNEL = "relay:poll-requested"
-# A broken account is retried this often in case the token works again upstream.
-BROKEN_RETRY = timedelta(minutes=15)
 # `window_seconds`, `monthly` and `missing_scopes`: InvoiceXT's rolling hour, its billing period
 # (calls used and allowed, when it ends, the pace it affords) and the scopes its key lacks.
 _RATE_LIMIT_KEYS = (
@@ -261,19 +259,22 @@ async def request_poll(pool: asyncpg.Pool, redis: aioredis.Redis, account_id: st
 
 
 async def list_pollable_accounts(
-    pool: asyncpg.Pool, *, broken_retry: timedelta = BROKEN_RETRY
+    pool: asyncpg.Pool, *, broken_retry: timedelta | None = None
 ) -> list[Account]:
     """Accounts a scheduler should poll now, oldest poll first.
 
     Every live account, except a `broken` one whose last failure is more recent than
-    `broken_retry` (15 minutes) and which has no poll request newer than that failure: a revoked
-    token is retried now and then, not hammered. `poll_requested_at` on the returned accounts
-    says a full pass was asked for; `backfill` and `baseline_completed_at` say whether this
-    pass is the baseline and whether it emits.
+    `broken_retry` and which has no poll request newer than that failure: a revoked token is
+    retried now and then, not hammered. How often is the poll policy's to say
+    (`relay.poller.plan.Policy.broken_retry`, scaled with the rest of it); without one, a
+    broken account is polled only when someone asks for a poll. `poll_requested_at` on the
+    returned accounts says a full pass was asked for; `backfill` and `baseline_completed_at`
+    say whether this pass is the baseline and whether it emits.
     """
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM accounts WHERE deleted_at IS NULL AND ("
-        "status <> 'broken' OR broken_at IS NULL OR broken_at <= now() - $1::interval "
+        "status <> 'broken' OR broken_at IS NULL "
+        "OR ($1::interval IS NOT NULL AND broken_at <= now() - $1::interval) "
         "OR poll_requested_at > broken_at) "
         "ORDER BY last_poll_at ASC NULLS FIRST, id",
         broken_retry,
@@ -406,3 +407,15 @@ async def rate_limits_by_account(conn: Executor) -> list[asyncpg.Record]:
 async def count_all_accounts(db: Executor) -> int:
     """Every account row, deleted ones too (what `relay rekey` goes through)."""
     return int(await db.fetchval("SELECT count(*) FROM accounts"))
+
+
+async def should_emit(conn: Executor, account_id: str) -> bool:
+    """Whether diffs of this account emit events: after its baseline, or from the start when
+    it was created with `backfill`. (`complete_baseline` ends the baseline.)"""
+    row = await conn.fetchrow(
+        "SELECT baseline_completed_at IS NOT NULL OR backfill AS emit FROM accounts WHERE id = $1",
+        account_id,
+    )
+    if row is None:
+        raise NotFound("account", account_id)
+    return bool(row["emit"])

@@ -48,6 +48,7 @@ from relay.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from relay.sources import invoicext_events
 from relay.sources.models import CountingMetrics, JsonObject, Page, UpstreamMetrics
 from relay.sources.ratelimit import RateLimitState
 from relay.sources.ratelimit_rolling import RollingRateLimiter
@@ -186,6 +187,10 @@ class InvoicextClient:
             max(self.limiter.window_seconds / self.limiter.limit, pace),
             self.monthly.to_json(pace) if self.monthly else None,
         )
+
+    def webhook_payload(self, body: Mapping[str, Any]) -> bytes | None:
+        """Seed 004's body for this source's events (`relay.sources.invoicext_events`)."""
+        return invoicext_events.webhook_payload(body)
 
     async def rate_limit_state(self) -> RateLimitState:
         return await self.limiter.state()
@@ -352,9 +357,14 @@ def open_source(
     redis: aioredis.Redis,
     speed: float,
     options: Mapping[str, Any],
+    rate_limit: int = DEFAULT_LIMIT,
+    window_seconds: float = HOUR,
+    margin: int = 1,
 ) -> tuple[InvoicextClient, CountingMetrics]:
     """An account's InvoiceXT source on the key's shared rolling-hour limiter (the hour and
-    the month compress by `speed`, like Dext's minute); a `SourceFactory`."""
+    the month compress by `speed`, like Dext's minute); a `SourceFactory`. The limit is the
+    Starter plan's until the key's own headers say otherwise, so the poll policy's
+    `rate_limit`, `window_seconds` and `margin` (Dext's minute) are not used."""
     limiter = RollingRateLimiter(
         redis, api_token, limit=DEFAULT_LIMIT, window_seconds=HOUR / speed, margin=1
     )

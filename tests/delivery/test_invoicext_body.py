@@ -9,6 +9,7 @@ from standardwebhooks.webhooks import Webhook
 from relay import exactjson
 from relay.events import build_event, get_event, insert_events
 from relay.settings import Settings
+from relay.sources.invoicext_events import webhook_payload
 from relay.vault import Vault
 from tests.support.delivery import DispatcherFactory, Endpoint, all_settled, subscribe, wait_until
 from tests.support.stores import make_account
@@ -43,7 +44,7 @@ async def test_the_seed_payload_is_sent_with_standard_webhooks_headers(
         object=INVOICE,
     )
     async with pool.acquire() as conn, conn.transaction():
-        await insert_events(conn, [body])
+        await insert_events(conn, [body], payload=webhook_payload)
     await wait_until(lambda: all_settled(pool, 1), what="delivery")
     [hit] = endpoint.to("/ok")
     sent = orjson.loads(hit.body)

@@ -36,7 +36,7 @@ def poller(
         http=http,
         vault=vault,
         policy=TEST_POLICY,
-        client_options={"backoff": 0.01, "backoff_cap": 0.05, "timeout": 5.0},
+        source_options={"dext": {"backoff": 0.01, "backoff_cap": 0.05, "timeout": 5.0}},
     )
 
 
@@ -51,5 +51,5 @@ def ixt_poller(
         http=http,
         vault=vault,
         policy=replace(TEST_POLICY, window_seconds=60.0 / 3600.0),
-        source_options={"backoff": 0.01, "max_backoff": 0.05, "timeout": 5.0},
+        source_options={"invoicext": {"backoff": 0.01, "max_backoff": 0.05, "timeout": 5.0}},
     )

@@ -22,10 +22,12 @@ from aiohttp.test_utils import TestClient
 
 from relay.api.app import create_app
 from relay.poller import Poller
-from relay.poller.plan import BaselineRow, Policy, TaskKind
+from relay.poller.plan import Policy, TaskKind
 from relay.poller.progress import baseline_progress, compute_progress
+from relay.poller.state import BaselineRow
 from relay.settings import Settings
 from relay.sources import accounts
+from relay.sources.dext_source import DextSource
 from relay.vault import Vault
 from tests.support.polling import TEST_POLICY, last_seq, settle
 from tests.support.sandbox import SandboxFactory
@@ -55,11 +57,21 @@ def _client(
 
 
 POLICY = replace(Policy(), rate_limit=60, window_seconds=60.0)
+# Dext's complete scan: /costs then /sales, 50 items a page.
+DEXT_SCAN: dict[str, Any] = {
+    "scan_parts": DextSource.scan_parts,
+    "scan_per_page": DextSource.scan_per_page,
+}
 
 
 def test_nothing_read_yet_is_unknown_not_a_guess() -> None:
     progress = compute_progress(
-        [_row("", TaskKind.CLIENTS)], {}, account_baselined_at=None, rate_limit=60, policy=POLICY
+        [_row("", TaskKind.CLIENTS)],
+        {},
+        account_baselined_at=None,
+        rate_limit=60,
+        policy=POLICY,
+        **DEXT_SCAN,
     )
     assert progress is not None
     assert progress.public() == {
@@ -84,7 +96,7 @@ def test_requests_left_counts_unread_pages_and_lists_at_the_budget() -> None:
     ]
     stored = {"c1": 270, "c2": 100}
     progress = compute_progress(
-        rows, stored, account_baselined_at=None, rate_limit=60, policy=POLICY
+        rows, stored, account_baselined_at=None, rate_limit=60, policy=POLICY, **DEXT_SCAN
     )
     assert progress is not None
     # c2: 7 + 1 pages and 3 lists; c3: 7 + 1 pages and 3 lists
@@ -95,7 +107,9 @@ def test_requests_left_counts_unread_pages_and_lists_at_the_budget() -> None:
     assert progress.items_seen == 370
     assert progress.items_total is None  # c2's sales and all of c3 are not known yet
     # Half the limit, twice the time: the estimate is the budget's.
-    slower = compute_progress(rows, stored, account_baselined_at=None, rate_limit=31, policy=POLICY)
+    slower = compute_progress(
+        rows, stored, account_baselined_at=None, rate_limit=31, policy=POLICY, **DEXT_SCAN
+    )
     assert slower is not None
     assert slower.estimated_seconds_left == round(22 * 60 / 29, 1)
 
@@ -113,7 +127,12 @@ def test_items_total_once_every_size_is_known() -> None:
         ),
     ]
     progress = compute_progress(
-        rows, {"c1": 55, "c2": 90}, account_baselined_at=None, rate_limit=60, policy=POLICY
+        rows,
+        {"c1": 55, "c2": 90},
+        account_baselined_at=None,
+        rate_limit=60,
+        policy=POLICY,
+        **DEXT_SCAN,
     )
     assert progress is not None
     assert progress.items_total == 55 + 200
@@ -128,14 +147,21 @@ def test_late_clients_are_counted_apart_and_done_is_none() -> None:
         for r in [*_client("n1", done=True), *_client("n2", scan={"totals": {"costs": 10}})]
     ]
     progress = compute_progress(
-        old + late, {"c1": 500, "n1": 20}, account_baselined_at=T0, rate_limit=60, policy=POLICY
+        old + late,
+        {"c1": 500, "n1": 20},
+        account_baselined_at=T0,
+        rate_limit=60,
+        policy=POLICY,
+        **DEXT_SCAN,
     )
     assert progress is not None
     assert (progress.clients_done, progress.clients_total) == (1, 2)
     assert progress.items_seen == 20
     done = [replace(r, baselined_at=later) for r in late]
     assert (
-        compute_progress(old + done, {}, account_baselined_at=T0, rate_limit=60, policy=POLICY)
+        compute_progress(
+            old + done, {}, account_baselined_at=T0, rate_limit=60, policy=POLICY, **DEXT_SCAN
+        )
         is None
     )
 

@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from arq.worker import Worker
 
 from relay.poller import Poller
-from relay.poller.plan import claim_lease
+from relay.poller.plan import Policy
+from relay.poller.state import claim_lease
 from relay.settings import Settings
 from relay.sources import accounts
 from relay.vault import Vault
@@ -238,6 +239,30 @@ async def test_the_cron_enqueues_only_what_is_due(
         if status == "broken":
             await accounts.request_poll(pool, redis_client, account.id)
             assert await schedule_polls(ctx) == 1  # a poll request is tried at once
+    finally:
+        await arq.aclose()
+
+
+async def test_a_scaled_policy_retries_a_broken_account_after_its_scaled_time(
+    pool: asyncpg.Pool, settings: Settings, account: accounts.Account
+) -> None:
+    from arq.connections import RedisSettings, create_pool
+
+    from workers.polling import schedule_polls
+
+    fast = Policy().scaled(900.0)  # the sandbox's clock 900x: 15 minutes are one second
+    assert fast.broken_retry == 1.0
+    arq = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name
+    )
+    try:
+        await accounts.mark_broken(pool, account.id, "invalid_token")
+        scaled = {"pool": pool, "redis": arq, "settings": settings, "poll_policy": fast}
+        real_time = {**scaled, "poll_policy": Policy()}
+        assert await schedule_polls(scaled) == 0  # just broken: it waits
+        await asyncio.sleep(fast.broken_retry + 0.2)
+        assert await schedule_polls(real_time) == 0  # unscaled, it would wait 15 real minutes
+        assert await schedule_polls(scaled) == 1  # scaled, its retry is due after one second
     finally:
         await arq.aclose()
 

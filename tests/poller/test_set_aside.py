@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from relay.api.metrics import worker_families
 from relay.metrics import WorkerMetrics
 from relay.poller import Poller, account_warnings
-from relay.poller.plan import force_full_pass
+from relay.poller.state import force_full_pass
 from relay.sources import accounts
 from relay.vault import Vault
 from tests.support.polling import events_after, last_seq, settle

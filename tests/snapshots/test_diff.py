@@ -13,10 +13,10 @@ from relay.snapshots import (
     changed_summary_ids,
     content_hash,
     diff_objects,
-    should_emit,
     stored_by_status,
     stored_workspaces,
 )
+from relay.sources.accounts import should_emit
 from tests.support.snapshots import (
     CLIENT,
     client,

@@ -19,7 +19,8 @@ import pytest
 
 from relay.http import create_client_session
 from relay.poller import Poller
-from relay.poller.plan import Policy, force_full_pass
+from relay.poller.plan import Policy
+from relay.poller.state import force_full_pass
 from relay.snapshots.rules import normalized
 from relay.sources.dext import DextClient
 
