@@ -36,12 +36,13 @@ import structlog
 
 from relay.db import Outage, store_outage
 from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
+from relay.delivery.fanout import fan_out_events
 from relay.delivery.leases import claim, record, release, release_unanswered
 from relay.delivery.ordering import promote
 from relay.delivery.policy import retry_delay
 from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
-from relay.delivery.store import WAKE_CHANNEL, fan_out_events
+from relay.delivery.store import WAKE_CHANNEL
 from relay.delivery.subscriptions import signing_keys, signing_keys_change_at
 from relay.metrics import WorkerMetrics
 from relay.settings import Settings

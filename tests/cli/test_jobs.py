@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from relay.cli.jobs import progress_line
 from relay.cli.main import build_parser
 from relay.cli.operator import run_operator_command
-from relay.delivery.store import fan_out_events
+from relay.delivery.fanout import fan_out_events
 from relay.events import build_event, insert_events
 from relay.settings import Settings
 
