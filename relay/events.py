@@ -522,3 +522,43 @@ async def insert_snapshot_events(
         [s["data_json"] for s in snapshots],
         [s["sequence"] for s in snapshots],
     )
+
+
+# Retention: an event may go once it is older than the cutoff ($1), fanned out, and none of its
+# deliveries is pending or was touched inside the window (a recent replay or retry keeps it).
+_PRUNABLE = """
+    e.created_at < $1 AND e.fanned_out_at IS NOT NULL
+    AND NOT EXISTS (
+        SELECT 1 FROM deliveries d
+        WHERE d.event_id = e.id AND (d.status = 'pending' OR d.updated_at >= $1)
+    )
+"""
+
+
+async def claim_prunable_events(conn: Connection, cutoff: datetime, limit: int) -> list[str]:
+    """Ids of up to `limit` prunable events, oldest first, locked `FOR UPDATE SKIP LOCKED` (a
+    concurrent retention run takes others)."""
+    rows = await conn.fetch(
+        f"SELECT e.id FROM events e WHERE {_PRUNABLE} ORDER BY e.created_at LIMIT $2 "
+        "FOR UPDATE SKIP LOCKED",
+        cutoff,
+        limit,
+    )
+    return [row["id"] for row in rows]
+
+
+async def still_prunable(conn: Connection, event_ids: Sequence[str], cutoff: datetime) -> list[str]:
+    """Of claimed events, those still prunable now: run it after the caller holds the locks of
+    their deliveries, so a retry that committed meanwhile keeps its event."""
+    rows = await conn.fetch(
+        f"SELECT e.id FROM events e WHERE e.id = ANY($2::text[]) AND {_PRUNABLE}",
+        cutoff,
+        list(event_ids),
+    )
+    return [row["id"] for row in rows]
+
+
+async def delete_events(conn: Connection, event_ids: Sequence[str]) -> int:
+    """Delete events by id (their deliveries cascade); returns how many were deleted."""
+    status = await conn.execute("DELETE FROM events WHERE id = ANY($1::text[])", list(event_ids))
+    return int(status.rsplit(" ", 1)[1])

@@ -415,3 +415,36 @@ async def job_status_counts(conn: Querier, job_id: str) -> dict[str, int]:
         job_id,
     )
     return {r["status"]: int(r["n"]) for r in rows}
+
+
+# ---- retention (`relay.retention` orchestrates; each owner deletes its own rows) ---------------
+
+
+async def lock_settled_deliveries(conn: Querier, event_ids: Sequence[str]) -> None:
+    """Lock the settled deliveries of these events, so a retry racing retention either commits
+    first (its delivery is pending when retention re-checks, so the event stays) or waits and
+    then finds the delivery gone."""
+    await conn.execute(
+        "SELECT 1 FROM deliveries WHERE event_id = ANY($1::text[]) AND status <> 'pending' "
+        "FOR UPDATE",
+        list(event_ids),
+    )
+
+
+async def delete_deliveries_of(
+    conn: Querier, event_ids: Sequence[str], *, attempts: bool = True
+) -> tuple[int, int]:
+    """Delete every delivery of these events and, with `attempts`, their attempts, in one
+    statement that counts both (the attempts trigger then finds nothing left; without
+    `attempts`, for attempts partitioned by time, it is the trigger's or the partitions' to
+    drop them). Returns (deliveries, attempts) deleted."""
+    row = await conn.fetchrow(
+        "WITH dels AS (DELETE FROM deliveries d WHERE d.event_id = ANY($1::text[]) "
+        "RETURNING d.id), atts AS (DELETE FROM delivery_attempts a USING dels "
+        "WHERE $2 AND a.delivery_id = dels.id RETURNING 1) "
+        "SELECT (SELECT count(*) FROM dels) AS deliveries, (SELECT count(*) FROM atts) AS attempts",
+        list(event_ids),
+        attempts,
+    )
+    assert row is not None  # an aggregate always gives one row
+    return int(row["deliveries"]), int(row["attempts"])

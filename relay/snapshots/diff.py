@@ -477,7 +477,7 @@ def _same_watched_summary(stored: Mapping[str, Any], summary: Mapping[str, Any])
     )
 
 
-# ---- for the delivery stage's backfill: the snapshots statements it runs -----------------------
+# ---- for the delivery stage's backfill and retention: the snapshots statements they run -------
 
 # Live snapshots of live accounts, filtered; $1 account ids, $2 object types, $3 client ids
 # (each None for any).
@@ -539,3 +539,16 @@ async def live_snapshots_after(
         *after,
         limit,
     )
+
+
+async def prune_gone_snapshots(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` snapshots of objects reported gone before `cutoff` (claimed `FOR
+    UPDATE SKIP LOCKED`, so concurrent runs split the work); returns how many."""
+    count = await conn.fetchval(
+        "WITH gone AS (DELETE FROM snapshots WHERE ctid = ANY(ARRAY("
+        " SELECT ctid FROM snapshots WHERE deleted_at IS NOT NULL AND deleted_at < $1"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED)) RETURNING 1) SELECT count(*) FROM gone",
+        cutoff,
+        limit,
+    )
+    return int(count)
