@@ -448,3 +448,125 @@ async def delete_deliveries_of(
     )
     assert row is not None  # an aggregate always gives one row
     return int(row["deliveries"]), int(row["attempts"])
+
+
+# ---- the console's read-only views (`relay.ui.data` shapes them) -------------------------------
+
+
+async def backlog_counts(db: Querier) -> asyncpg.Record:
+    """pending, retrying (pending after an attempt), failed, and oldest_due_at (the earliest
+    `next_attempt_at` already due)."""
+    row = await db.fetchrow(
+        "SELECT"
+        " (SELECT count(*) FROM deliveries WHERE status = 'pending') AS pending,"
+        " (SELECT count(*) FROM deliveries WHERE status = 'pending' AND attempt_count > 0)"
+        "   AS retrying,"
+        " (SELECT count(*) FROM deliveries WHERE status = 'failed') AS failed,"
+        " (SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+        "   AND next_attempt_at <= now()) AS oldest_due_at"
+    )
+    assert row is not None  # scalar subqueries always give one row
+    return row
+
+
+async def attempt_stats(db: Querier, id_floor: str, since: datetime) -> list[asyncpg.Record]:
+    """Per subscription (`id`): attempts made since `since` of deliveries with ids from
+    `id_floor` on, how many `succeeded` (2xx), and latency percentiles `p50` and `p95`."""
+    return await db.fetch(
+        "SELECT d.subscription_id AS id, count(*) AS attempts,"
+        " count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299) AS succeeded,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms) AS p50,"
+        " percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency_ms) AS p95"
+        " FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id"
+        " WHERE d.id >= $1 AND a.at >= $2 GROUP BY d.subscription_id",
+        id_floor,
+        since,
+    )
+
+
+async def failed_per_subscription(db: Querier) -> list[asyncpg.Record]:
+    """(id, failed): how many deliveries of each subscription are failed now, of any age."""
+    return await db.fetch(
+        "SELECT subscription_id AS id, count(*) AS failed FROM deliveries "
+        "WHERE status = 'failed' GROUP BY subscription_id"
+    )
+
+
+async def attempts_by_minute(db: Querier, id_floor: str, start: datetime) -> list[asyncpg.Record]:
+    """(minute, ok, failed) of the attempts made since `start` of deliveries with ids from
+    `id_floor` on; minutes without attempts are left out."""
+    return await db.fetch(
+        "SELECT date_trunc('minute', a.at) AS minute,"
+        " count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299) AS ok,"
+        " count(*) FILTER (WHERE a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)"
+        "   AS failed"
+        " FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id"
+        " WHERE d.id >= $1 AND a.at >= $2 GROUP BY 1",
+        id_floor,
+        start,
+    )
+
+
+_DELIVERY_VIEW = (
+    "SELECT d.id, d.event_id, d.subscription_id, d.status, d.attempt_count, d.next_attempt_at,"
+    " d.last_error, d.created_at, d.updated_at, e.type AS event_type, s.url, s.description,"
+    " coalesce((SELECT jsonb_agg(jsonb_build_object('attempt', a.attempt, 'at', a.at,"
+    "   'status_code', a.status_code, 'latency_ms', a.latency_ms, 'error', a.error,"
+    "   'response_excerpt', a.response_excerpt) ORDER BY a.attempt)"
+    "  FROM delivery_attempts a WHERE a.delivery_id = d.id), '[]'::jsonb) AS attempts"
+    " FROM deliveries d JOIN events e ON e.id = d.event_id"
+    " JOIN subscriptions s ON s.id = d.subscription_id"
+)
+_ATTEMPTED = {True: " AND d.attempt_count > 0", False: " AND d.attempt_count = 0", None: ""}
+
+
+async def delivery_views(
+    db: Querier,
+    status: str,
+    *,
+    attempted: bool | None = None,
+    subscription_id: str | None = None,
+    event_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> list[asyncpg.Record]:
+    """Deliveries of one status, newest first, each with its event's type, its subscription's
+    url and description, and its attempts (a jsonb list); `attempted` True keeps those with
+    an attempt, False those with none. Filters as `list_deliveries`, plus a creation window."""
+    return await db.fetch(
+        _DELIVERY_VIEW
+        + " WHERE d.status = $1"
+        + _ATTEMPTED[attempted]
+        + " AND ($2::text IS NULL OR d.subscription_id = $2)"
+        " AND ($3::text IS NULL OR d.event_id = $3)"
+        " AND ($4::timestamptz IS NULL OR d.created_at >= $4)"
+        " AND ($5::timestamptz IS NULL OR d.created_at < $5)"
+        " ORDER BY d.id DESC LIMIT $6",
+        status,
+        subscription_id,
+        event_id,
+        since,
+        until,
+        limit,
+    )
+
+
+async def count_failed(
+    db: Querier,
+    *,
+    subscription_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """How many deliveries are failed (of a subscription, created in [since, until))."""
+    count = await db.fetchval(
+        "SELECT count(*) FROM deliveries WHERE status = 'failed' "
+        "AND ($1::text IS NULL OR subscription_id = $1) "
+        "AND ($2::timestamptz IS NULL OR created_at >= $2) "
+        "AND ($3::timestamptz IS NULL OR created_at < $3)",
+        subscription_id,
+        since,
+        until,
+    )
+    return int(count)
