@@ -7,7 +7,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,6 +21,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from relay.errors import ServiceUnavailable
 from relay.exactjson import json_default
 from relay.settings import Settings, redact_url
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A connection, or one borrowed from a pool (`async with pool.acquire() as conn`).
+    Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
+    # Anything a statement can run on: the pool itself, or a connection.
+    Executor: TypeAlias = asyncpg.Pool | Connection
+else:
+    # At run time the stubs' generic proxy is not subscriptable; the aliases stay importable.
+    Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+    Executor = asyncpg.Pool | Connection
 
 log = structlog.get_logger("relay.db")
 

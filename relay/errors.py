@@ -4,8 +4,13 @@
     ├── ConfigError            bad settings; the CLI prints it as one line
     ├── ServiceUnavailable     Postgres or Redis cannot be reached (.service, .url)
     ├── NotFound               an admin API resource does not exist (.kind, .id) -> 404
+    ├── Conflict               the resource's state does not allow this now -> 409
     ├── InvalidInput           wrong admin input (.field) -> 400
     ├── SignatureError         a webhook's signature does not verify (the receiver's 401)
+    ├── LeaseLost              another worker took the account mid-poll (.account_id); the
+    │                          poller stops that pass without saving more
+    ├── AdminApiError          the CLI's call to the admin API failed (.status, .code); the
+    │                          CLI prints it as one line and exits 1
     └── UpstreamError          anything an upstream API did wrong (.url, .status)
         ├── UpstreamAuthError      the token is revoked or invalid (.code); the account is broken
         ├── UpstreamForbidden      access to one client was removed
@@ -14,7 +19,9 @@
         ├── UpstreamUnavailable    5xx, timeouts, dropped connections after retries
         └── UpstreamProtocolError  malformed JSON, wrong types, missing fields (.detail)
 
-Errors are raised `from` their cause so the original exception stays in the log.
+Errors are raised `from` their cause so the original exception stays in the log. The admin
+API's middleware (relay/api/middleware.py) maps NotFound, Conflict, InvalidInput and
+ServiceUnavailable to their JSON error envelopes; nothing else becomes a 4xx.
 """
 
 from __future__ import annotations
@@ -110,6 +117,23 @@ class InvalidInput(RelayError):
 
     def __init__(self, message: str, field: str | None = None) -> None:
         self.field = field
+        super().__init__(message)
+
+
+class LeaseLost(RelayError):
+    """Another worker took the account (our poll lease expired); stop without saving more."""
+
+    def __init__(self, account_id: str) -> None:
+        self.account_id = account_id
+        super().__init__(f"the poll lease on account {account_id!r} was lost")
+
+
+class AdminApiError(RelayError):
+    """The admin API answered with an error envelope, or could not be reached (`relay` CLI)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "") -> None:
+        self.status = status
+        self.code = code
         super().__init__(message)
 
 

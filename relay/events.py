@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
-import orjson
 
+from relay.db import Connection, Executor
 from relay.errors import InvalidInput, NotFound
 from relay.ids import new_id
+from relay.paging import DEFAULT_LIMIT, check_limit, decode_cursor, encode_cursor
 from relay.sources.invoicext_events import webhook_payload
-
-MAX_LIMIT = 200
-DEFAULT_LIMIT = 50
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    # A connection, or one borrowed from a pool (`async with pool.acquire() as conn`).
-    Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
-    Executor: TypeAlias = Connection | asyncpg.Pool
 
 _COLUMNS = (
     "id",
@@ -224,25 +213,6 @@ class EventPage:
         return {"data": self.data, "next_cursor": self.next_cursor}
 
 
-def encode_cursor(seq: int) -> str:
-    """An opaque cursor for the page after the event with this `seq`."""
-    raw = orjson.dumps({"seq": seq})
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str) -> int:
-    """The `seq` a cursor from `encode_cursor` carries, or InvalidInput for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = orjson.loads(raw)
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
-        value = None
-    seq = value.get("seq") if isinstance(value, dict) else None
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise InvalidInput("cursor is not one this API returned", field="cursor")
-    return seq
-
-
 def parse_time(value: datetime | str, field: str) -> datetime:
     """A timezone-aware datetime from a datetime or an RFC 3339 string, or InvalidInput."""
     if isinstance(value, str):
@@ -276,8 +246,7 @@ async def list_events(
     events stored while a client pages through never shift or repeat a page. Bad values raise
     InvalidInput naming the field.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    check_limit(limit)
     # Fixed fragments only; every value goes in as a $n parameter.
     where: list[str] = []
     args: list[Any] = []
@@ -302,7 +271,10 @@ async def list_events(
     if until is not None:
         add("created_at < {}", parse_time(until, "until"))
     if cursor is not None:
-        add("seq < {}", decode_cursor(cursor))
+        (seq,) = decode_cursor(cursor, int)
+        if seq < 1:
+            raise InvalidInput("cursor is not a cursor this API returned", "cursor")
+        add("seq < {}", seq)
     args.append(limit + 1)
     sql = (
         "SELECT seq, body FROM events"
@@ -382,6 +354,36 @@ async def read_stream(
         limit,
     )
     return [((int(row["xid"]), int(row["seq"])), dict(row["body"])) for row in rows]
+
+
+# ---- /metrics reads (relay/api/metrics.py counts events by type incrementally) --------------
+
+
+async def seq_and_writers(conn: Executor) -> tuple[int, set[str]]:
+    """The highest stored `seq` (0 when none), and the transaction ids of this database that
+    are writing now: a lower `seq` can still commit until every one of them has ended."""
+    top = await conn.fetchrow(
+        "SELECT coalesce(max(seq), 0) AS seq, ARRAY(SELECT backend_xid::text "
+        " FROM pg_stat_activity WHERE datname = current_database() AND backend_xid IS NOT NULL"
+        ") AS running FROM events"
+    )
+    assert top is not None
+    return int(top["seq"]), set(top["running"])
+
+
+async def count_by_type(conn: Executor, *, after: int, upto: int | None = None) -> dict[str, int]:
+    """Stored events by type whose `seq` is above `after` (and at most `upto`, when given)."""
+    if upto is None:
+        rows = await conn.fetch(
+            "SELECT type, count(*) AS n FROM events WHERE seq > $1 GROUP BY type", after
+        )
+    else:
+        rows = await conn.fetch(
+            "SELECT type, count(*) AS n FROM events WHERE seq > $1 AND seq <= $2 GROUP BY type",
+            after,
+            upto,
+        )
+    return {row["type"]: int(row["n"]) for row in rows}
 
 
 # ---- for the delivery stage and retention: the events statements they run ---------------------

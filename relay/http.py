@@ -1,6 +1,11 @@
-"""The shared aiohttp client session for upstream APIs, with explicit timeouts and orjson."""
+"""HTTP helpers every stage shares: the aiohttp client session for upstream APIs (explicit
+timeouts, orjson) and the one `Retry-After` parser (upstream 429s and subscriber endpoints)."""
 
 from __future__ import annotations
+
+import math
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 import orjson
@@ -31,3 +36,26 @@ def create_client_session(
         json_serialize=_dumps,
         raise_for_status=False,
     )
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header, or None when it is absent or garbled.
+
+    RFC 9110 allows delta-seconds or an HTTP date; `now` (epoch seconds) turns a date into a
+    delay. Liberal in what it reads: a decimal number of seconds is taken too, and a past date or
+    a negative number means "now" (0.0). Callers cap the result to what they will wait.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(when.timestamp() - now, 0.0)
+    return max(seconds, 0.0) if math.isfinite(seconds) else None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from relay.db import create_pool, migrate, schema_is_current
-from relay.errors import ConfigError, ServiceUnavailable
+from relay.errors import ConfigError, InvalidInput, ServiceUnavailable
+from relay.http import parse_retry_after
+from relay.paging import MAX_LIMIT, check_limit, decode_cursor, encode_cursor
 from relay.settings import DEFAULT_RETRY_SCHEDULE, Settings, redact_url
 from relay.vault import Vault, generate_key
 
@@ -147,4 +150,75 @@ def test_cli_migrate_against_a_live_server(database_url: str) -> None:
     assert "applied schema.sql" in result.stdout
     assert (
         '"event": "schema_applied"' in result.stderr or '"event":"schema_applied"' in result.stderr
+    )
+
+
+# ---- the shared helpers: one limit check, one cursor codec, one Retry-After parser ----------
+
+
+@pytest.mark.parametrize("limit", [0, 201, -1, True, "5", 2.0, None])
+def test_check_limit_refuses_what_is_not_a_page_size(limit: object) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_limit(limit)
+    assert caught.value.field == "limit"
+
+
+def test_check_limit_passes_a_page_size_through() -> None:
+    assert [check_limit(n) for n in (1, 50, MAX_LIMIT)] == [1, 50, 200]
+
+
+def test_cursor_round_trips_its_key() -> None:
+    cursor = encode_cursor("2026-04-14T12:00:00+00:00", "acc_1")
+    assert "=" not in cursor
+    assert cursor.isascii()
+    assert decode_cursor(cursor, str, str) == ("2026-04-14T12:00:00+00:00", "acc_1")
+    assert decode_cursor(encode_cursor(7), int) == (7,)
+    assert encode_cursor(1) != encode_cursor(2)
+
+
+@pytest.mark.parametrize(
+    ("cursor", "types"),
+    [
+        ("", (int,)),
+        ("!!!", (int,)),
+        ("c3ViX2Zvbw", (str,)),  # base64 of a bare id, not a key
+        (encode_cursor("7"), (int,)),  # wrong type
+        (encode_cursor(True), (int,)),  # a bool is not a number here
+        (encode_cursor(1, 2), (int,)),  # wrong length
+        (encode_cursor("a"), (str, str)),
+        ("w6k", (str,)),  # decodes to bytes that are not JSON
+        ("é", (str,)),  # not base64 at all
+    ],
+)
+def test_a_cursor_this_api_did_not_issue_is_invalid_input(
+    cursor: str, types: tuple[type[str] | type[int], ...]
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        decode_cursor(cursor, *types)
+    assert caught.value.field == "cursor"
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None),
+        ("", None),
+        ("  ", None),
+        ("7", 7.0),
+        (" 30 ", 30.0),
+        ("1.5", 1.5),
+        ("-3", 0.0),
+        ("nan", None),
+        ("inf", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # a date already past: now
+    ],
+)
+def test_retry_after_reads_seconds_or_an_http_date(
+    header: str | None, seconds: float | None
+) -> None:
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after(header, now=now) == (
+        None if seconds is None else pytest.approx(seconds)
     )

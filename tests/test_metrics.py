@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import metrics
+from relay.api import metrics as scrape_metrics
 from relay.api.app import create_app
 from relay.delivery import fan_out_events
 from relay.delivery.subscriptions import create_subscription
@@ -156,12 +157,12 @@ async def test_event_counts_settle_only_past_transactions_still_open(
             samples = await scrape(api)
         assert value(samples, "relay_events_total", type="document.created") == 2
         assert value(samples, "relay_events_total", type="document.deleted") is None
-        state = await redis_client.hgetall(metrics.EVENTS_KEY)
+        state = await redis_client.hgetall(scrape_metrics.EVENTS_KEY)
         assert int(state.get(b"seq", 0)) < 2  # not settled past the open transaction
         await tx.commit()
     for _ in range(3):
         samples = await scrape(api)
-    state = await redis_client.hgetall(metrics.EVENTS_KEY)
+    state = await redis_client.hgetall(scrape_metrics.EVENTS_KEY)
     assert int(state[b"seq"]) == 4  # settled once the transaction ended
     assert value(samples, "relay_events_total", type="document.deleted") == 1
     assert value(samples, "relay_events_total", type="document.created") == 2
@@ -174,7 +175,7 @@ async def test_a_large_event_table_is_counted_in_slices(
     redis_client: aioredis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(metrics, "EVENT_SLICE", 4)
+    monkeypatch.setattr(scrape_metrics, "EVENT_SLICE", 4)
     await store_events(pool, *(["document.created"] * 9 + ["client.health_changed"] * 6))
     first = await scrape(api)
     assert "relay_events_total" not in first  # 15 events, slices of 4: not yet counted
@@ -192,7 +193,7 @@ async def test_a_blocked_postgres_query_still_answers_200_and_counts_the_error(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(metrics, "STATEMENT_TIMEOUT", 0.3)
+    monkeypatch.setattr(scrape_metrics, "STATEMENT_TIMEOUT", 0.3)
     await accounts.create_account(
         pool,
         Vault(settings.secret_keys),

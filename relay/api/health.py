@@ -10,8 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from relay import metrics as deployment_metrics
 from relay.api import keys
+from relay.api import metrics as deployment_metrics
 from relay.api.keys import POOL, REDIS
 from relay.api.openapi import build_openapi
 from relay.api.routing import Input, Route, json_response

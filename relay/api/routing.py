@@ -11,6 +11,7 @@ from aiohttp import web
 
 from relay.api.validation import NO_BODY, Body, Integer, Query, String
 from relay.errors import NotFound
+from relay.paging import DEFAULT_LIMIT, MAX_LIMIT
 
 # A path parameter longer than this, or holding characters no id has, cannot name anything.
 _MAX_ID_LENGTH = 100
@@ -86,12 +87,16 @@ def page_of(component: str) -> dict[str, Any]:
 
 
 def list_query(**filters: Any) -> Query:
-    """The query of a list route: its filters plus `limit` (1-200, default 50) and `cursor`."""
+    """The query of a list route: its filters plus `limit` (1-200, default 50) and `cursor`;
+    the stores check both again (relay.paging), so a caller other than the API gets the same."""
     return Query(
         {
             **filters,
             "limit": Integer(
-                minimum=1, maximum=200, default=50, description="page size (default 50)"
+                minimum=1,
+                maximum=MAX_LIMIT,
+                default=DEFAULT_LIMIT,
+                description=f"page size (default {DEFAULT_LIMIT})",
             ),
             "cursor": String(
                 max_length=500, description="`next_cursor` of the previous page (opaque)"

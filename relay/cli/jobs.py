@@ -1,8 +1,9 @@
 """Operator commands for recovery: `relay subscriptions replay|backfill` and `relay jobs show`.
 
-Kept apart from `relay.cli.operator` (which they plug into) so the two grow without touching each
-other. Both commands start a job through the admin API, then follow `GET /v1/jobs/{id}` and
-draw one progress line until every delivery of the job is settled (or `--no-wait`).
+`relay.cli.subscriptions` adds the first two to its actions and `relay.cli.operator` adds `jobs`;
+this module imports neither (it builds on `client` and `commands`). Both commands start a job
+through the admin API, then follow `GET /v1/jobs/{id}` and draw one progress line until every
+delivery of the job is settled (or `--no-wait`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import sys
 import time
 from typing import Any
 
-from relay.cli.operator import AdminApiError, Call, _request
+from relay.cli.client import Call, request
+from relay.cli.commands import add_command, csv_list
+from relay.errors import AdminApiError
 from relay.settings import Settings
 
 POLL_SECONDS = 0.5
-
-
-def _csv(text: str | None) -> list[str] | None:
-    return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
 
 def _replay(a: argparse.Namespace) -> Call:
@@ -28,7 +27,7 @@ def _replay(a: argparse.Namespace) -> Call:
     if a.until:
         body["until"] = a.until
     if a.event_types:
-        body["event_types"] = _csv(a.event_types)
+        body["event_types"] = csv_list(a.event_types)
     return Call("POST", f"/v1/subscriptions/{a.id}/replay", {}, body)
 
 
@@ -36,7 +35,7 @@ def _backfill(a: argparse.Namespace) -> Call:
     body: dict[str, Any] = {}
     for key, value in (("account_ids", a.account_ids), ("object_types", a.object_types)):
         if value:
-            body[key] = _csv(value)
+            body[key] = csv_list(value)
     return Call("POST", f"/v1/subscriptions/{a.id}/backfill", {}, body)
 
 
@@ -72,7 +71,7 @@ def follow(args: argparse.Namespace, settings: Settings, job: dict[str, Any]) ->
     try:
         while not finished(job):
             time.sleep(POLL_SECONDS)
-            job = asyncio.run(_request(settings, Call("GET", f"/v1/jobs/{job['id']}", {})))
+            job = asyncio.run(request(settings, Call("GET", f"/v1/jobs/{job['id']}", {})))
             line = progress_line(job, time.monotonic() - started)
             print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
     except AdminApiError as exc:
@@ -84,10 +83,9 @@ def follow(args: argparse.Namespace, settings: Settings, job: dict[str, Any]) ->
     return 0 if job["failed"] == 0 and job["status"] == "done" else 1
 
 
-def add_recovery_commands(acts: Any, add: Any) -> None:
-    """Add `replay` and `backfill` to the `relay subscriptions` actions (`add` is the
-    console's own helper that gives each action `--json`, `build` and `show`)."""
-    p = add(
+def add_recovery_commands(acts: Any) -> None:
+    """Add `replay` and `backfill` to the `relay subscriptions` actions."""
+    p = add_command(
         acts,
         "replay",
         "send every stored event of a window again, to this subscription alone",
@@ -100,7 +98,7 @@ def add_recovery_commands(acts: Any, add: Any) -> None:
     p.add_argument("--event-types", help="comma-separated types or wildcards; default all")
     p.add_argument("--no-wait", action="store_true", help="start it and print the job only")
     p.set_defaults(follow=follow)
-    p = add(
+    p = add_command(
         acts,
         "backfill",
         "send the current state of every object as <object_type>.snapshot events "
@@ -127,13 +125,13 @@ def _follow_if_asked(args: argparse.Namespace, settings: Settings, job: dict[str
     return follow(args, settings, job)
 
 
-def add_job_commands(sub: Any, dispatch: Any, add: Any) -> None:
+def add_job_commands(sub: Any, dispatch: Any) -> None:
     """Add `relay jobs show ID [--wait]`: the progress of a replay or backfill started earlier
     (by another terminal, a script, or a command run with `--no-wait`)."""
     group = sub.add_parser("jobs", help="replay and backfill jobs: show their progress")
     group.set_defaults(func=dispatch)
     acts = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = add(
+    p = add_command(
         acts,
         "show",
         "show a job's progress: queued, sent, failed and pending deliveries",

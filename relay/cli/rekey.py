@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from relay.delivery.subscriptions import rekey_secrets
-from relay.sources.accounts import rekey_tokens
+from relay.delivery.subscriptions import count_all_subscriptions, rekey_secrets
+from relay.sources.accounts import count_all_accounts, rekey_tokens
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.cli.rekey")
@@ -29,10 +29,11 @@ log = structlog.get_logger("relay.cli.rekey")
 BATCH_SIZE = 200
 
 Batch = Callable[[asyncpg.Pool, Vault, str, int], Awaitable[tuple[str | None, int, int, list[str]]]]
-# What is rekeyed, in order: (table, the owning module's batch function).
-TABLES: tuple[tuple[str, Batch], ...] = (
-    ("accounts", rekey_tokens),
-    ("subscriptions", rekey_secrets),
+Count = Callable[[asyncpg.Pool], Awaitable[int]]
+# What is rekeyed, in order: (table, the owning module's batch and count functions).
+TABLES: tuple[tuple[str, Batch, Count], ...] = (
+    ("accounts", rekey_tokens, count_all_accounts),
+    ("subscriptions", rekey_secrets, count_all_subscriptions),
 )
 
 
@@ -59,9 +60,9 @@ async def rekey(
 ) -> dict[str, TableCount]:
     """Rewrite every stored secret under the newest key; returns the tally per table."""
     counts: dict[str, TableCount] = {}
-    for table, batch in TABLES:
+    for table, batch, count_rows in TABLES:
         count = counts[table] = TableCount()
-        count.total = await pool.fetchval(f"SELECT count(*) FROM {table}")
+        count.total = await count_rows(pool)
         after = ""
         while True:
             last, seen, rekeyed, unreadable = await batch(pool, vault, after, batch_size)

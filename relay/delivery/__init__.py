@@ -16,7 +16,7 @@ sender         create_session (the worker's one ClientSession), post (one bounde
 signing        Standard Webhooks signatures and secrets
 targets        which URLs may be delivered to (private addresses refused unless allowed)
 slack          Slack incoming-webhook bodies for `kind: "slack"` subscriptions
-policy         retry_delay (schedule, jitter, Retry-After), parse_retry_after
+policy         retry_delay (schedule, jitter, Retry-After: relay.http reads it)
 endpoints      dead endpoints: failure streaks, disabling (streak or 410), `subscription.disabled`
 
 May import: the foundation (settings, db, errors, logs, ids, vault, metrics, http, exactjson),
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from relay.delivery.dispatcher import Dispatcher
 from relay.delivery.fanout import fan_out_events, replay_event, send_test_event
-from relay.delivery.policy import parse_retry_after, retry_delay
+from relay.delivery.policy import retry_delay
 from relay.delivery.sender import AttemptResult, close_session, create_session, post
 from relay.delivery.store import (
     WAKE_CHANNEL,
@@ -54,7 +54,6 @@ __all__ = [
     "get_delivery",
     "list_deliveries",
     "notify_wake",
-    "parse_retry_after",
     "post",
     "replay_event",
     "retry_delay",

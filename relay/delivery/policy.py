@@ -4,28 +4,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 # Retries land up to this fraction later than the schedule says, never earlier, so endpoints
 # recovering from an outage are not hit by every delivery in the same second.
 JITTER = 0.1
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds from `Retry-After` (delta-seconds or an HTTP date); None when absent or garbled."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(int(text[:9]))
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 def retry_delay(

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import orjson
 import structlog
 
+from relay.db import Connection
 from relay.delivery.ordering import event_order_key, promote
 from relay.delivery.store import (
     count_job_pending,
@@ -39,9 +40,6 @@ from relay.errors import Conflict, InvalidInput, NotFound
 from relay.events import count_replay_window, insert_snapshot_events, replay_window_batch
 from relay.snapshots.diff import count_live_snapshots, live_snapshots_after
 from relay.snapshots.rules import OBJECT_TYPES
-
-if TYPE_CHECKING:
-    from relay.events import Connection
 
 log = structlog.get_logger("relay.delivery")
 

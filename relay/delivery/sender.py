@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from relay.delivery.policy import parse_retry_after
 from relay.delivery.signing import webhook_headers
 from relay.delivery.slack import slack_message
 from relay.delivery.targets import GuardedResolver, TargetRefused, check_target_host
+from relay.http import parse_retry_after
 from relay.settings import Settings
 
 # Only this much of a response is read (and stored as its excerpt): an endless or huge body
@@ -162,7 +162,7 @@ async def post(
             if not resp.content.at_eof():
                 resp.close()  # drop the connection rather than drain an endless body
             if not 200 <= status < 300:
-                retry_after = parse_retry_after(resp.headers.get("retry-after"), at)
+                retry_after = parse_retry_after(resp.headers.get("retry-after"), now=at.timestamp())
                 if 300 <= status < 400:
                     location = resp.headers.get("location", "")[:200]
                     error = f"HTTP {status}: redirect to {location!r} not followed"

@@ -16,13 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from relay.delivery.subscriptions import (
-    Querier,
-    check_limit,
-    decode_cursor,
-    encode_cursor,
-)
+from relay.delivery.subscriptions import Querier
 from relay.errors import Conflict, InvalidInput, NotFound
+from relay.paging import check_limit, decode_cursor, encode_cursor
 
 WAKE_CHANNEL = "relay_wake"
 STATUSES = ("pending", "succeeded", "failed")
@@ -95,7 +91,7 @@ async def list_deliveries(
     """Deliveries newest first, filtered; (page with attempts, next_cursor or None)."""
     if status is not None and status not in STATUSES:
         raise InvalidInput("status must be pending, succeeded or failed", "status")
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, str)[0] if cursor else None
     rows = await pool.fetch(
         f"SELECT {_DELIVERY_COLUMNS} FROM deliveries "
         "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR subscription_id = $2) "
@@ -237,6 +233,33 @@ async def fail_pending_deliveries(conn: Querier, subscription_id: str, reason: s
         reason,
     )
     return int(status.rsplit(" ", 1)[1])
+
+
+# ---- /metrics reads (relay/api/metrics.py runs them under its statement timeout) -------------
+
+_BACKLOG = """
+SELECT
+    (SELECT count(*) FROM deliveries WHERE status = 'pending') AS pending,
+    (SELECT count(*) FROM deliveries WHERE status = 'failed') AS failed,
+    (SELECT extract(epoch FROM now() - created_at) FROM deliveries
+     WHERE status = 'pending' ORDER BY id LIMIT 1) AS oldest_pending,
+    (SELECT extract(epoch FROM now() - min(next_attempt_at)) FROM deliveries
+     WHERE status = 'pending' AND next_attempt_at <= now()
+       AND (leased_until IS NULL OR leased_until <= now())) AS oldest_due
+"""
+
+
+async def backlog(conn: Querier) -> asyncpg.Record:
+    """`pending` and `failed` counts, the age of the oldest pending delivery and how long the
+    most overdue one has been due (seconds; None when there is none)."""
+    row = await conn.fetchrow(_BACKLOG)
+    assert row is not None  # an aggregate of scalar subqueries always returns one row
+    return row
+
+
+async def count_succeeded(conn: Querier) -> int:
+    """Deliveries that succeeded; the count grows without end, so callers bound its time."""
+    return int(await conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'succeeded'"))
 
 
 # ---- inserts for fan-out, replays and test pings (`fanout` decides who gets what) -------------

@@ -12,42 +12,37 @@ is soft (`deleted_at`) so the delivery history of a deleted subscription stays r
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import asyncpg
-import asyncpg.pool
 import jmespath
 import jmespath.exceptions
 import jmespath.parser
 import structlog
 
+from relay.db import Executor
 from relay.delivery.signing import generate_secret, secret_key
 from relay.delivery.targets import validate_target_url
 from relay.errors import ConfigError, Conflict, InvalidInput, NotFound
+from relay.paging import check_limit, decode_cursor, encode_cursor
 from relay.settings import Settings
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.delivery.subscriptions")
 
-# Anything SQL can be run on: the pool, a connection, or a connection borrowed from the pool.
-# (a Union with a string: the stubs' generic proxy is not subscriptable at runtime)
-Querier = Union[
-    asyncpg.Pool, asyncpg.Connection, "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-]
+# The delivery stage's name for relay.db.Executor (the pool, or a connection).
+Querier: TypeAlias = Executor
 KINDS = ("webhook", "slack")
 # "object": the events of one object are delivered one at a time, in `sequence` order.
 ORDERINGS = ("none", "object")
 ROTATION_OVERLAP = timedelta(hours=24)
 # The current secret and those still in their overlap: a bound on the signatures per webhook.
 MAX_SIGNING_SECRETS = 10
-MAX_LIMIT = 200
 MAX_EVENT_TYPES = 100
 MAX_IDS = 1000
 MAX_FILTER_LENGTH = 2000
@@ -72,33 +67,6 @@ _COLUMNS = (
     "disabled_reason, created_at, updated_at, secret_enc, previous_secret_enc, "
     "previous_secret_expires_at, ordering"
 )
-
-
-# ---- cursors: shared by every list this module family serves ----------------------------------
-
-
-def encode_cursor(last_id: str) -> str:
-    """An opaque cursor after `last_id` (ids are time-ordered, so id order is newest first)."""
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> str | None:
-    """The id a cursor points after; InvalidInput(field="cursor") when it was not ours."""
-    if cursor is None or cursor == "":
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidInput("cursor is not a cursor this API returned", "cursor") from None
-    if not re.fullmatch(r"[a-z]{2,5}_[0-9a-f]{28}", raw):
-        raise InvalidInput("cursor is not a cursor this API returned", "cursor")
-    return raw
-
-
-def check_limit(limit: int) -> int:
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
-    return limit
 
 
 # ---- validation and matching -------------------------------------------------------------------
@@ -311,7 +279,7 @@ async def list_subscriptions(
     pool: asyncpg.Pool, *, limit: int = 50, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Live subscriptions newest first: (page, next_cursor or None)."""
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, str)[0] if cursor else None
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM subscriptions WHERE deleted_at IS NULL "
         "AND ($1::text IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
@@ -541,6 +509,11 @@ async def rekey_secrets(
             changed,
         )
     return (rows[-1]["id"] if rows else None), len(rows), len(changed), unreadable
+
+
+async def count_all_subscriptions(db: Querier) -> int:
+    """Every subscription row, deleted ones too (what `relay rekey` goes through)."""
+    return int(await db.fetchval("SELECT count(*) FROM subscriptions"))
 
 
 # ---- for fan-out, recovery and dead endpoints: the subscriptions statements they run ----------

@@ -43,7 +43,8 @@ account resource).
 
 from __future__ import annotations
 
-from relay.poller.runner import UNSUPPORTED_PROVIDER, LeaseLost, Poller, RunReport, default_holder
+from relay.errors import LeaseLost
+from relay.poller.runner import UNSUPPORTED_PROVIDER, Poller, RunReport, default_holder
 from relay.poller.tasks import (
     BASELINE_PAGES,
     HEAD_MAX_PAGES,

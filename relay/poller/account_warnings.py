@@ -10,19 +10,12 @@ id and a field's problem; they never carry a value from the upstream, nor a toke
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
-import asyncpg
 import structlog
 
+from relay.db import Executor
 from relay.sources.models import SetAsideTally
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
-else:
-    Executor = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 log = structlog.get_logger("relay.poller.account_warnings")
 

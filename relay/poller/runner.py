@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from relay.db import POSTGRES_OUTAGE_ERRORS, Backoff
-from relay.errors import NotFound, UpstreamAuthError, UpstreamError
+from relay.errors import LeaseLost, NotFound, UpstreamAuthError, UpstreamError
 from relay.events import insert_event
 from relay.poller import account_warnings
 from relay.poller.lists import ListPoller
@@ -70,10 +70,6 @@ class RunReport:
     by_kind: dict[str, int] = field(default_factory=dict)
     # Every upstream request of the run, by endpoint and status, for the deployment's metrics.
     upstream: CountingMetrics | None = None
-
-
-class LeaseLost(Exception):
-    """Another worker took the account (our lease expired); stop without saving more."""
 
 
 def default_holder() -> str:

@@ -32,7 +32,7 @@ from relay.snapshots.rules import (
 from relay.snapshots.scans import record_scan_page
 
 if TYPE_CHECKING:
-    from relay.events import Connection
+    from relay.db import Connection
 
 log = structlog.get_logger("relay.snapshots")
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from relay.errors import NotFound
 
 if TYPE_CHECKING:
-    from relay.events import Executor
+    from relay.db import Executor
 
 
 async def should_emit(conn: Executor, account_id: str) -> bool:

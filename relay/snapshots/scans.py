@@ -15,7 +15,7 @@ from relay.events import build_event, insert_events
 from relay.snapshots.rules import INVOICEXT_OBJECT_TYPES, event_type_for
 
 if TYPE_CHECKING:
-    from relay.events import Connection
+    from relay.db import Connection
 
 log = structlog.get_logger("relay.snapshots")
 

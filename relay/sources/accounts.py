@@ -13,19 +13,18 @@ clears it with `clear_poll_request` once a full pass that started after the requ
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 import asyncpg
-import orjson
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from relay.db import Executor
 from relay.errors import ConfigError, InvalidInput, NotFound
+from relay.paging import check_limit, decode_cursor, encode_cursor
 from relay.vault import Vault
 
 log = structlog.get_logger("relay.sources.accounts")
@@ -47,14 +46,6 @@ _RATE_LIMIT_KEYS = (
     "monthly",
     "missing_scopes",
 )
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    # Anything that runs a query: a pool, a connection, or one acquired from a pool.
-    Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
-else:
-    Executor = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _COLUMNS = (
     "id, provider, name, base_url, api_token_enc, backfill, status, baseline_completed_at, "
@@ -114,25 +105,6 @@ class Account:
         }
 
 
-def _encode_cursor(created_at: datetime, account_id: str) -> str:
-    raw = orjson.dumps([created_at.isoformat(), account_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, account_id = orjson.loads(raw)
-        if not isinstance(account_id, str) or not isinstance(created_at, str):
-            raise ValueError("wrong types")
-        when = datetime.fromisoformat(created_at)
-        if when.tzinfo is None:
-            raise ValueError("naive timestamp")
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise InvalidInput("cursor is not a cursor this API returned", "cursor") from None
-    return when, account_id
-
-
 async def create_account(
     pool: asyncpg.Pool,
     vault: Vault,
@@ -171,24 +143,35 @@ async def get_account(db: Executor, account_id: str) -> Account:
     return Account.from_row(row)
 
 
+def _after(cursor: str) -> tuple[datetime, str]:
+    created_at, account_id = decode_cursor(cursor, str, str)
+    try:
+        when = datetime.fromisoformat(created_at)
+    except ValueError:
+        raise InvalidInput("cursor is not a cursor this API returned", "cursor") from None
+    if when.tzinfo is None:
+        raise InvalidInput("cursor is not a cursor this API returned", "cursor")
+    return when, account_id
+
+
 async def list_accounts(
     pool: asyncpg.Pool, *, limit: int = 50, cursor: str | None = None
 ) -> tuple[list[Account], str | None]:
     """Live accounts newest first, keyset-paginated on (created_at, id); a bad cursor is a 400."""
-    after = _decode_cursor(cursor) if cursor else None
+    after = _after(cursor) if cursor else None
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM accounts WHERE deleted_at IS NULL "
         "AND ($1::timestamptz IS NULL OR (created_at, id) < ($1, $2)) "
         "ORDER BY created_at DESC, id DESC LIMIT $3",
         after[0] if after else None,
         after[1] if after else "",
-        limit + 1,
+        check_limit(limit) + 1,
     )
     accounts = [Account.from_row(row) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = accounts[-1]
-        next_cursor = _encode_cursor(last.created_at, last.id)
+        next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
     return accounts, next_cursor
 
 
@@ -413,3 +396,13 @@ async def rekey_tokens(
                 changed.append((row["id"], new))
         await conn.executemany("UPDATE accounts SET api_token_enc = $2 WHERE id = $1", changed)
     return (rows[-1]["id"] if rows else None), len(rows), len(changed), unreadable
+
+
+async def rate_limits_by_account(conn: Executor) -> list[asyncpg.Record]:
+    """(id, status, rate_limit) of every live account, for the /metrics gauges."""
+    return await conn.fetch("SELECT id, status, rate_limit FROM accounts WHERE deleted_at IS NULL")
+
+
+async def count_all_accounts(db: Executor) -> int:
+    """Every account row, deleted ones too (what `relay rekey` goes through)."""
+    return int(await db.fetchval("SELECT count(*) FROM accounts"))

@@ -40,7 +40,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -48,6 +47,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from relay.errors import ServiceUnavailable
+from relay.http import parse_retry_after
 
 log = structlog.get_logger("relay.sources.ratelimit")
 
@@ -188,11 +188,12 @@ class Feedback:
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], *, now: float) -> Feedback:
+        retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
         return cls(
             limit=_int_header(headers, "X-RateLimit-Limit"),
             remaining=_int_header(headers, "X-RateLimit-Remaining"),
             reset=_float_header(headers, "X-RateLimit-Reset"),
-            retry_after=_retry_after(headers.get("Retry-After"), now=now),
+            retry_after=None if retry_after is None else min(retry_after, MAX_RETRY_AFTER),
         )
 
 
@@ -394,19 +395,3 @@ def _float_header(headers: Mapping[str, str], name: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def _retry_after(raw: str | None, *, now: float) -> float | None:
-    """Retry-After as seconds: an integer, or an HTTP date (RFC 9110 allows both)."""
-    if raw is None or not raw.strip():
-        return None
-    text = raw.strip()
-    try:
-        value = float(text)
-    except ValueError:
-        try:
-            delay = parsedate_to_datetime(text).timestamp() - now
-        except (TypeError, ValueError):
-            return None
-        return min(max(delay, 0.0), MAX_RETRY_AFTER)
-    return min(max(value, 0.0), MAX_RETRY_AFTER) if math.isfinite(value) else None

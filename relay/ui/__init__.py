@@ -2,9 +2,11 @@
 
 Server-rendered Jinja2 templates (autoescaping on, so upstream and endpoint text is always
 text) with one small script of our own for the live parts; no CDN, no inline script, no build
-step. It sits on top of the admin API's data layer, like the API routes: it may import the
-stores (`accounts`, `subscriptions`, `events`, `delivery.store`) and `relay.api`'s keys and
-stream, and nothing imports it but the app factory.
+step. It sits beside the admin API, on top of the pipeline: like the API it may import the
+foundation and every stage before it (`sources`, `poller`, `snapshots`, `events`, `delivery`),
+reading through each table's owner (its own `console_sessions` live in `auth`), and
+`relay.api`'s keys and stream; it never imports `cli`, `sandbox` or `workers`, and nothing
+imports it but the app factory.
 """
 
 from __future__ import annotations

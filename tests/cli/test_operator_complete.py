@@ -22,8 +22,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from relay.cli.client import Call
 from relay.cli.main import build_parser
-from relay.cli.operator import Call, run_operator_command
+from relay.cli.operator import run_operator_command
 from relay.errors import ConfigError
 from relay.settings import Settings
 

@@ -8,7 +8,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from relay.metrics import WorkerMetrics, worker_families
+from relay.api.metrics import worker_families
+from relay.metrics import WorkerMetrics
 from relay.poller import Poller, account_warnings
 from relay.poller.plan import force_full_pass
 from relay.sources import accounts

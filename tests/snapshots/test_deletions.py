@@ -19,7 +19,7 @@ from relay.snapshots import (
 from tests.snapshots.test_objects import CLIENT, cost, make_account, stored_events, summary
 
 if TYPE_CHECKING:
-    from relay.events import Connection
+    from relay.db import Connection
 
 
 async def baseline(pool: asyncpg.Pool, account: str, ids: list[str]) -> None:

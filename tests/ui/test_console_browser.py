@@ -5,12 +5,14 @@ It walks the operator's morning: sign in, find the failing delivery, read the en
 answer, fix the endpoint, press Retry and watch the row turn succeeded without a reload; then
 bulk-retry, replay an event, rotate a secret, and sign out. It also checks that a supplier
 named like markup shows as text and that a cross-site form post is refused. Screenshots of
-every page land in docs/ for the README.
+every page are taken into the test's temporary directory; with RELAY_SCREENSHOTS=docs they
+replace the README's pictures in docs/ (so an ordinary run leaves the checkout clean).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,7 +46,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 XSS = "<img src=x onerror=alert(1)>"
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
@@ -173,13 +174,21 @@ async def _statuses(pool: asyncpg.Pool) -> dict[str, str]:
     return {r["event_id"]: r["status"] for r in rows}
 
 
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where the screenshots go: docs/ with RELAY_SCREENSHOTS=docs, else the test's tmp dir."""
+    if os.environ.get("RELAY_SCREENSHOTS") == "docs":
+        return Path(__file__).resolve().parents[2] / "docs"
+    return tmp_path
+
+
 # arq's Worker.close() calls redis-py's deprecated close(); that is arq's to fix, not ours.
 @pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
 async def test_an_operator_fixes_a_failing_endpoint_from_the_console(
-    chromium: Any, stack: Stack, sandbox: SandboxHandle
+    chromium: Any, stack: Stack, sandbox: SandboxHandle, shots: Path
 ) -> None:
     pool = stack.pool
-    DOCS.mkdir(exist_ok=True)
+    DOCS = shots
     await _api(
         stack,
         "POST",
