@@ -94,10 +94,16 @@ ALTER TABLE events ADD COLUMN IF NOT EXISTS payload bytea;
 CREATE INDEX IF NOT EXISTS events_fan_out_pending ON events (seq) WHERE fanned_out_at IS NULL;
 
 -- Stored events wake the dispatchers at once through LISTEN/NOTIFY (works with Redis flushed).
+-- A transaction opened by `relay.events.outbox()` notifies after its commit instead: commits of
+-- transactions that notified are serialized by Postgres (relay/events.py says what it cost).
 CREATE OR REPLACE FUNCTION relay_notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('relay_wake', 'events');
+    IF current_setting('relay.announce_events', true) IN ('after_commit', 'due') THEN
+        PERFORM set_config('relay.announce_events', 'due', true);  -- outbox() will notify
+    ELSE
+        PERFORM pg_notify('relay_wake', 'events');
+    END IF;
     RETURN NULL;
 END
 $$;

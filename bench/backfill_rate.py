@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import socket
 import sys
 import time
 from pathlib import Path
 
 import asyncpg
 import orjson
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import PG_SERVER, free_port, run_receiver, tear_down
 from relay.db import create_pool, migrate
 from relay.delivery import Dispatcher, close_session, create_session
 from relay.delivery.recovery import get_job, start_backfill
@@ -38,26 +36,6 @@ from relay.logs import configure_logging
 from relay.settings import Settings
 from relay.vault import Vault, generate_key
 from workers.runtime import tune_gc
-
-PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-
-
-def serve(port: int) -> None:
-    """The receiver, in its own process: counts nothing, answers 200."""
-
-    async def handle(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=200, text="ok")
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def document(n: int) -> dict[str, object]:
@@ -161,14 +139,7 @@ async def main(args: argparse.Namespace) -> None:
             f"requests 0 (the account's base_url is a closed port)"
         )
     finally:
-        await pool.close()
-        receiver.terminate()
-        await receiver.wait()
-        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await tear_down(pool, receiver, name)
 
 
 if __name__ == "__main__":
@@ -177,6 +148,6 @@ if __name__ == "__main__":
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        run_receiver(args.serve)
     else:
         asyncio.run(main(args))

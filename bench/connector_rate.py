@@ -19,49 +19,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import secrets
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import redis
 import redis.asyncio as aioredis
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import REDIS_SERVER, claim_redis_db, release_redis_db
 from relay.http import create_client_session
 from relay.logs import configure_logging
 from relay.sandbox.server import SANDBOX, SandboxOptions, create_sandbox_app
 from relay.sources.dext import DextClient
 from relay.sources.ratelimit import RateLimiter
+from tests.support.loopback import serve
 
-REDIS_SERVER = "redis://127.0.0.1:6379"
 SCRIPT = str(Path(__file__).resolve())
 CLAIM_TTL = 600
-
-
-def claim_redis_db() -> tuple[int, str]:
-    """A Redis db no test run or other bench is using, claimed like the test fixtures do."""
-    claims = redis.Redis.from_url(f"{REDIS_SERVER}/0")
-    token = secrets.token_hex(8)
-    try:
-        for number in range(15, 0, -1):
-            if claims.set(f"relay:test-db-claim:{number}", token, nx=True, ex=CLAIM_TTL):
-                return number, token
-    finally:
-        claims.close()
-    raise SystemExit("all Redis dbs 1-15 are claimed; try again when the tests are done")
-
-
-def release_redis_db(number: int, token: str) -> None:
-    redis.Redis.from_url(f"{REDIS_SERVER}/{number}").flushdb()
-    claims = redis.Redis.from_url(f"{REDIS_SERVER}/0")
-    if claims.get(f"relay:test-db-claim:{number}") == token.encode():
-        claims.delete(f"relay:test-db-claim:{number}")
-    claims.close()
+BUSY = "all Redis dbs 1-15 are claimed; try again when the tests are done"
 
 
 async def worker(args: argparse.Namespace) -> None:
@@ -100,13 +78,9 @@ async def run(args: argparse.Namespace) -> None:
         simulate=False,
     )
     app = create_sandbox_app(options)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await serve(app, access_log=None)
     sandbox = app[SANDBOX]
-    number, claim = claim_redis_db()
+    number, claim = claim_redis_db(range(15, 0, -1), ttl=CLAIM_TTL, busy=BUSY)
     procs: list[asyncio.subprocess.Process] = []
     try:
         command = [
@@ -143,7 +117,7 @@ async def run(args: argparse.Namespace) -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        release_redis_db(number, claim)
+        release_redis_db(number, claim, flush=True)
         summary = sandbox.access.summary()["tokens"].get(sandbox.token.token_id, {})
         await runner.cleanup()
 

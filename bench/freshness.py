@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import secrets
 import sys
 import time
 from collections import defaultdict
@@ -36,17 +34,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import redis
 import redis.asyncio as aioredis
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import ThrowawayStores, compare_strategies, pct
 from relay import snapshots
-from relay.db import create_pool, migrate
 from relay.errors import UpstreamError, UpstreamNotFound
 from relay.http import create_client_session
 from relay.logs import configure_logging
@@ -55,14 +50,13 @@ from relay.poller.plan import Policy
 from relay.sandbox.dext.drift import parse_drift
 from relay.sandbox.server import SANDBOX, Sandbox, SandboxOptions, create_sandbox_app
 from relay.settings import Settings
-from relay.snapshots.rules import normalized
 from relay.sources import accounts
 from relay.sources.dext import DextClient
 from relay.sources.ratelimit import RateLimiter
 from relay.vault import Vault, generate_key
-from tests.support.polling import expected_types
+from tests.support.loopback import serve
+from tests.support.polling import expected_types, same_meaning
 
-REDIS_SERVER = "redis://127.0.0.1:6379"
 GOAL_TYPES = ("document.created", "document.status_changed")
 
 
@@ -195,19 +189,10 @@ async def run_strategy(name: str, args: argparse.Namespace, base: Settings) -> d
         simulate=False, port=0, drift=parse_drift(args.drift),
     )  # fmt: skip
     app = create_sandbox_app(options)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await serve(app, access_log=None)
     sandbox = app[SANDBOX]
-    db_name = f"relay_bench_{secrets.token_hex(4)}"
-    parts = urlsplit(base.database_url)
-    settings = base.with_changes(database_url=urlunsplit(parts._replace(path=f"/{db_name}")))
-    await migrate(settings)
-    pool = await create_pool(settings, max_size=8)
-    rconn = aioredis.from_url(settings.redis_url)
-    await rconn.flushdb()
+    stores = await ThrowawayStores.open(base)
+    pool, rconn = stores.pool, stores.redis
     vault = Vault((generate_key(),))
     http = create_client_session(timeout=30.0)
     try:
@@ -256,15 +241,8 @@ async def run_strategy(name: str, args: argparse.Namespace, base: Settings) -> d
         return await measure(name, env, args, baseline, poll_loop, drain)
     finally:
         await http.close()
-        await pool.close()
-        await rconn.flushdb()
-        await rconn.aclose()
+        await stores.close()
         await runner.cleanup()
-        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def measure(
@@ -355,7 +333,7 @@ def score(
                 for at in pending
                 if at <= born
                 and all(
-                    _meaning(shown.get(k)) == _meaning(v)
+                    same_meaning(shown.get(k), v)
                     for k, v in after.get((key[0], at), {}).items()
                     if k in _ABOUT.get(key[1], (k,))
                 )
@@ -403,27 +381,6 @@ _ABOUT: dict[str, tuple[str, ...]] = {
 }
 
 
-def _meaning(value: Any) -> Any:
-    """A value as the contract means it, so `--drift` answers compare with the change log:
-    spelling normalized, unknown `x_drift_...` keys and the drifting enum `software` left out."""
-    if isinstance(value, dict):
-        return {
-            k: _meaning(v)
-            for k, v in value.items()
-            if not k.startswith("x_drift") and k != "software"
-        }
-    if isinstance(value, list):
-        return [_meaning(v) for v in value]
-    return normalized(value)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def report(results: list[dict[str, Any]]) -> None:
     types = sorted({t for r in results for t in (*r["latencies"], *r["missed"], *r["false"])})
     print("\ndetection latency in simulated minutes (p50 / p95), missed, false:")
@@ -456,50 +413,18 @@ def report(results: list[dict[str, Any]]) -> None:
             print(f"  p95 {t}: naive/scheduler = {b / a:.1f}x (goal >= 5x)")
 
 
-def claim_redis_db() -> tuple[int, str]:
-    claims = redis.Redis.from_url(f"{REDIS_SERVER}/0")
-    token = secrets.token_hex(8)
-    try:
-        for number in range(1, 15):  # 15 is left to benches that use it unclaimed
-            if claims.set(f"relay:test-db-claim:{number}", token, nx=True, ex=3600):
-                return number, token
-    finally:
-        claims.close()
-    raise SystemExit("bench: every Redis db 1-15 is claimed by a test run")
-
-
-def release_redis_db(number: int, token: str) -> None:
-    claims = redis.Redis.from_url(f"{REDIS_SERVER}/0")
-    try:
-        if claims.get(f"relay:test-db-claim:{number}") == token.encode():
-            claims.delete(f"relay:test-db-claim:{number}")
-    finally:
-        claims.close()
-
-
 async def main(args: argparse.Namespace) -> None:
     configure_logging("console", "error", cache=False)
-    number, token = claim_redis_db()
-    base = Settings(
-        database_url=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay"),
-        redis_url=f"{REDIS_SERVER}/{number}",
-    )
-    print(
+    banner = (
         f"freshness: {args.clients} clients x {args.items} items, seed {args.seed}, 60 requests "
         f"per simulated minute, speed {args.speed}x ({60 / args.speed:.2f} s windows), "
-        f"{args.minutes} simulated minutes of changes",
-        flush=True,
+        f"{args.minutes} simulated minutes of changes"
     )
-    try:
-        results = []
-        for name in args.strategies.split(","):
-            began = time.time()
-            print(f"== {name}", flush=True)
-            results.append(await run_strategy(name, args, base))
-            print(f"  {name}: {time.time() - began:.0f} s real in all", flush=True)
-        report(results)
-    finally:
-        release_redis_db(number, token)
+
+    async def run(name: str, base: Settings) -> dict[str, Any]:
+        return await run_strategy(name, args, base)
+
+    await compare_strategies(banner, args.strategies.split(","), run, report)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import secrets
 import sys
 import time
 from collections import defaultdict
@@ -34,15 +32,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio as aioredis
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.db import create_pool, migrate
+from bench.common import ThrowawayStores, compare_strategies, pct
 from relay.errors import UpstreamError
 from relay.http import create_client_session
 from relay.logs import configure_logging
@@ -55,8 +51,8 @@ from relay.settings import Settings
 from relay.sources import accounts
 from relay.sources.source import ListSpec
 from relay.vault import Vault, generate_key
+from tests.support.loopback import serve
 
-REDIS_SERVER = "redis://127.0.0.1:6379"
 GOAL_TYPES = ("invoice.processed", "invoice.published")
 
 
@@ -96,17 +92,10 @@ async def run_strategy(name: str, args: argparse.Namespace, base: Settings) -> d
     box = InvoicextSandbox(
         seed=args.seed, items=args.items, plan="starter", speed=args.speed, simulate=False
     )
-    runner = web.AppRunner(create_invoicext_app(box), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1"
-    db_name = f"relay_bench_{secrets.token_hex(4)}"
-    parts = urlsplit(base.database_url)
-    settings = base.with_changes(database_url=urlunsplit(parts._replace(path=f"/{db_name}")))
-    await migrate(settings)
-    pool = await create_pool(settings, max_size=8)
-    rconn = aioredis.from_url(settings.redis_url)  # type: ignore[no-untyped-call]
-    await rconn.flushdb()
+    runner, url = await serve(create_invoicext_app(box), access_log=None)
+    url = f"{url}/api/v1"
+    stores = await ThrowawayStores.open(base)
+    pool, rconn = stores.pool, stores.redis
     vault = Vault((generate_key(),))
     http = create_client_session(timeout=30.0)
     try:
@@ -185,15 +174,8 @@ async def run_strategy(name: str, args: argparse.Namespace, base: Settings) -> d
         }
     finally:
         await http.close()
-        await pool.close()
-        await rconn.flushdb()
-        await rconn.aclose()
+        await stores.close()
         await runner.cleanup()
-        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def score(world: World, truth: list[dict[str, Any]], events: list[Any]) -> dict[str, Any]:
@@ -225,13 +207,6 @@ def score(world: World, truth: list[dict[str, Any]], events: list[Any]) -> dict[
     }
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def report(results: list[dict[str, Any]]) -> None:
     types = sorted({t for r in results for t in (*r["latencies"], *r["missed"], *r["false"])})
     print("\ndetection latency in simulated minutes (p50 / p95), missed, false:")
@@ -261,29 +236,16 @@ def report(results: list[dict[str, Any]]) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from bench.freshness import claim_redis_db, release_redis_db
-
     configure_logging("console", "error", cache=False)
-    number, token = claim_redis_db()
-    base = Settings(
-        database_url=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/relay"),
-        redis_url=f"{REDIS_SERVER}/{number}",
-    )
-    print(
+    banner = (
         f"freshness (InvoiceXT, Starter: 100/h, 5,000/month): {args.items} invoices, seed "
-        f"{args.seed}, speed {args.speed}x, {args.hours} simulated hours",
-        flush=True,
+        f"{args.seed}, speed {args.speed}x, {args.hours} simulated hours"
     )
-    try:
-        results = []
-        for name in args.strategies.split(","):
-            began = time.time()
-            print(f"== {name}", flush=True)
-            results.append(await run_strategy(name, args, base))
-            print(f"  {name}: {time.time() - began:.0f} s real in all", flush=True)
-        report(results)
-    finally:
-        release_redis_db(number, token)
+
+    async def run(name: str, base: Settings) -> dict[str, Any]:
+        return await run_strategy(name, args, base)
+
+    await compare_strategies(banner, args.strategies.split(","), run, report)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import socket
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import asyncpg
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import PG_SERVER, free_port, run_receiver, tear_down
 from relay.db import create_pool, migrate
 from relay.delivery import Dispatcher, close_session, create_session
 from relay.delivery.subscriptions import create_subscription
@@ -43,28 +41,12 @@ from relay.settings import Settings
 from relay.vault import Vault, generate_key
 from workers.runtime import tune_gc
 
-PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 FAILING = b'"object_id":"doc_0"'
 
 
-def serve(port: int) -> None:
-    """The receiver, in its own process: 200, except 500 to doc_0 when `/fail-doc0`."""
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        if request.path == "/fail-doc0" and FAILING in body:
-            return web.Response(status=500, text="no")
-        return web.Response(status=200, text="ok")
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def status_of(path: str, body: bytes) -> int:
+    """The receiver's answer: 200, except 500 to doc_0 when `/fail-doc0`."""
+    return 500 if path == "/fail-doc0" and FAILING in body else 200
 
 
 async def seed_events(pool: asyncpg.Pool, objects: int, events: int) -> None:
@@ -211,14 +193,7 @@ async def main(args: argparse.Namespace) -> None:
             f"{statistics.median(rounds):.3f} s (goal: no more than one round)"
         )
     finally:
-        await pool.close()
-        receiver.terminate()
-        await receiver.wait()
-        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await tear_down(pool, receiver, name)
 
 
 if __name__ == "__main__":
@@ -229,6 +204,6 @@ if __name__ == "__main__":
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        run_receiver(args.serve, status_of)
     else:
         asyncio.run(main(args))

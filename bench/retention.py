@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import secrets
-import socket
 import statistics
 import sys
 import time
@@ -46,6 +44,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import PG_SERVER, free_port, tear_down
 from relay.db import create_pool, migrate
 from relay.delivery import Dispatcher, close_session, create_session
 from relay.delivery.subscriptions import create_subscription
@@ -55,7 +54,6 @@ from relay.settings import Settings
 from relay.vault import Vault, generate_key
 from workers.runtime import tune_gc
 
-PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 THROUGHPUT = Path(__file__).resolve().parent / "delivery_throughput.py"
 PENDING_LEFT = "SELECT EXISTS (SELECT FROM deliveries WHERE status = 'pending')"
 ATTEMPTS_PER_DELIVERY = 4
@@ -97,12 +95,6 @@ _BODY = (
     '{"status": "ready", "supplier": {"id": "sup_1", "name": "Office Supplies Ltd"}, '
     '"total_amount": "1332.00", "currency": "GBP"}, "previous": {"category": null}}}'
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def partition_attempts(pool: asyncpg.Pool) -> None:
@@ -291,14 +283,7 @@ async def main(args: argparse.Namespace) -> None:
             )
         print("\n".join(summary))
     finally:
-        await pool.close()
-        receiver.terminate()
-        await receiver.wait()
-        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await tear_down(pool, receiver, name)
 
 
 if __name__ == "__main__":

@@ -30,20 +30,19 @@ import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from delivery_throughput import free_port, run_dispatcher, seed_pending
+from delivery_throughput import run_dispatcher, seed_pending
 
+from bench.common import PG_SERVER, free_port, tear_down
 from relay.db import create_pool, migrate
 from relay.delivery.subscriptions import create_subscription
 from relay.logs import configure_logging
 from relay.settings import Settings
 from relay.vault import Vault, generate_key
 
-PG_SERVER = os.environ.get("RELAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("RELAY_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 TOKEN = "bench-admin-token"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -206,14 +205,7 @@ async def main(args: argparse.Namespace) -> None:
         if api is not None:
             api.terminate()
             await api.wait()
-        await pool.close()
-        receiver.terminate()
-        await receiver.wait()
-        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await tear_down(pool, receiver, name)
 
 
 if __name__ == "__main__":

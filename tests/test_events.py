@@ -1,18 +1,32 @@
-"""The events store: single inserts, get by id, filtered lists and cursor pagination."""
+"""The events store: single inserts, get by id, filtered lists, cursor pagination, wake-ups."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from relay.errors import InvalidInput, NotFound
-from relay.events import encode_cursor, get_event, insert_event, list_events
+from relay.events import (
+    announce_events,
+    build_event,
+    encode_cursor,
+    get_event,
+    insert_event,
+    insert_events,
+    list_events,
+    outbox,
+)
+from relay.settings import Settings
 from relay.snapshots import diff_objects
-from tests.snapshots.test_objects import CLIENT, cost, make_account
+from tests.support.snapshots import CLIENT, cost
+from tests.support.stores import make_account
 
 
 async def add(
@@ -207,3 +221,116 @@ async def test_diff_events_list_in_the_webhook_shape(pool: asyncpg.Pool) -> None
     ]
     assert listed[0]["data"]["previous"] == {"status": "review", "publish_status": "unpublished"}
     assert encode_cursor(1) != encode_cursor(2)
+
+
+# ---- waking the readers: the trigger, or `outbox` after its commit ---------------------------
+
+
+class Wakes:
+    """A LISTEN on `relay_wake` (its own connection), as the dispatchers and streams hold one."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.payloads: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        self.payloads.put_nowait(str(payload))
+
+    async def settled(self) -> list[str]:
+        """Every wake-up sent so far: a round trip on the listening connection after a pause,
+        so that anything Postgres queued for it has been read."""
+        await asyncio.sleep(0.2)
+        await self.conn.execute("SELECT 1")
+        got = []
+        while not self.payloads.empty():
+            got.append(self.payloads.get_nowait())
+        return got
+
+
+@pytest.fixture
+async def wakes(settings: Settings) -> AsyncIterator[Wakes]:
+    conn = await asyncpg.connect(settings.database_url)
+    listening = Wakes(conn)
+    await conn.add_listener("relay_wake", listening.on_notify)
+    yield listening
+    await conn.close()
+
+
+def bodies(n: int) -> list[dict[str, Any]]:
+    return [
+        build_event(
+            "relay.ping", account_id=None, client_id=None, object_id=f"sub_{i}", object={"id": i}
+        )
+        for i in range(n)
+    ]
+
+
+async def test_a_plain_transaction_is_announced_by_the_trigger(
+    pool: asyncpg.Pool, wakes: Wakes
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await insert_events(conn, bodies(3))
+    assert await wakes.settled() == ["events"]
+
+
+async def test_an_outbox_batch_is_announced_once_after_its_commit(
+    pool: asyncpg.Pool, wakes: Wakes
+) -> None:
+    async with pool.acquire() as conn:
+        async with outbox(conn):
+            await insert_events(conn, bodies(3))
+            await insert_event(conn, "relay.ping", account_id=None, object_id="x", object={})
+        # One wake-up, from the announcement alone: the trigger's own (a second one, sent from
+        # the storing transaction) stayed quiet, and the readers find all four events.
+        assert await wakes.settled() == ["events"]
+        assert await conn.fetchval("SELECT count(*) FROM events") == 4
+        # The quiet trigger was the transaction's alone: the next one notifies again.
+        async with conn.transaction():
+            await insert_events(conn, bodies(1))
+    assert await wakes.settled() == ["events"]
+
+
+async def test_an_outbox_inside_a_transaction_announces_at_the_outer_commit_only(
+    pool: asyncpg.Pool, wakes: Wakes
+) -> None:
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            async with outbox(conn):  # a savepoint: nothing is committed when it ends
+                await insert_events(conn, bodies(2))
+            assert await wakes.settled() == []
+        assert await wakes.settled() == ["events"]
+
+
+async def test_a_failed_outbox_announces_nothing_and_stores_nothing(
+    pool: asyncpg.Pool, wakes: Wakes
+) -> None:
+    async def fail(conn: asyncpg.Connection) -> None:
+        async with outbox(conn):
+            await insert_events(conn, bodies(2))
+            raise RuntimeError("the change failed")
+
+    async with pool.acquire() as conn:
+        with pytest.raises(RuntimeError):
+            await fail(conn)
+    assert await wakes.settled() == []
+    assert await pool.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_an_announcement_that_fails_is_logged_not_raised(settings: Settings) -> None:
+    # Committed events whose announcement is lost are found by the readers' polls (the tests
+    # of the dispatcher and the stream show it); the storing caller must not see an error.
+    conn = await asyncpg.connect(settings.database_url)
+    await conn.close()
+    with capture_logs() as logs:
+        await announce_events(conn)
+    assert [e["event"] for e in logs] == ["events_announce_failed"]
+
+
+async def test_an_outbox_that_stored_nothing_announces_nothing(
+    pool: asyncpg.Pool, wakes: Wakes
+) -> None:
+    # Most polls find no change: their transactions must not wake every reader for nothing.
+    async with pool.acquire() as conn, outbox(conn):
+        await insert_events(conn, [])
+        await conn.execute("SELECT 1")
+    assert await wakes.settled() == []

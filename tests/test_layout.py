@@ -288,8 +288,6 @@ KNOWN_VIOLATIONS: list[tuple[str, str, str]] = [
     ("relay/snapshots/reads.py", "snapshots", "poller (snapshots/diff.py)"),
     ("relay/snapshots/reads.py", "accounts", "poller (sources/accounts.py)"),
     ("relay/snapshots/scans.py", "snapshots", "poller (snapshots/diff.py)"),
-    ("relay/delivery/leases.py", "deliveries", "throughput (delivery/store.py)"),
-    ("relay/delivery/leases.py", "delivery_attempts", "throughput (delivery/store.py)"),
 ]
 
 

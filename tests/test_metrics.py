@@ -25,7 +25,7 @@ from relay.poller.plan import Policy
 from relay.settings import Settings
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import SandboxFactory
+from tests.support.sandbox import SandboxFactory
 from workers.delivery import sweep_deliveries
 from workers.main import build_worker
 from workers.polling import poll_account

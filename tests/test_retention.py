@@ -14,15 +14,12 @@ from relay.api.app import create_app
 from relay.ids import new_id
 from relay.retention import prune
 from relay.settings import Settings
+from tests.support.stores import make_account
 from workers.main import build_worker
 
 
 async def _account(pool: asyncpg.Pool) -> str:
-    account_id: str = await pool.fetchval(
-        "INSERT INTO accounts (provider, name, base_url, api_token_enc) "
-        "VALUES ('dext', 'Practice', 'https://dext.example', 'x') RETURNING id"
-    )
-    return account_id
+    return await make_account(pool, base_url="https://dext.example", baselined=False)
 
 
 async def _subscription(pool: asyncpg.Pool) -> str:

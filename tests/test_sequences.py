@@ -7,7 +7,8 @@ import asyncio
 import asyncpg
 
 from relay.events import list_events
-from tests.snapshots.test_objects import cost, diff, make_account
+from tests.support.snapshots import cost, diff
+from tests.support.stores import make_account
 
 
 async def test_sequence_counts_each_objects_events_in_detection_order(pool: asyncpg.Pool) -> None:

@@ -1,11 +1,12 @@
 """`GET /v1/events/stream`: every stored event as a server-sent event, as it is stored.
 
-One `StreamHub` per API process tails the events table (woken by the events trigger's
-`NOTIFY relay_wake`, with a short poll as the safety net) and hands each event to every open
-stream through a bounded queue. A stream whose queue fills (a slow reader) is dropped from the
-hub, not waited for: it goes on reading from Postgres at its own pace from where it was, then
-rejoins. So one slow or stalled reader costs the server one small buffer and never holds back
-the hub, the other readers or delivery (which runs in the workers and never waits for a stream).
+One `StreamHub` per API process tails the events table (woken by `NOTIFY relay_wake`, sent by
+the events trigger or after an `events.outbox()` commit, with a short poll as the safety net)
+and hands each event to every open stream through a bounded queue. A stream whose queue fills
+(a slow reader) is dropped from the hub, not waited for: it goes on reading from Postgres at its
+own pace from where it was, then rejoins. So one slow or stalled reader costs the server one
+small buffer and never holds back the hub, the other readers or delivery (which runs in the
+workers and never waits for a stream).
 
 Positions are `(xid, seq)` (see `relay.events.read_stream`): reading below the transaction
 horizon in that order never skips an event that committed late, which is what makes resuming

@@ -9,7 +9,8 @@ from aiohttp import web
 from relay.api.keys import POOL, SETTINGS, VAULT
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, Boolean, String, StringList, Url
-from relay.delivery import fanout, ordering, subscriptions
+from relay.delivery import fanout, subscriptions
+from relay.delivery import store as deliveries
 
 _TIME = {"type": "string", "format": "date-time"}
 # What the store accepts as an entry of `event_types`: an exact type, `prefix.*` or `*`.
@@ -145,7 +146,7 @@ async def update_subscription(request: web.Request, inp: Input) -> web.Response:
         request.app[POOL], request.app[SETTINGS], inp.path["id"], inp.body
     )
     if inp.body.get("ordering") == "none":
-        await ordering.release(request.app[POOL], inp.path["id"])
+        await deliveries.release_order(request.app[POOL], inp.path["id"])
     return json_response(record)
 
 

@@ -6,12 +6,12 @@ until it succeeds or runs out of attempts. In flow order:
 
 fanout         fan_out_events (matching subscriptions to events), replay_event, send_test_event
 subscriptions  the store behind /v1/subscriptions, secrets at rest, matchers
-store          deliveries and delivery_attempts: list/get/retry, every insert, promote/release,
-               retention's and the console's statements
-ordering       `ordering: "object"`: one head per object queue, promoted as each head settles
+store          deliveries and delivery_attempts: list/get/retry, every insert, the dispatcher's
+               claim, record and hand-back, promote/release_order, retention's and the
+               console's statements
+ordering       `ordering: "object"`: one head per object queue (keys, locks; store.py promotes)
 recovery       replay-window and backfill jobs (delivery_jobs), queued in batches behind a window
 dispatcher     Dispatcher: batched claims, per-endpoint caps, batched recording, leases
-leases         the claim, record and hand-back statements the dispatcher runs
 sender         create_session (the worker's one ClientSession), post (one bounded attempt)
 signing        Standard Webhooks signatures and secrets
 targets        which URLs may be delivered to (private addresses refused unless allowed)

@@ -1,8 +1,9 @@
 """The dispatcher: claims due deliveries in batches, sends them concurrently, records in batches.
 
 One long-running `Dispatcher.run()` per worker process. Its cycle:
-1. fan out newly stored events (woken by `NOTIFY relay_wake` from the events trigger, by the
-   sweeper, or by its own poll timer, so a flushed Redis only ever delays nothing);
+1. fan out newly stored events (woken by `NOTIFY relay_wake`, which the events trigger or an
+   `events.outbox()` commit sends, by the sweeper, or by its own poll timer, so a flushed Redis
+   or a lost NOTIFY only ever delays, never loses);
 2. claim due deliveries with one `UPDATE ... FOR UPDATE SKIP LOCKED ... RETURNING` that also
    returns each event body and subscription. A claim sets `leased_until` to the end of a
    lease, so a delivery held by a worker that died is simply claimable again when the lease
@@ -37,12 +38,17 @@ import structlog
 from relay.db import Outage, store_outage
 from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
 from relay.delivery.fanout import fan_out_events
-from relay.delivery.leases import claim, record, release, release_unanswered
-from relay.delivery.ordering import promote
 from relay.delivery.policy import retry_delay
 from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
-from relay.delivery.store import WAKE_CHANNEL
+from relay.delivery.store import (
+    WAKE_CHANNEL,
+    claim,
+    promote,
+    record,
+    release,
+    release_unanswered,
+)
 from relay.delivery.subscriptions import signing_keys, signing_keys_change_at
 from relay.metrics import WorkerMetrics
 from relay.settings import Settings

@@ -18,13 +18,14 @@ from typing import Any
 
 import asyncpg
 
-from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key, promote
+from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key
 from relay.delivery.store import (
     get_delivery,
     insert_deliveries,
     insert_delivery,
     insert_replays,
     notify_wake,
+    promote,
 )
 from relay.delivery.subscriptions import (
     Matcher,

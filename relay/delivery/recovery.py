@@ -27,13 +27,14 @@ import orjson
 import structlog
 
 from relay.db import Connection
-from relay.delivery.ordering import event_order_key, promote
+from relay.delivery.ordering import event_order_key
 from relay.delivery.store import (
     count_job_pending,
     insert_job_deliveries,
     insert_job_replays,
     job_status_counts,
     notify_wake,
+    promote,
 )
 from relay.delivery.subscriptions import Querier, load_matchers, share_subscription
 from relay.errors import Conflict, InvalidInput, NotFound

@@ -1,14 +1,20 @@
-"""Injectable faults: each targets a path prefix and fires for the next N requests or at random."""
+"""Injectable faults: each targets a path prefix and fires for the next N requests or at random.
+
+One model and one parser for both upstreams; each provider says which kinds it serves (Dext
+all but `500`; InvoiceXT the edge's HTML errors, `slow`, `drop` and `malformed_json`), and
+`relay.sandbox.edge` plays them the same way for both.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from random import Random
 from typing import Any, Final
 
 # Faults decided before the request is handled, and faults that spoil a successful answer.
 BEFORE: Final = frozenset(
-    {"502", "503", "slow", "drop", "session_expired", "consume_budget", "processing_error"}
+    {"500", "502", "503", "slow", "drop", "session_expired", "consume_budget", "processing_error"}
 )
 AFTER: Final = frozenset({"malformed_json", "extra_fields", "wrong_types"})
 KINDS: Final = BEFORE | AFTER
@@ -36,13 +42,20 @@ class Fault:
         }
 
 
-def parse_fault(body: Any) -> Fault:
-    """A Fault from the control surface's JSON; ValueError says what is wrong."""
+def parse_fault(
+    body: Any, kinds: frozenset[str] = KINDS, aliases: Mapping[str, str] | None = None
+) -> Fault:
+    """A Fault of one of `kinds` from the control surface's JSON; ValueError says what is wrong.
+
+    `aliases` maps a provider's older spelling of a kind to the shared one.
+    """
     if not isinstance(body, dict):
         raise ValueError("body must be a JSON object")
     kind = body.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {sorted(KINDS)}")
+    if aliases and isinstance(kind, str):
+        kind = aliases.get(kind, kind)
+    if kind not in kinds:
+        raise ValueError(f"kind must be one of {sorted(kinds | set(aliases or ()))}")
     path = body.get("path", "/")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ValueError("path must be a string starting with /")

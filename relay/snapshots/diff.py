@@ -11,7 +11,7 @@ import structlog
 from xxhash import xxh3_128_digest
 
 from relay.errors import InvalidInput
-from relay.events import build_event, insert_events, reserve_sequences
+from relay.events import build_event, insert_events, outbox, reserve_sequences
 from relay.exactjson import dumps as exact_dumps
 from relay.snapshots.hashing import _object_id, content_hash, summary_hash
 from relay.snapshots.rules import (
@@ -322,7 +322,7 @@ async def diff_objects(
     an event's `previous` always holds the values of the row it replaced.
     """
     result = DiffResult(seen=0)
-    async with conn.transaction():
+    async with outbox(conn):  # its events are announced after the commit (events.py)
         batch = await _hash_and_find(conn, account_id, object_type, objects, client_id)
         ids = batch.object_ids
         result.seen = len(batch.unique_ids)

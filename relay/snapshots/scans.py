@@ -11,7 +11,7 @@ import structlog
 
 from relay import exactjson
 from relay.errors import InvalidInput, NotFound
-from relay.events import build_event, insert_events
+from relay.events import build_event, insert_events, outbox
 from relay.snapshots.rules import INVOICEXT_OBJECT_TYPES, event_type_for
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ async def finish_complete_scan(
     (`refused` says why) and deletes nothing. Call it first with `confirmed_gone=None` to get
     the candidates, then again with the confirmed ones; repeating a call never repeats an event.
     """
-    async with conn.transaction():
+    async with outbox(conn):  # its events are announced after the commit (events.py)
         scan = await conn.fetchrow(
             "SELECT account_id, object_type, partial_reason FROM snapshot_scans"
             " WHERE id = $1 FOR UPDATE",

@@ -16,21 +16,10 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from relay.vault import Vault
-from tests.conftest import TEST_SECRET_KEY
-from tests.support.api import create_account
+from tests.support.api import answer, create_account
+from tests.support.stores import TEST_SECRET_KEY
 
 Client = TestClient[Any, Any]
-
-
-async def answer(request: Awaitable[aiohttp.ClientResponse]) -> tuple[int, Any]:
-    """(status, JSON body or None) of one request."""
-    response = await request
-    try:
-        if response.content_type != "application/json":
-            return response.status, None
-        return response.status, await response.json()
-    finally:
-        response.release()
 
 
 async def create_subscription(client: Client, **overrides: Any) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from relay.api.keys import ROUTES
 from relay.api.routing import Input, Route
 from relay.errors import ConfigError
 from relay.settings import Settings
-from tests.conftest import TEST_ADMIN_TOKEN
 from tests.support.api import AUTH, ClientFactory, create_account, error_of
+from tests.support.stores import TEST_ADMIN_TOKEN
 
 V1_ROUTES = [
     ("GET", "/v1/accounts"),

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from relay.api.keys import ROUTES
-from tests.conftest import TEST_ADMIN_TOKEN
+from tests.support.stores import TEST_ADMIN_TOKEN
 
 ST = Path(sys.executable).parent / "st"
 

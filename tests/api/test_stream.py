@@ -1,4 +1,4 @@
-"""`GET /v1/events/stream` against the real app, Postgres and its NOTIFY trigger."""
+"""`GET /v1/events/stream` against the real app, Postgres and its wake-ups (trigger, outbox)."""
 
 from __future__ import annotations
 
@@ -217,4 +217,38 @@ async def test_since_replays_history_then_follows(
     new = await store(pool, body(object_id="c"))
     got = await reader.take(3)
     assert [e["id"] for e in got] == old + new
+    response.close()
+
+
+@pytest.fixture
+async def woken_client(aiohttp_client: ClientFactory, app: web.Application) -> TestClient[Any, Any]:
+    """A stream whose hub looks at Postgres once a minute: what arrives sooner was woken."""
+    app[STREAM_OPTIONS] = StreamOptions(heartbeat=0.3, write_timeout=1.0, page=50, poll_interval=60)
+    return await aiohttp_client(app)
+
+
+async def test_a_batch_stored_through_the_outbox_wakes_the_stream(
+    woken_client: TestClient[Any, Any], pool: asyncpg.Pool
+) -> None:
+    response = await open_stream(woken_client)
+    reader = Reader(response)
+    first = await store(pool, body(object_id="first"))  # the trigger's wake-up: it listens
+    assert [e["id"] for e in await reader.take(1)] == first
+    batch = [body(object_id=f"doc-{i}") for i in range(5)]
+    async with pool.acquire() as conn, events.outbox(conn):
+        await events.insert_events(conn, batch)
+    assert [e["id"] for e in await reader.take(5)] == [b["id"] for b in batch]
+    response.close()
+
+
+async def test_a_lost_wake_up_is_caught_by_the_streams_poll(
+    stream_client: TestClient[Any, Any], pool: asyncpg.Pool
+) -> None:
+    response = await open_stream(stream_client)  # the hub polls every 0.5 s
+    batch = [body(object_id=f"doc-{i}") for i in range(3)]
+    async with pool.acquire() as conn, conn.transaction():
+        # As `outbox` stores them, but the announcement never comes.
+        await conn.execute("SELECT set_config('relay.announce_events', 'after_commit', true)")
+        await events.insert_events(conn, batch)
+    assert [e["id"] for e in await Reader(response).take(3)] == [b["id"] for b in batch]
     response.close()

@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
-import pytest
 from aiohttp.test_utils import TestClient
 
 from relay.cli.jobs import progress_line
-from relay.cli.main import build_parser
-from relay.cli.operator import run_operator_command
 from relay.delivery.fanout import fan_out_events
 from relay.events import build_event, insert_events
-from relay.settings import Settings
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
-
-
-@pytest.fixture
-async def cli(client: TestClient[Any, Any], settings: Settings) -> Any:
-    api_url = str(client.make_url("")).rstrip("/")
-    cli_settings = settings.with_changes(api_url=api_url)
-
-    def call(argv: tuple[str, ...]) -> Result:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run_operator_command(build_parser().parse_args(list(argv)), cli_settings)
-        return Result(code, out.getvalue(), err.getvalue())
-
-    async def run(*argv: str) -> Result:
-        return await asyncio.to_thread(call, argv)
-
-    return run
 
 
 async def test_ordering_replay_and_backfill_from_the_cli(

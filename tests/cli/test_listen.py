@@ -19,7 +19,7 @@ from relay import events
 from relay.api.app import create_app
 from relay.cli.listen import Listener, ListenOptions
 from relay.settings import Settings
-from tests.conftest import TEST_ADMIN_TOKEN
+from tests.support.stores import TEST_ADMIN_TOKEN
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 

@@ -3,50 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 
 from relay.cli.accounts import baseline_bar
-from relay.cli.main import build_parser
-from relay.cli.operator import run_operator_command
 from relay.errors import ConfigError
-from relay.settings import Settings
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
-
-
-@pytest.fixture
-async def cli(client: TestClient[Any, Any], settings: Settings) -> Any:
-    """Run `relay ARGS...` in a thread against the served API, capturing what it prints."""
-    api_url = str(client.make_url("")).rstrip("/")
-    cli_settings = settings.with_changes(api_url=api_url)
-
-    def call(argv: tuple[str, ...], use: Settings) -> Result:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            args = build_parser().parse_args(list(argv))
-            code = run_operator_command(args, use)
-        return Result(code, out.getvalue(), err.getvalue())
-
-    async def run(*argv: str, **changes: Any) -> Result:
-        """`changes` alter the CLI's settings for this one call (token, API URL)."""
-        return await asyncio.to_thread(call, argv, cli_settings.with_changes(**changes))
-
-    return run
 
 
 async def test_accounts_add_list_show_poll(cli: Any) -> None:

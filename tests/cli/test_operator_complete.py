@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import os
 import pty
 import re
@@ -18,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
 from relay.cli.client import Call
 from relay.cli.main import build_parser
-from relay.cli.operator import run_operator_command
 from relay.errors import ConfigError
-from relay.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 _ID_SEGMENT = re.compile(r"^[a-z]+_[^/]*$")
@@ -112,29 +108,10 @@ async def test_every_admin_route_has_a_cli_command(client: TestClient[Any, Any])
     assert covered - admin == set(), "`relay` commands calling routes the API does not have"
 
 
-class Run:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
-
-
 @pytest.fixture
-async def relay(client: TestClient[Any, Any], settings: Settings) -> Any:
+def relay(cli: Any) -> Any:
     """`relay ARGS...` in a thread against the served API; stdin is empty and not a terminal."""
-    use = settings.with_changes(api_url=str(client.make_url("")).rstrip("/"))
-
-    def call(argv: tuple[str, ...]) -> Run:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run_operator_command(build_parser().parse_args(list(argv)), use)
-        return Run(code, out.getvalue(), err.getvalue())
-
-    async def run(*argv: str) -> Run:
-        return await asyncio.to_thread(call, argv)
-
-    return run
+    return cli
 
 
 async def _subscription(relay: Any) -> str:

@@ -18,7 +18,7 @@ from relay.errors import ConfigError
 from relay.settings import Settings
 from relay.sources import accounts
 from relay.vault import Vault, generate_key
-from tests.conftest import TEST_SECRET_KEY
+from tests.support.stores import TEST_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = TEST_SECRET_KEY

@@ -1,89 +1,25 @@
-"""Fixtures for delivery tests: programmable webhook endpoints on loopback, events, dispatchers."""
+"""Fixtures for delivery tests: programmable webhook endpoints on loopback, dispatchers, the API
+(the factories they are built from are in tests/support/delivery.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from relay.api.app import create_app
 from relay.delivery import Dispatcher, close_session, create_session
-from relay.delivery.subscriptions import create_subscription
-from relay.ids import new_id
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.conftest import TEST_ADMIN_TOKEN
-
-
-@dataclass
-class Hit:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-@dataclass
-class Endpoint:
-    """A real HTTP server on 127.0.0.1 whose answer depends on the path:
-
-    /ok                200
-    /fail/N            500 for the first N requests to this path, then 200
-    /gone              410
-    /retry-after/S     first request 503 with `Retry-After: S`, then 200
-    /slow/S            answers 200 after S seconds
-    /redirect          302 to /ok (must not be followed)
-    /endless           200 with a body that never ends
-    /hold              waits until `release` is set, then 200
-    """
-
-    base: str = ""
-    hits: list[Hit] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def to(self, path: str) -> list[Hit]:
-        return [h for h in self.hits if h.path == path]
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        path = request.path
-        self.hits.append(
-            Hit(path, {k.lower(): v for k, v in request.headers.items()}, body, time.monotonic())
-        )
-        n = self.counts[path] = self.counts.get(path, 0) + 1
-        parts = path.strip("/").split("/")
-        kind = parts[0]
-        if kind == "fail" and n <= int(parts[1]):
-            return web.Response(status=500, text="boom")
-        if kind == "gone":
-            return web.Response(status=410, text="gone")
-        if kind == "retry-after" and n == 1:
-            return web.Response(status=503, headers={"Retry-After": parts[1]}, text="later")
-        if kind == "slow":
-            await asyncio.sleep(float(parts[1]))
-        if kind == "redirect":
-            raise web.HTTPFound(self.base + "/ok")
-        if kind == "hold":
-            await self.release.wait()
-        if kind == "endless":
-            response = web.StreamResponse(status=200)
-            await response.prepare(request)
-            chunk = b"x" * 65536
-            while True:  # until the client hangs up
-                await response.write(chunk)
-        return web.Response(status=200, text="ok")
+from tests.support.delivery import Api, DispatcherFactory, Endpoint
+from tests.support.loopback import serve
+from tests.support.stores import AUTH
+from tests.support.workers import worker_env as relay_worker_env
 
 
 @pytest.fixture
@@ -91,12 +27,7 @@ async def endpoint() -> AsyncIterator[Endpoint]:
     ep = Endpoint()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", ep.handle)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    ep.base = f"http://127.0.0.1:{port}"
+    runner, ep.base = await serve(app, handler_cancellation=True)
     yield ep
     ep.release.set()
     await runner.cleanup()
@@ -106,14 +37,6 @@ async def endpoint() -> AsyncIterator[Endpoint]:
 def dsettings(settings: Settings) -> Settings:
     """The run's settings with a quick poll, so tests wait for nothing."""
     return settings.with_changes(delivery_poll_interval=0.2)
-
-
-@pytest.fixture
-def vault(settings: Settings) -> Vault:
-    return Vault(settings.secret_keys)
-
-
-DispatcherFactory = Callable[..., Awaitable[Dispatcher]]
 
 
 @pytest.fixture
@@ -137,93 +60,6 @@ async def start_dispatcher(
         await close_session(session)
 
 
-def event_body(
-    type: str = "document.categorized",
-    *,
-    account_id: str | None = None,
-    client_id: str | None = "cli_1",
-    object_id: str = "doc_1",
-    obj: dict[str, Any] | None = None,
-    previous: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": new_id("evt"),
-        "type": type,
-        "created_at": "2026-11-21T10:00:00Z",
-        "account_id": account_id,
-        "client_id": client_id,
-        "object_type": type.split(".", 1)[0],
-        "object_id": object_id,
-        "data": {
-            "object": obj if obj is not None else {"id": object_id, "category_code": "400"},
-            "previous": previous if previous is not None else {"category_code": "310"},
-        },
-    }
-
-
-async def store_events(pool: asyncpg.Pool, *bodies: dict[str, Any]) -> list[str]:
-    """Store events the way the events module does (in one transaction); returns their ids."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.executemany(
-            "INSERT INTO events (id, type, account_id, client_id, object_type, object_id, body) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            [
-                (
-                    b["id"],
-                    b["type"],
-                    b["account_id"],
-                    b["client_id"],
-                    b["object_type"],
-                    b["object_id"],
-                    b,
-                )
-                for b in bodies
-            ],
-        )
-    return [b["id"] for b in bodies]
-
-
-async def make_account(pool: asyncpg.Pool) -> str:
-    return str(
-        await pool.fetchval(
-            "INSERT INTO accounts (provider, name, base_url, api_token_enc) "
-            "VALUES ('dext', 'Practice', 'http://127.0.0.1:1', 'x') RETURNING id"
-        )
-    )
-
-
-async def subscribe(
-    pool: asyncpg.Pool, vault: Vault, settings: Settings, url: str, **kwargs: Any
-) -> tuple[dict[str, Any], str]:
-    kwargs.setdefault("event_types", ["*"])
-    return await create_subscription(pool, vault, settings, url=url, **kwargs)
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], seconds: float = 10.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def delivery_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    return await pool.fetch("SELECT * FROM deliveries ORDER BY id")
-
-
-async def all_settled(pool: asyncpg.Pool, count: int | None = None) -> bool:
-    rows = await delivery_rows(pool)
-    if count is not None and len(rows) != count:
-        return False
-    return bool(rows) and all(r["status"] != "pending" for r in rows)
-
-
-Api = TestClient[Any, Any]
-
-
 @pytest.fixture
 async def api(
     aiohttp_client: Callable[..., Awaitable[Api]],
@@ -232,14 +68,16 @@ async def api(
     redis_client: aioredis.Redis,
 ) -> Api:
     """The admin API served on loopback (stores emptied first, by `pool` and `redis_client`)."""
-    return await aiohttp_client(
-        create_app(dsettings), headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
-    )
+    return await aiohttp_client(create_app(dsettings), headers=AUTH)
 
 
 @pytest.fixture
 async def api2(aiohttp_client: Callable[..., Awaitable[Api]], dsettings: Settings, api: Api) -> Api:
     """A second admin API app with its own pool, as a second `relay api` process would be."""
-    return await aiohttp_client(
-        create_app(dsettings), headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
-    )
+    return await aiohttp_client(create_app(dsettings), headers=AUTH)
+
+
+@pytest.fixture
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of a `relay worker` subprocess on this run's stores."""
+    return relay_worker_env(settings)

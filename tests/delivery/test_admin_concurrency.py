@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestClient
 from standardwebhooks import Webhook
@@ -20,7 +19,8 @@ from relay.delivery.fanout import fan_out_events
 from relay.delivery.subscriptions import MAX_SIGNING_SECRETS
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import (
+from tests.support.api import answer
+from tests.support.delivery import (
     DispatcherFactory,
     Endpoint,
     event_body,
@@ -38,17 +38,6 @@ async def in_waves(calls: list[Callable[[], Awaitable[Any]]], width: int) -> lis
     for start in range(0, len(calls), width):
         answers += await asyncio.gather(*(call() for call in calls[start : start + width]))
     return answers
-
-
-async def answer(request: Awaitable[aiohttp.ClientResponse]) -> tuple[int, Any]:
-    """(status, JSON body or None) of one request."""
-    response = await request
-    try:
-        if response.content_type != "application/json":
-            return response.status, None
-        return response.status, await response.json()
-    finally:
-        response.release()
 
 
 async def settled(pool: asyncpg.Pool, expected: int) -> bool:

@@ -18,11 +18,12 @@ from relay.delivery import (
     retry_failed,
     send_test_event,
 )
-from relay.delivery.leases import claim, release_unanswered
+from relay.delivery.store import claim, release_unanswered
 from relay.delivery.subscriptions import get_subscription, rotate_secret, update_subscription
+from relay.events import insert_events, outbox
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     DispatcherFactory,
     Endpoint,
     all_settled,
@@ -543,3 +544,46 @@ async def test_a_claim_whose_answer_was_lost_is_handed_back_not_left_to_its_leas
     await wait_until(lambda: _count(endpoint, "/ok", 2), what="both sent at once")
     await asyncio.sleep(0.3)
     assert len(endpoint.hits) == 2
+
+
+async def store_quietly(pool: asyncpg.Pool, *bodies: dict[str, object]) -> list[str]:
+    """Store events as `outbox` does but never announce them: a lost wake-up."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('relay.announce_events', 'after_commit', true)")
+        await insert_events(conn, list(bodies))
+    return [str(b["id"]) for b in bodies]
+
+
+async def test_a_batch_stored_through_the_outbox_wakes_the_dispatcher(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    # It polls once a minute: what it sends within seconds, a wake-up told it about.
+    await start_dispatcher(dsettings.with_changes(delivery_poll_interval=60.0))
+    [first] = await store_events(pool, event_body())  # the trigger's wake-up: it listens
+    await wait_until(lambda: all_settled(pool, 1), what="the first delivery")
+    batch = [event_body(object_id=f"doc_{i}") for i in range(5)]
+    async with pool.acquire() as conn, outbox(conn):
+        await insert_events(conn, batch)
+    await wait_until(lambda: all_settled(pool, 6), what="the outbox's deliveries")
+    sent = [hit.headers["webhook-id"] for hit in endpoint.to("/ok")]
+    assert sorted(sent) == sorted([first, *(b["id"] for b in batch)])
+
+
+async def test_a_lost_wake_up_is_caught_by_the_dispatchers_poll(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    await start_dispatcher()  # polls every 0.2 s (dsettings)
+    ids = await store_quietly(pool, *(event_body(object_id=f"doc_{i}") for i in range(3)))
+    await wait_until(lambda: all_settled(pool, 3), what="deliveries found by the poll")
+    assert sorted(hit.headers["webhook-id"] for hit in endpoint.to("/ok")) == sorted(ids)
+    assert [r["attempt_count"] for r in await delivery_rows(pool)] == [1, 1, 1]

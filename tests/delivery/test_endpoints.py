@@ -24,7 +24,7 @@ from relay.delivery.subscriptions import get_subscription, update_subscription
 from relay.errors import ConfigError
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     DispatcherFactory,
     Endpoint,
     event_body,

@@ -17,7 +17,7 @@ from relay.delivery.slack import slack_message
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     DispatcherFactory,
     Endpoint,
     all_settled,
@@ -25,6 +25,7 @@ from tests.delivery.conftest import (
     subscribe,
     wait_until,
 )
+from tests.support.stores import make_account
 
 HOSTILE = "<!channel> <https://evil.example|click> & *bold* _it_ `code`\n• fake line\u2028" + (
     "x" * 5000
@@ -387,10 +388,7 @@ async def test_the_client_is_named_from_its_snapshot(
     endpoint: Endpoint,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account_id = await pool.fetchval(
-        "INSERT INTO accounts (provider, name, base_url, api_token_enc, baseline_completed_at)"
-        " VALUES ('dext', 'Practice', 'http://127.0.0.1:1', 'x', now()) RETURNING id"
-    )
+    account_id = await make_account(pool)
     async with pool.acquire() as conn:
         await diff_objects(
             conn,

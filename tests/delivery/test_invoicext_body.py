@@ -10,7 +10,8 @@ from relay import exactjson
 from relay.events import build_event, get_event, insert_events
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import DispatcherFactory, Endpoint, all_settled, subscribe, wait_until
+from tests.support.delivery import DispatcherFactory, Endpoint, all_settled, subscribe, wait_until
+from tests.support.stores import make_account
 
 INVOICE = exactjson.loads(
     b'{"id": "inv_8xKp2mNq", "status": "processed", "invoice_number": "INV-2026-0042",'
@@ -28,10 +29,10 @@ async def test_the_seed_payload_is_sent_with_standard_webhooks_headers(
     endpoint: Endpoint,
     start_dispatcher: DispatcherFactory,
 ) -> None:
-    account_id = await pool.fetchval(
-        "INSERT INTO accounts (provider, name, base_url, api_token_enc) "
-        "VALUES ('invoicext', 'ixt', 'http://127.0.0.1:1/api/v1', 'x') RETURNING id"
-    )
+    account_id = await make_account(
+        pool, provider="invoicext", name="ixt", base_url="http://127.0.0.1:1/api/v1",
+        baselined=False,
+    )  # fmt: skip
     _, secret = await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
     await start_dispatcher()
     body = build_event(

@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 from relay.delivery import replay_event
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     DispatcherFactory,
     Endpoint,
     all_settled,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,16 +18,8 @@ from aiohttp import web
 from relay.events import build_event, insert_events
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.conftest import TEST_SECRET_KEY
-from tests.delivery.conftest import (
-    DispatcherFactory,
-    Endpoint,
-    make_account,
-    subscribe,
-    wait_until,
-)
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.delivery import DispatcherFactory, Endpoint, make_account, subscribe, wait_until
+from tests.support.workers import spawn_worker
 
 
 @dataclass
@@ -177,32 +167,6 @@ async def _settled(pool: asyncpg.Pool, count: int) -> bool:
     return bool(row["n"] == count and row["pending"] == 0)
 
 
-@pytest.fixture
-def worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "RELAY_SECRET_KEY": TEST_SECRET_KEY,
-        "RELAY_ALLOW_PRIVATE_TARGETS": "true",
-        "RELAY_RETRY_SCHEDULE": "0.2,0.2,0.2,0.2",
-        "RELAY_DELIVERY_TIMEOUT": "2",
-        "RELAY_DELIVERY_LEASE": "1",
-        "RELAY_DELIVERY_POLL_INTERVAL": "0.2",
-        "RELAY_QUEUE_NAME": settings.queue_name,
-        "RELAY_LOG_FORMAT": "json",
-        "RELAY_LOG_LEVEL": "warning",
-    }
-
-
-async def _spawn_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as stderr:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay", "worker", env=env, cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
-
-
 async def test_sigkill_mid_sequence_keeps_each_objects_order(
     pool: asyncpg.Pool,
     vault: Vault,
@@ -215,7 +179,7 @@ async def test_sigkill_mid_sequence_keeps_each_objects_order(
     await subscribe(pool, vault, settings, endpoint.url("/hold"), ordering="object")
     await store_rounds(pool, account, objects=5, rounds=4)
     log = tmp_path / "worker.log"
-    first = await _spawn_worker(worker_env, log)
+    first = await spawn_worker(worker_env, log)
     second: asyncio.subprocess.Process | None = None
     try:
         await wait_until(lambda: _hits(endpoint, 5), seconds=20, what=f"held heads ({log})")
@@ -224,7 +188,7 @@ async def test_sigkill_mid_sequence_keeps_each_objects_order(
         first.send_signal(signal.SIGKILL)  # every head is in flight
         await first.wait()
         endpoint.release.set()
-        second = await _spawn_worker(worker_env, log)
+        second = await spawn_worker(worker_env, log)
         await wait_until(lambda: _settled(pool, 20), seconds=30, what=f"recovery ({log})")
     finally:
         for proc in (first, second):

@@ -20,7 +20,7 @@ from relay.delivery import fan_out_events
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault
-from tests.delivery.conftest import subscribe
+from tests.support.delivery import subscribe
 
 OUTREACH = "data.object.alert_level == 'high' && contains(keys(data.previous), 'alert_level')"
 OLD_RULE = "data.object.alert_level == 'high' && data.previous.alert_level != 'high'"

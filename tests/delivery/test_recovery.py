@@ -19,13 +19,7 @@ from relay.exactjson import ExactNumber
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault
-from tests.delivery.conftest import (
-    DispatcherFactory,
-    Endpoint,
-    make_account,
-    subscribe,
-    wait_until,
-)
+from tests.support.delivery import DispatcherFactory, Endpoint, make_account, subscribe, wait_until
 
 Api = TestClient[Any, Any]
 

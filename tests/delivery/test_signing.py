@@ -18,7 +18,7 @@ from relay.delivery.signing import generate_secret, secret_key, sign, verify, we
 from relay.delivery.subscriptions import signing_keys
 from relay.errors import ConfigError, SignatureError
 from relay.vault import Vault
-from tests.delivery.conftest import event_body
+from tests.support.delivery import event_body
 
 
 def test_secret_format() -> None:

@@ -25,7 +25,7 @@ from relay.delivery.subscriptions import (
 from relay.errors import InvalidInput, NotFound
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.delivery.conftest import subscribe
+from tests.support.delivery import subscribe
 
 
 async def test_create_returns_secret_once_and_stores_it_encrypted(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -14,8 +12,7 @@ import redis.asyncio as aioredis
 
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.conftest import TEST_SECRET_KEY
-from tests.delivery.conftest import (
+from tests.support.delivery import (
     Endpoint,
     all_settled,
     delivery_rows,
@@ -24,9 +21,8 @@ from tests.delivery.conftest import (
     subscribe,
     wait_until,
 )
+from tests.support.workers import spawn_worker
 from workers.main import build_worker
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _received_ids(endpoint: Endpoint, path: str) -> set[str]:
@@ -72,39 +68,6 @@ async def _jobs_done(worker: object) -> bool:
     return bool(getattr(worker, "jobs_complete", 0) >= 1)
 
 
-@pytest.fixture
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "RELAY_SECRET_KEY": TEST_SECRET_KEY,
-        "RELAY_ALLOW_PRIVATE_TARGETS": "true",
-        "RELAY_RETRY_SCHEDULE": "0.2,0.2,0.2,0.2",
-        "RELAY_DELIVERY_TIMEOUT": "2",
-        "RELAY_DELIVERY_LEASE": "1",
-        "RELAY_DELIVERY_POLL_INTERVAL": "0.2",
-        "RELAY_QUEUE_NAME": settings.queue_name,
-        "RELAY_LOG_FORMAT": "json",
-        "RELAY_LOG_LEVEL": "warning",
-    }
-    return env
-
-
-async def _spawn_worker(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as stderr:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay",
-            "worker",
-            env=env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-
-
 async def test_sigkill_mid_delivery_loses_nothing(
     pool: asyncpg.Pool,
     vault: Vault,
@@ -116,7 +79,7 @@ async def test_sigkill_mid_delivery_loses_nothing(
     await subscribe(pool, vault, settings, endpoint.url("/hold"))
     events = await store_events(pool, *[event_body() for _ in range(20)])
     log = tmp_path / "worker.log"
-    first = await _spawn_worker(worker_env, log)
+    first = await spawn_worker(worker_env, log)
     second: asyncio.subprocess.Process | None = None
     try:
         await wait_until(
@@ -128,7 +91,7 @@ async def test_sigkill_mid_delivery_loses_nothing(
         assert {r["status"] for r in rows} == {"pending"}
         assert await pool.fetchval("SELECT count(*) FROM delivery_attempts") == 0
         endpoint.release.set()
-        second = await _spawn_worker(worker_env, log)
+        second = await spawn_worker(worker_env, log)
         await wait_until(lambda: all_settled(pool, 20), seconds=20, what=f"recovery ({log})")
     finally:
         for proc in (first, second):

@@ -18,8 +18,8 @@ from relay.poller import Poller
 from relay.poller.plan import Policy
 from relay.settings import Settings
 from relay.vault import Vault
-from tests.outages.conftest import Receiver, setup_relay, wait_for
-from tests.plugins.sandbox import SandboxHandle
+from tests.support.outages import Receiver, setup_relay, wait_for
+from tests.support.sandbox import SandboxHandle
 from tests.support.stores import PrivateStores
 
 

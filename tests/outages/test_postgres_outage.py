@@ -21,8 +21,7 @@ from aiohttp import web
 
 from relay.api.app import create_app
 from relay.settings import Settings
-from tests.conftest import TEST_ADMIN_TOKEN
-from tests.outages.conftest import (
+from tests.support.outages import (
     Receiver,
     WorkerFactory,
     all_recorded,
@@ -33,8 +32,8 @@ from tests.outages.conftest import (
     upstream_requests_after,
     wait_for,
 )
-from tests.plugins.sandbox import SandboxHandle
-from tests.support.stores import PrivateStores
+from tests.support.sandbox import SandboxHandle
+from tests.support.stores import TEST_ADMIN_TOKEN, PrivateStores
 
 OUTAGE = 8.0
 

@@ -16,7 +16,7 @@ import time
 import asyncpg
 
 from relay.settings import Settings
-from tests.outages.conftest import (
+from tests.support.outages import (
     Receiver,
     WorkerFactory,
     WorkerProcess,
@@ -28,7 +28,7 @@ from tests.outages.conftest import (
     upstream_requests_after,
     wait_for,
 )
-from tests.plugins.sandbox import SandboxHandle
+from tests.support.sandbox import SandboxHandle
 from tests.support.stores import PrivateStores
 
 OUTAGE = 8.0

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from relay.settings import Settings
-from tests.outages.conftest import (
+from tests.support.outages import (
     Receiver,
     WorkerFactory,
     all_recorded,
@@ -17,7 +17,7 @@ from tests.outages.conftest import (
     store_events,
     wait_for,
 )
-from tests.plugins.sandbox import SandboxHandle
+from tests.support.sandbox import SandboxHandle
 from tests.support.stores import PrivateStores
 
 

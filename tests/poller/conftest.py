@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiohttp
@@ -10,28 +9,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from relay.http import create_client_session
 from relay.poller import Poller
-from relay.poller.plan import Policy
-from relay.settings import Settings
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import SandboxHandle
-
-# The default policy with the sandbox's generous limit: every test pass is one budget window.
-TEST_POLICY = replace(Policy(), rate_limit=10_000, lease_seconds=5.0)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    session = create_client_session(timeout=10.0)
-    yield session
-    await session.close()
-
-
-@pytest.fixture
-def vault(settings: Settings) -> Vault:
-    return Vault(settings.secret_keys)
+from tests.support.polling import TEST_POLICY
+from tests.support.sandbox import SandboxHandle
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from relay.poller import Poller
 from relay.poller.progress import baseline_progress
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import SandboxHandle
 from tests.support.polling import check_round, events_after, last_seq, settle
+from tests.support.sandbox import SandboxHandle
 
 
 async def change_seq(sandbox: SandboxHandle) -> int:

@@ -6,8 +6,8 @@ import asyncpg
 
 from relay.poller import Poller
 from relay.sources import accounts
-from tests.plugins.sandbox import SandboxHandle
 from tests.support.polling import check_round, events_after, last_seq, settle
+from tests.support.sandbox import SandboxHandle
 
 
 async def change_seq(sandbox: SandboxHandle) -> int:

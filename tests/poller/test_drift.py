@@ -13,39 +13,18 @@ import pytest
 
 from relay.poller import Poller, account_warnings
 from relay.sandbox.dext.drift import DRIFT_KINDS
-from relay.snapshots.rules import normalized
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import SandboxFactory, SandboxHandle
 from tests.support.polling import (
     check_round,
     events_after,
     expected_types,
     last_seq,
     net_changes,
+    same_meaning,
     settle,
 )
-
-# What drift may add to or change inside a watched object without changing its meaning.
-_DRIFTABLE_KEYS = frozenset({"software"})
-
-
-def _meaning(value: Any) -> Any:
-    """A value as the contract means it: unknown (`x_drift_...`) and drifting enum keys out,
-    spelling normalized."""
-    if isinstance(value, dict):
-        return {
-            key: _meaning(item)
-            for key, item in value.items()
-            if not key.startswith("x_drift") and key not in _DRIFTABLE_KEYS
-        }
-    if isinstance(value, list):
-        return [_meaning(item) for item in value]
-    return normalized(value)
-
-
-def same_meaning(a: Any, b: Any) -> bool:
-    return bool(_meaning(a) == _meaning(b))
+from tests.support.sandbox import SandboxFactory, SandboxHandle
 
 
 async def _drifting(sandbox_factory: SandboxFactory, **options: Any) -> SandboxHandle:

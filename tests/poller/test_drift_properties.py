@@ -17,9 +17,8 @@ from relay.poller import Poller
 from relay.sandbox.dext.drift import DRIFT_KINDS
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import SandboxFactory
-from tests.poller.test_drift import same_meaning
-from tests.support.polling import check_round, events_after, last_seq, settle
+from tests.support.polling import check_round, events_after, last_seq, same_meaning, settle
+from tests.support.sandbox import SandboxFactory
 
 _DRIFTS = st.frozensets(st.sampled_from(DRIFT_KINDS), min_size=1)
 # (simulated seconds, change rate) of each stretch between two polls.

@@ -13,10 +13,10 @@ import orjson
 
 from relay.poller import Poller
 from relay.poller.lists import ListPoller
-from relay.sandbox.invoicext.account import IxtFault
+from relay.sandbox.faults import Fault
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import IxtHandle
+from tests.support.sandbox import IxtHandle
 
 IxtFactory = Callable[..., Awaitable[IxtHandle]]
 
@@ -198,7 +198,7 @@ async def test_502_html_is_retried_and_the_monthly_limit_stops_polling(
     ixt = await ixt_factory()
     box = ixt.box
     account = await _account(pool, vault, ixt)
-    box.faults.append(IxtFault("502", "/invoices", 2))
+    box.faults.add(Fault("502", "/invoices", 2))
     report = await ixt_poller.run_account(account.id, run_seconds=10.0, idle_exit=True)
     assert report.outcome == "done", report
     assert Counter(r["status"] for r in box.requests)[502] == 2

@@ -16,8 +16,8 @@ from relay.poller import Poller
 from relay.settings import Settings
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import SandboxHandle
 from tests.support.polling import settle
+from tests.support.sandbox import SandboxHandle
 
 
 async def _health(sandbox: SandboxHandle, client_id: str, score: int, level: str) -> None:

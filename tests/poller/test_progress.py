@@ -27,10 +27,9 @@ from relay.poller.progress import baseline_progress, compute_progress
 from relay.settings import Settings
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.conftest import TEST_ADMIN_TOKEN
-from tests.plugins.sandbox import SandboxFactory
-from tests.poller.conftest import TEST_POLICY
-from tests.support.polling import last_seq, settle
+from tests.support.polling import TEST_POLICY, last_seq, settle
+from tests.support.sandbox import SandboxFactory
+from tests.support.stores import TEST_ADMIN_TOKEN
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 LISTS = (TaskKind.SUPPLIERS, TaskKind.EXPENSE_REPORTS, TaskKind.CONNECTIONS)

@@ -9,7 +9,7 @@ import asyncpg
 from relay.poller import Poller
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import IxtHandle
+from tests.support.sandbox import IxtHandle
 
 
 async def test_an_invoicext_account_is_polled(

@@ -12,7 +12,7 @@ import asyncpg
 from relay.poller import Poller
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import IxtHandle, SandboxHandle
+from tests.support.sandbox import IxtHandle, SandboxHandle
 
 RUN_SECONDS = 4.0
 

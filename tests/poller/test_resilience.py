@@ -17,9 +17,8 @@ from relay.poller.plan import claim_lease
 from relay.settings import Settings
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.poller.conftest import TEST_POLICY
-from tests.support.polling import check_round, events_after, last_seq, settle
+from tests.support.polling import TEST_POLICY, check_round, events_after, last_seq, settle
+from tests.support.sandbox import SandboxFactory, SandboxHandle
 from workers.main import build_worker, shutdown
 
 

@@ -14,8 +14,8 @@ from relay.poller import Poller, account_warnings
 from relay.poller.plan import force_full_pass
 from relay.sources import accounts
 from relay.vault import Vault
-from tests.plugins.sandbox import SandboxFactory, SandboxHandle
 from tests.support.polling import events_after, last_seq, settle
+from tests.support.sandbox import SandboxFactory, SandboxHandle
 
 
 async def _account(pool: asyncpg.Pool, vault: Vault, handle: SandboxHandle) -> accounts.Account:

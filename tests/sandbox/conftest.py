@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.plugins.sandbox import SandboxHandle
-from tests.support.sandbox import Dext
+from tests.support.sandbox import Dext, SandboxHandle
 
 
 @pytest.fixture

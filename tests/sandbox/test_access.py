@@ -9,8 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.support.sandbox import Dext
+from tests.support.sandbox import Dext, SandboxFactory, SandboxHandle
 
 WINDOW = 2.0
 

@@ -12,8 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.plugins.sandbox import SandboxHandle
-from tests.support.sandbox import Dext, Snapshot, replay
+from tests.support.sandbox import Dext, SandboxHandle, Snapshot, replay
 
 
 async def _first_cost(dext: Dext) -> dict[str, Any]:

@@ -9,8 +9,7 @@ import pytest
 from relay.errors import ConfigError
 from relay.sandbox.dext.drift import DRIFT_KINDS, parse_drift
 from relay.sandbox.server import SandboxOptions, create_sandbox_app
-from tests.plugins.sandbox import SandboxFactory
-from tests.support.sandbox import Dext
+from tests.support.sandbox import Dext, SandboxFactory
 
 
 def test_parse_drift_takes_all_none_and_lists() -> None:

@@ -9,8 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.support.sandbox import Dext
+from tests.support.sandbox import Dext, SandboxFactory, SandboxHandle
 
 SUMMARY = {
     "id", "client_id", "workspace", "type", "source", "status", "supplier_name", "category_code",

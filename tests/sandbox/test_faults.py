@@ -10,8 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.support.sandbox import Dext
+from tests.support.sandbox import Dext, SandboxFactory, SandboxHandle
 
 
 async def _raw(dext: Dext, path: str) -> tuple[int, str, str, dict[str, str]]:

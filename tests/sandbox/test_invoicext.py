@@ -9,9 +9,10 @@ import aiohttp
 import pytest
 
 from relay.errors import ConfigError
-from relay.sandbox.invoicext.account import InvoicextSandbox, IxtFault
+from relay.sandbox.faults import Fault
+from relay.sandbox.invoicext.account import InvoicextSandbox
 from relay.sandbox.server import SandboxOptions, create_sandbox_app
-from tests.plugins.sandbox import IxtHandle
+from tests.support.sandbox import IxtHandle
 
 IxtFactory = Callable[..., Awaitable[IxtHandle]]
 
@@ -46,7 +47,7 @@ async def test_the_rolling_hour_counts_every_request_and_429_has_no_retry_after(
     assert b"Retry after" in body
     async with http.get(f"{ixt.url}/ping") as resp:  # /ping does not count, needs no key
         assert resp.status == 200
-    assert len(ixt.box.token.hits) == 6  # the 429s counted too
+    assert len(ixt.box.token.usage.hits) == 6  # the 429s counted too
 
 
 async def test_the_month_ends_in_monthly_limit_reached(
@@ -76,7 +77,7 @@ async def test_scopes_revoked_keys_and_edge_html(
     status, _, body = await _get(http, ixt, "/invoices", limited.value)
     assert status == 401
     assert b"invalid_api_key" in body
-    ixt.box.faults.append(IxtFault("503", "/invoices", 1))
+    ixt.box.faults.add(Fault("503", "/invoices", 1))
     status, headers, body = await _get(http, ixt, "/invoices")
     assert status == 503
     assert headers["Content-Type"].startswith("text/html")

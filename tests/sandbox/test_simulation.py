@@ -7,8 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.support.sandbox import Dext, replay
+from tests.support.sandbox import Dext, SandboxFactory, SandboxHandle, replay
 
 DOCUMENT_FIELDS = {
     # Relay's document event families, by the top-level fields that signal them.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.plugins.sandbox import SandboxHandle
+from tests.support.sandbox import SandboxHandle
 
 
 async def test_fixture_serves_the_contract(sandbox: SandboxHandle) -> None:

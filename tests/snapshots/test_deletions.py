@@ -16,7 +16,8 @@ from relay.snapshots import (
     mark_scan_partial,
     record_scan_page,
 )
-from tests.snapshots.test_objects import CLIENT, cost, make_account, stored_events, summary
+from tests.support.snapshots import CLIENT, cost, stored_events, summary
+from tests.support.stores import make_account
 
 if TYPE_CHECKING:
     from relay.db import Connection

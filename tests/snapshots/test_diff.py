@@ -17,19 +17,19 @@ from relay.snapshots import (
     stored_by_status,
     stored_workspaces,
 )
-from tests.snapshots.test_objects import (
+from tests.support.snapshots import (
     CLIENT,
     client,
     connection,
     cost,
     diff,
     expense_report,
-    make_account,
     snapshot_versions,
     stored_events,
     summary,
     supplier,
 )
+from tests.support.stores import make_account
 
 EVENT_KEYS = {
     "id",

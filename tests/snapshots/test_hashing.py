@@ -12,15 +12,8 @@ import pytest
 from relay.errors import InvalidInput
 from relay.snapshots import content_hash, diff_objects, quick_hash
 from relay.snapshots.rules import canonical
-from tests.snapshots.test_objects import (
-    CLIENT,
-    client,
-    cost,
-    diff,
-    make_account,
-    snapshot_versions,
-    stored_events,
-)
+from tests.support.snapshots import CLIENT, client, cost, diff, snapshot_versions, stored_events
+from tests.support.stores import make_account
 
 
 def sha256_hash(object_type: str, obj: dict[str, Any]) -> bytes:

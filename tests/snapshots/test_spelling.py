@@ -9,17 +9,17 @@ import pytest
 
 from relay.snapshots import changed_summary_ids, content_hash
 from relay.snapshots.rules import changed_event_types, normalized
-from tests.snapshots.test_objects import (
+from tests.support.snapshots import (
     CLIENT,
     client,
     cost,
     diff,
-    make_account,
     snapshot_versions,
     stored_events,
     summary,
     supplier,
 )
+from tests.support.stores import make_account
 
 
 @pytest.mark.parametrize(

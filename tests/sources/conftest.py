@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from relay.http import create_client_session
 from relay.sources.dext import CountingMetrics, DextClient
 from relay.sources.ratelimit import RateLimiter
-from tests.plugins.sandbox import SandboxHandle
-
-MakeClient = Callable[..., DextClient]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    session = create_client_session(timeout=10.0)
-    yield session
-    await session.close()
+from tests.support.polling import MakeClient
+from tests.support.sandbox import SandboxHandle
 
 
 @pytest.fixture

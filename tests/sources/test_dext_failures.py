@@ -20,8 +20,8 @@ from relay.errors import (
 )
 from relay.sources.dext import CountingMetrics, DextClient
 from relay.sources.ratelimit import RateLimiter
-from tests.plugins.sandbox import SandboxFactory, SandboxHandle
-from tests.sources.conftest import MakeClient
+from tests.support.polling import MakeClient
+from tests.support.sandbox import SandboxFactory, SandboxHandle
 
 
 def log_since(handle: SandboxHandle, start: int) -> list[dict[str, Any]]:

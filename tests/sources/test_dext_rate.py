@@ -9,7 +9,7 @@ import sys
 import time
 
 from relay.settings import Settings
-from tests.plugins.sandbox import SandboxFactory
+from tests.support.sandbox import SandboxFactory
 
 WORKER = """
 import asyncio, sys, time

@@ -10,7 +10,7 @@ import pytest
 from relay.errors import UpstreamForbidden, UpstreamNotFound
 from relay.sandbox.dext.practice import summarize
 from relay.sources.dext import DextClient
-from tests.plugins.sandbox import SandboxHandle
+from tests.support.sandbox import SandboxHandle
 
 
 def truth(handle: SandboxHandle, object_type: str, client_id: str = "") -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from relay.settings import Settings
-from tests.plugins.sandbox import IxtHandle
+from tests.support.sandbox import IxtHandle
 
 WINDOW = 2.0  # real seconds in the sandbox's (and the limiter's) rolling "hour"
 LIMIT = 20

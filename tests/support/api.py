@@ -1,24 +1,29 @@
 """Admin API fixtures, a pytest plugin registered in tests/conftest.py: the real app on
-loopback over real Postgres and Redis, for tests/api and tests/cli."""
+loopback over real Postgres and Redis, for tests/api, tests/cli and tests/ui."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import contextlib
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from relay.api.app import create_app
+from relay.cli.main import build_parser
+from relay.cli.operator import run_operator_command
 from relay.logs import configure_logging
 from relay.settings import Settings
-from tests.conftest import TEST_ADMIN_TOKEN
+from tests.support.stores import AUTH, TEST_ADMIN_TOKEN
 
-AUTH = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
@@ -50,6 +55,8 @@ async def anon(client: TestClient[Any, Any]) -> AsyncIterator[aiohttp.ClientSess
 
 
 async def create_account(client: TestClient[Any, Any], **overrides: Any) -> dict[str, Any]:
+    """An account through the admin API, as an operator would add it (the admin token is sent
+    with the request, so a client without one, like the console's `browser`, works too)."""
     body = {
         "provider": "dext",
         "name": "Practice",
@@ -57,10 +64,42 @@ async def create_account(client: TestClient[Any, Any], **overrides: Any) -> dict
         "api_token": "upstream-secret-token",
         **overrides,
     }
-    response = await client.post("/v1/accounts", json=body)
+    response = await client.post("/v1/accounts", json=body, headers=AUTH)
     assert response.status == 201, await response.text()
     data: dict[str, Any] = await response.json()
     return data
+
+
+@dataclass
+class CliResult:
+    """What one `relay ...` operator command did: its exit code and what it printed."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.out)
+
+
+def run_cli(argv: Sequence[str], settings: Settings) -> CliResult:
+    """Run `relay ARGV...` (an operator command) in this thread with `settings`, capturing
+    stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_operator_command(build_parser().parse_args(list(argv)), settings)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+async def answer(request: Awaitable[aiohttp.ClientResponse]) -> tuple[int, Any]:
+    """(status, JSON body or None) of one request."""
+    response = await request
+    try:
+        if response.content_type != "application/json":
+            return response.status, None
+        return response.status, await response.json()
+    finally:
+        response.release()
 
 
 async def error_of(response: aiohttp.ClientResponse, status: int) -> dict[str, Any]:

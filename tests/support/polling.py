@@ -1,4 +1,6 @@
-"""Ground truth for the polling tests: which events the sandbox's change log calls for.
+"""Polling support, a pytest plugin registered in tests/conftest.py: the `http` session the
+upstream clients share, the test policy, and the ground truth for the polling tests (which
+events the sandbox's change log calls for).
 
 The mapping is written from relay.md's events table, independently of `relay.snapshots.rules`, so
 the tests check the implementation against the contract rather than against itself.
@@ -7,13 +9,33 @@ the tests check the implementation against the contract rather than against itse
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import asyncpg
+import pytest
 
+from relay.http import create_client_session
 from relay.poller import Poller
-from relay.poller.plan import force_full_pass
+from relay.poller.plan import Policy, force_full_pass
+from relay.snapshots.rules import normalized
+from relay.sources.dext import DextClient
+
+# The default policy with the sandbox's generous limit: every test pass is one budget window.
+TEST_POLICY = replace(Policy(), rate_limit=10_000, lease_seconds=5.0)
+# `make_client(handle, **client_options)` of tests/sources: a DextClient for a sandbox.
+MakeClient = Callable[..., DextClient]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """One client session for the upstream clients and pollers of a test, closed after."""
+    session = create_client_session(timeout=10.0)
+    yield session
+    await session.close()
+
 
 CATEGORIZED = ("category", "category_code", "supplier", "customer", "supplier_name", "tax_rate")
 # The fields each event type is about, to compare before/after with the ground truth.
@@ -173,3 +195,25 @@ async def settle(poller: Poller, account_id: str) -> None:
     await force_full_pass(poller.pool, account_id)
     report = await poller.run_account(account_id, run_seconds=120, idle_exit=True)
     assert report.outcome in ("done", "broken"), report
+
+
+# What drift may add to or change inside a watched object without changing its meaning.
+_DRIFTABLE_KEYS = frozenset({"software"})
+
+
+def _meaning(value: Any) -> Any:
+    """A value as the contract means it: unknown (`x_drift_...`) and drifting enum keys out,
+    spelling normalized."""
+    if isinstance(value, dict):
+        return {
+            key: _meaning(item)
+            for key, item in value.items()
+            if not key.startswith("x_drift") and key not in _DRIFTABLE_KEYS
+        }
+    if isinstance(value, list):
+        return [_meaning(item) for item in value]
+    return normalized(value)
+
+
+def same_meaning(a: Any, b: Any) -> bool:
+    return bool(_meaning(a) == _meaning(b))

@@ -1,8 +1,15 @@
-"""Private Redis and Postgres servers on spare loopback ports, which a test may stop and start.
+"""The stores a test talks to, a pytest plugin registered in tests/conftest.py.
 
-The shared services on 5432/6379 serve every engineer's test runs; an outage test must never
-touch them. These servers live in a temporary directory removed at the end. Postgres refuses
-to run as root, so under root (CI) its cluster is created and run as the `postgres` user.
+Tests talk to the real Postgres (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379). A run
+creates `relay_test_<random>` and drops it at the end; it claims a free Redis db number (1-15)
+with a key in db 0 that expires, so parallel runs on one machine never share state. Tests flush
+only their own db (FLUSHDB, never FLUSHALL).
+
+Outage tests need stores they may stop: `PrivateStores` runs a private Redis and Postgres on
+spare loopback ports. The shared services on 5432/6379 serve every engineer's test runs; an
+outage test must never touch them. These servers live in a temporary directory removed at the
+end. Postgres refuses to run as root, so under root (CI) its cluster is created and run as the
+`postgres` user.
 """
 
 from __future__ import annotations
@@ -11,15 +18,149 @@ import asyncio
 import contextlib
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
+import pytest
 import redis
+import redis.asyncio as aioredis
+
+from relay.db import create_pool, create_redis, migrate
+from relay.settings import Settings
+from relay.vault import Vault
+
+PG_SERVER = os.environ.get("RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+REDIS_SERVER = os.environ.get("RELAY_TEST_REDIS", "redis://127.0.0.1:6379")
+# A fixed Fernet key: tests must be repeatable, and this key protects nothing real.
+TEST_SECRET_KEY = "e3hd8qiLFO9XGfrL7tkoLL1nYbL16Y7Q85w-2d5Tu_I="
+TEST_ADMIN_TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+_CLAIM_TTL = 3600
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this test run, migrated once, dropped at the end."""
+    name = f"relay_test_{secrets.token_hex(4)}"
+    url = f"{PG_SERVER}/{name}"
+    asyncio.run(migrate(Settings(database_url=url)))
+    yield url
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """Claim a Redis db number no other test run on this machine is using."""
+    claims = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+    token = secrets.token_hex(8)
+    try:
+        for number in range(1, 16):
+            if claims.set(f"relay:test-db-claim:{number}", token, nx=True, ex=_CLAIM_TTL):
+                break
+        else:
+            pytest.fail("all Redis dbs 1-15 are claimed by other test runs")
+        yield number
+        redis.Redis.from_url(f"{REDIS_SERVER}/{number}").flushdb()
+        if claims.get(f"relay:test-db-claim:{number}") == token.encode():
+            claims.delete(f"relay:test-db-claim:{number}")
+    finally:
+        claims.close()
+
+
+def make_settings(database_url: str, redis_url: str, **changes: Any) -> Settings:
+    """Settings for a test's database and Redis: the fixed test key and token, short retries,
+    loopback targets allowed and a queue of its own; `changes` override any of it."""
+    options: dict[str, Any] = {
+        "admin_token": TEST_ADMIN_TOKEN,
+        "secret_keys": (TEST_SECRET_KEY,),
+        "allow_private_targets": True,
+        "log_format": "console",
+        "log_level": "warning",
+        "retry_schedule": (0.2, 0.4, 0.6, 0.8, 1.0),
+        "delivery_timeout": 2.0,
+        "queue_name": f"relay:test:{secrets.token_hex(4)}",
+    }
+    return Settings(database_url=database_url, redis_url=redis_url, **(options | changes))
+
+
+@pytest.fixture
+def settings(database_url: str, redis_db: int) -> Settings:
+    """Settings for this run's database and Redis db, with short retries and loopback allowed."""
+    return make_settings(database_url, f"{REDIS_SERVER}/{redis_db}")
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this run's database, emptied before the test."""
+    pool = await create_pool(settings, min_size=1, max_size=10)
+    tables = await pool.fetch(
+        "SELECT tablename FROM pg_tables "
+        "WHERE schemaname = 'public' AND tablename <> 'relay_schema'"
+    )
+    if tables:
+        names = ", ".join(f'"{row["tablename"]}"' for row in tables)
+        await pool.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A client on this run's Redis db, flushed before and after the test."""
+    client = await create_redis(settings)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+def vault(settings: Settings) -> Vault:
+    """The vault of this run's settings (the fixed test key)."""
+    return Vault(settings.secret_keys)
+
+
+async def make_account(
+    pool: asyncpg.Pool,
+    *,
+    provider: str = "dext",
+    name: str = "Practice",
+    base_url: str = "http://127.0.0.1:1",
+    backfill: bool = False,
+    baselined: bool = True,
+) -> str:
+    """An account row as the accounts store would write it (the token is a dummy); its id."""
+    account_id: str = await pool.fetchval(
+        "INSERT INTO accounts (provider, name, base_url, api_token_enc, backfill,"
+        " baseline_completed_at) VALUES ($1, $2, $3, 'x', $4, CASE WHEN $5 THEN now() END)"
+        " RETURNING id",
+        provider,
+        name,
+        base_url,
+        backfill,
+        baselined,
+    )
+    return account_id
+
+
+# Private stores for the outage tests.
 
 
 def free_port() -> int:

@@ -31,9 +31,8 @@ from standardwebhooks import Webhook
 from relay import events
 from relay.api.app import create_app
 from relay.settings import Settings
-from tests.conftest import TEST_ADMIN_TOKEN
-from tests.plugins.sandbox import SandboxHandle
-from tests.ui.conftest import AUTH
+from tests.support.sandbox import SandboxHandle
+from tests.support.stores import AUTH, TEST_ADMIN_TOKEN
 from workers.main import build_worker
 
 CHROMIUM = "/usr/bin/chromium"

@@ -12,8 +12,8 @@ from yarl import URL
 
 from relay import events
 from relay.ui.auth import COOKIE, LOGIN_MAX_FAILURES
-from tests.conftest import TEST_ADMIN_TOKEN
-from tests.ui.conftest import create_account
+from tests.support.api import create_account
+from tests.support.stores import TEST_ADMIN_TOKEN
 
 XSS = "<img src=x onerror=alert(1)>"
 

@@ -1,13 +1,19 @@
-"""API tokens, sessions, the per-token fixed-window rate limit, and the log of requests served."""
+"""API tokens, sessions, the per-token fixed-window rate limit, and the log of requests served.
+
+The window and the log are the shared ones (`relay.sandbox.ratelimit`, `relay.sandbox.records`);
+what is Dext's here is who is counted (a token, also through its sessions) and the summary.
+"""
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from relay.sandbox.ratelimit import Quota, Usage, Window
+from relay.sandbox.records import RequestLog
 
 
 @dataclass
@@ -16,8 +22,7 @@ class Token:
     api_token: str = field(repr=False)
     rate_limit: int
     revoked: bool = False
-    window_index: int = -1
-    window_count: int = 0
+    usage: Usage = field(default_factory=Usage)
     # 429s answered so far; Retry-After is sent on every other one (the contract's "sometimes").
     rejections: int = 0
 
@@ -28,40 +33,20 @@ class Session:
     expires_at: float  # real unix seconds
 
 
-@dataclass(frozen=True)
-class Quota:
-    """Where a token stands in its current window after counting one request."""
-
-    limit: int
-    count: int
-    window_start: float
-    reset: int  # unix seconds, ceil of the window end
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.limit - self.count)
-
-    @property
-    def exceeded(self) -> bool:
-        return self.count > self.limit
-
-    def headers(self) -> dict[str, str]:
-        return {
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(self.reset),
-        }
-
-
 class Access:
     """Tokens and their sessions; counts every request of a known token in fixed real windows."""
 
     def __init__(self, *, window_seconds: float, session_ttl: float) -> None:
         self.window_seconds = window_seconds
+        self.limiter = Window(window_seconds)
         self.session_ttl = session_ttl
         self.tokens: dict[str, Token] = {}
         self.sessions: dict[str, Session] = {}
-        self.requests: list[dict[str, Any]] = []
+        self.log = RequestLog(numbered=True)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return self.log.entries
 
     def add_token(self, api_token: str | None, rate_limit: int) -> Token:
         value = api_token or f"sandbox-token-{secrets.token_hex(8)}"
@@ -87,29 +72,18 @@ class Access:
 
     def window(self, now: float) -> tuple[int, float, int]:
         """(index, start, reset) of the fixed window holding real time `now`."""
-        index = math.floor(now / self.window_seconds)
-        return index, index * self.window_seconds, math.ceil((index + 1) * self.window_seconds)
-
-    def _roll(self, token: Token, now: float) -> tuple[float, int]:
-        index, start, reset = self.window(now)
-        if token.window_index != index:
-            token.window_index, token.window_count = index, 0
-        return start, reset
+        return self.limiter.bounds(now)
 
     def consume(self, token: Token, amount: int, now: float) -> None:
         """Use budget as another tool sharing the token would."""
-        self._roll(token, now)
-        token.window_count += amount
+        self.limiter.count(token.usage, token.rate_limit, now, amount)
 
     def count(self, token: Token, now: float) -> Quota:
         """Count one request (every request counts, even a rejected one)."""
-        start, reset = self._roll(token, now)
-        token.window_count += 1
-        return Quota(token.rate_limit, token.window_count, start, reset)
+        return self.limiter.count(token.usage, token.rate_limit, now)
 
     def record(self, entry: dict[str, Any]) -> None:
-        entry["n"] = len(self.requests) + 1
-        self.requests.append(entry)
+        self.log.record(entry)
 
     def summary(self) -> dict[str, Any]:
         """Per token: total requests, 429s, and requests per window (from the log)."""

@@ -17,11 +17,13 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from relay.sandbox.control import ControlError
 from relay.sandbox.dext import catalog
 from relay.sandbox.dext.access import Session, Token
 from relay.sandbox.dext.generate import make_capture
-from relay.sandbox.dext.practice import JSON, rfc3339, summarize
+from relay.sandbox.dext.practice import summarize
 from relay.sandbox.dext.state import SANDBOX, Sandbox
+from relay.sandbox.wire import JSON, json_response, rfc3339
 
 DEFAULT_PER_PAGE: Final = 25
 MAX_PER_PAGE: Final = 100
@@ -30,21 +32,11 @@ TOKEN: Final = web.RequestKey("sandbox_token", Token)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-class ApiError(Exception):
+class ApiError(ControlError):
     """An error answer in the contract's envelope: `{"error": {"code", "message"}}`."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        super().__init__(message)
 
     def response(self) -> web.Response:
         return json_response({"error": {"code": self.code, "message": self.message}}, self.status)
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

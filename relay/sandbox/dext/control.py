@@ -1,20 +1,22 @@
-"""The sandbox's control surface under /_sandbox/ (outside the contract, no auth, JSON)."""
+"""Dext's control surface under /_sandbox/: the shared routes (`relay.sandbox.control`) in the
+contract's error envelope, and Dext's own actions: scripted changes, the simulation's switches,
+drift, tokens and sessions."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final
 
-import orjson
 from aiohttp import web
 
+from relay.sandbox.control import Control, number, read_body
 from relay.sandbox.dext import catalog
 from relay.sandbox.dext.contract import ApiError, json_response
 from relay.sandbox.dext.drift import DRIFT_KINDS, parse_drift
 from relay.sandbox.dext.generate import extraction, make_capture
-from relay.sandbox.dext.practice import JSON, OBJECT_TYPES
+from relay.sandbox.dext.practice import OBJECT_TYPES
 from relay.sandbox.dext.state import SANDBOX, Sandbox
-from relay.sandbox.faults import parse_fault
+from relay.sandbox.faults import KINDS
+from relay.sandbox.wire import JSON
 
 # Summary fields of a document that live inside a nested object of the full item.
 _NESTED: Final = {
@@ -26,45 +28,9 @@ _IMMUTABLE: Final = frozenset({"id", "client_id", "created_at", "workspace"})
 MAX_ITEMS: Final = 20_000
 
 
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "validation_error", "body must be JSON") from None
-
-
-def _number(body: JSON, name: str, *, low: float = 0.0) -> float:
-    value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ApiError(400, "validation_error", f"{name} must be a number")
-    if value < low:
-        raise ApiError(400, "validation_error", f"{name} must be at least {low}")
-    return float(value)
-
-
-async def get_state(request: web.Request) -> web.Response:
-    return json_response(request.app[SANDBOX].state())
-
-
-async def advance_clock(request: web.Request) -> web.Response:
-    sandbox = request.app[SANDBOX]
-    body = await _body(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, "validation_error", "body must be a JSON object")
-    try:
-        changes = sandbox.advance(_number(body, "seconds"))
-    except ValueError as exc:
-        raise ApiError(400, "validation_error", str(exc)) from None
-    state = sandbox.state()
-    return json_response({"now": state["now"], "now_unix": state["now_unix"], "changes": changes})
-
-
 async def set_simulation(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
-    body = await _body(request)
+    body = await read_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "validation_error", "body must be a JSON object")
     sandbox.sync()  # what happened before this call happens under the old settings
@@ -73,7 +39,7 @@ async def set_simulation(request: web.Request) -> web.Response:
             raise ApiError(400, "validation_error", "paused must be true or false")
         sandbox.simulation.paused = body["paused"]
     if "change_rate" in body:
-        sandbox.simulation.change_rate = _number(body, "change_rate")
+        sandbox.simulation.change_rate = number(body, "change_rate")
     return json_response(sandbox.simulation.describe())
 
 
@@ -194,47 +160,7 @@ def _apply(sandbox: Sandbox, body: Any) -> list[JSON]:
 
 async def apply_change(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
-    return json_response({"changes": _apply(sandbox, await _body(request))})
-
-
-def _query_int(request: web.Request, name: str, default: int | None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "validation_error", f"{name} must be an integer") from None
-    if value < 0:
-        raise ApiError(400, "validation_error", f"{name} must not be negative")
-    return value
-
-
-async def list_changes(request: web.Request) -> web.Response:
-    sandbox = request.app[SANDBOX]
-    sandbox.sync()
-    since = _query_int(request, "since", 0) or 0
-    limit = _query_int(request, "limit", None)
-    log = sandbox.practice.log
-    return json_response({"data": log.since(since, limit), "change_seq": log.seq})
-
-
-async def add_fault(request: web.Request) -> web.Response:
-    sandbox = request.app[SANDBOX]
-    try:
-        fault = parse_fault(await _body(request))
-    except ValueError as exc:
-        raise ApiError(400, "validation_error", str(exc)) from None
-    sandbox.faults.add(fault)
-    return json_response({"armed": [f.describe() for f in sandbox.faults.armed]}, 201)
-
-
-async def clear_faults(request: web.Request) -> web.Response:
-    return json_response({"cleared": request.app[SANDBOX].faults.clear()})
-
-
-async def list_faults(request: web.Request) -> web.Response:
-    return json_response({"armed": [f.describe() for f in request.app[SANDBOX].faults.armed]})
+    return json_response({"changes": _apply(sandbox, await read_body(request))})
 
 
 async def get_drift(request: web.Request) -> web.Response:
@@ -244,7 +170,7 @@ async def get_drift(request: web.Request) -> web.Response:
 async def set_drift(request: web.Request) -> web.Response:
     """`{"kinds": "all" | "retype,unknown" | [...], "rate"?: 0..1}`: switch drift on or off."""
     drift = request.app[SANDBOX].drift
-    body = await _body(request)
+    body = await read_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "validation_error", "body must be a JSON object")
     kinds = body.get("kinds", sorted(drift.kinds))
@@ -256,26 +182,16 @@ async def set_drift(request: web.Request) -> web.Response:
         chosen = parse_drift(kinds)
     except ValueError as exc:
         raise ApiError(400, "validation_error", str(exc)) from None
-    rate = _number(body, "rate") if "rate" in body else drift.rate
+    rate = number(body, "rate") if "rate" in body else drift.rate
     if rate > 1:
         raise ApiError(400, "validation_error", "rate must be from 0 to 1")
     drift.kinds, drift.rate = chosen, rate
     return json_response(drift.describe())
 
 
-async def list_requests(request: web.Request) -> web.Response:
-    since = _query_int(request, "since", 0) or 0
-    entries = request.app[SANDBOX].access.requests
-    return json_response({"data": entries[since:], "last": len(entries)})
-
-
-async def requests_summary(request: web.Request) -> web.Response:
-    return json_response(request.app[SANDBOX].access.summary())
-
-
 async def add_token(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
-    body = await _body(request)
+    body = await read_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "validation_error", "body must be a JSON object")
     value = body.get("api_token")
@@ -310,36 +226,26 @@ async def expire_sessions(request: web.Request) -> web.Response:
     return json_response({"expired": request.app[SANDBOX].access.expire_sessions()})
 
 
-@web.middleware
-async def control_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """The control surface answers its errors in the same JSON envelope as the contract."""
-    if not request.path.startswith("/_sandbox"):
-        response: web.StreamResponse = await handler(request)
-        return response
-    try:
-        response = await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        code = "not_found" if exc.status == 404 else "validation_error"
-        return ApiError(exc.status, code, exc.reason).response()
-    return response
+class DextControl(Control):
+    """The shared routes answer as they always have here; Dext's actions join them."""
 
+    # Every shared kind but the bare 500 (Dext's edge fails with 502 or 503).
+    fault_kinds = KINDS - {"500"}
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/_sandbox/state", get_state)
-    app.router.add_post("/_sandbox/clock/advance", advance_clock)
-    app.router.add_post("/_sandbox/simulation", set_simulation)
-    app.router.add_post("/_sandbox/changes", apply_change)
-    app.router.add_get("/_sandbox/changes", list_changes)
-    app.router.add_post("/_sandbox/faults", add_fault)
-    app.router.add_get("/_sandbox/faults", list_faults)
-    app.router.add_delete("/_sandbox/faults", clear_faults)
-    app.router.add_get("/_sandbox/drift", get_drift)
-    app.router.add_post("/_sandbox/drift", set_drift)
-    app.router.add_get("/_sandbox/requests", list_requests)
-    app.router.add_get("/_sandbox/requests/summary", requests_summary)
-    app.router.add_post("/_sandbox/tokens", add_token)
-    app.router.add_post("/_sandbox/tokens/{token}/revoke", _set_revoked(True))
-    app.router.add_post("/_sandbox/tokens/{token}/restore", _set_revoked(False))
-    app.router.add_post("/_sandbox/sessions/expire", expire_sessions)
+    def error(self, status: int, code: str, message: str) -> web.Response:
+        return ApiError(status, code, message).response()
+
+    def summary_reply(self) -> JSON:
+        sandbox = self.upstream
+        assert isinstance(sandbox, Sandbox)
+        return sandbox.access.summary()
+
+    def provider_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/_sandbox/simulation", set_simulation)
+        router.add_post("/_sandbox/changes", apply_change)
+        router.add_get("/_sandbox/drift", get_drift)
+        router.add_post("/_sandbox/drift", set_drift)
+        router.add_post("/_sandbox/tokens", add_token)
+        router.add_post("/_sandbox/tokens/{token}/revoke", _set_revoked(True))
+        router.add_post("/_sandbox/tokens/{token}/restore", _set_revoked(False))
+        router.add_post("/_sandbox/sessions/expire", expire_sessions)

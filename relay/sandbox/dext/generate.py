@@ -7,7 +7,8 @@ from decimal import Decimal
 from random import Random
 
 from relay.sandbox.dext import catalog
-from relay.sandbox.dext.practice import JSON, ChangeLog, Practice, parse_rfc3339, rfc3339
+from relay.sandbox.dext.practice import ChangeLog, Practice
+from relay.sandbox.wire import JSON, parse_rfc3339, rfc3339
 
 DAY = 86400.0
 CENT = Decimal("0.01")

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
-JSON = dict[str, Any]
+from relay.sandbox.records import ChangeLog as _ChangeLog
+from relay.sandbox.wire import JSON, rfc3339
+
 OBJECT_TYPES: Final = ("document", "expense_report", "supplier", "client", "connection")
 # Summary fields of /documents, in the contract's order; the full /costs and /sales object
 # carries all of them too, so the summary is always a projection of the full item.
@@ -33,14 +34,6 @@ SUMMARY_FIELDS: Final = (
     "approval_status",
     "created_at",
 )
-
-
-def rfc3339(at: float) -> str:
-    return datetime.fromtimestamp(int(at), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
 def summarize(document: JSON) -> JSON:
@@ -66,19 +59,12 @@ def sync_document_fields(document: JSON) -> JSON:
     return document
 
 
-class ChangeLog:
-    """Append-only record of every change, with a monotonically increasing `seq` from 1.
+class ChangeLog(_ChangeLog):
+    """The practice's ground truth (`relay.sandbox.records.ChangeLog`), one entry per object change.
 
     An entry's `kind` is `created`, `updated`, `deleted`, or `existing`: an object that came
     with a client added mid-run, already there before the relay could see it (history).
     """
-
-    def __init__(self) -> None:
-        self.entries: list[JSON] = []
-
-    @property
-    def seq(self) -> int:
-        return len(self.entries)
 
     def append(
         self,
@@ -91,25 +77,19 @@ class ChangeLog:
         changes: JSON,
         obj: JSON,
     ) -> JSON:
-        entry = {
-            "seq": len(self.entries) + 1,
-            "at": rfc3339(at),
-            "real_at": time.time(),
-            "client_id": client_id,
-            "object_type": object_type,
-            "object_id": object_id,
-            "kind": kind,
-            "changes": changes,
-            # The whole object after the change (before it, for a deletion).
-            "object": obj,
-        }
-        self.entries.append(entry)
-        return entry
-
-    def since(self, seq: int, limit: int | None = None) -> list[JSON]:
-        start = max(seq, 0)
-        end = None if limit is None else start + limit
-        return self.entries[start:end]
+        return self.add(
+            {
+                "at": rfc3339(at),
+                "real_at": time.time(),
+                "client_id": client_id,
+                "object_type": object_type,
+                "object_id": object_id,
+                "kind": kind,
+                "changes": changes,
+                # The whole object after the change (before it, for a deletion).
+                "object": obj,
+            }
+        )
 
 
 class Practice:

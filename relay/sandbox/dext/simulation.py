@@ -26,7 +26,8 @@ from relay.sandbox.dext.generate import (
     populate_client,
     published,
 )
-from relay.sandbox.dext.practice import JSON, Practice, rfc3339
+from relay.sandbox.dext.practice import Practice
+from relay.sandbox.wire import JSON, rfc3339
 
 TICK: Final = 60.0
 # Spontaneous changes per client per simulated hour at change_rate 1: a busy small business.

@@ -1,85 +1,27 @@
-"""The sandbox's options and its in-process state object (practice, clock, access, faults)."""
+"""The Dext sandbox's in-process state object (practice, clock, access, faults, drift)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
 from relay.errors import ConfigError
 from relay.sandbox.clock import SimClock
+from relay.sandbox.control import MAX_ADVANCE as CONTROL_MAX_ADVANCE
 from relay.sandbox.dext.access import Access, Token
 from relay.sandbox.dext.drift import DRIFT_KINDS, Drift
 from relay.sandbox.dext.generate import build_practice
-from relay.sandbox.dext.practice import JSON, Practice, rfc3339
+from relay.sandbox.dext.practice import Practice
 from relay.sandbox.dext.simulation import Simulation
 from relay.sandbox.faults import Faults
+from relay.sandbox.options import SandboxOptions
+from relay.sandbox.records import ChangeLog, RequestLog
+from relay.sandbox.wire import JSON, rfc3339
 
-# 2026-04-14T09:00:00Z: a fixed start keeps every timestamp of a seed's practice repeatable.
-DEFAULT_START: Final = 1776157200.0
-IDEMPOTENCY_TTL: Final = 24 * 3600.0
-# One advance may cover at most this much simulated time, so a typo cannot hang the server.
-MAX_ADVANCE: Final = 90 * 86400.0
-
-
-@dataclass(frozen=True)
-class SandboxOptions:
-    """How to run a sandbox; the CLI sets the first eight, tests and benchmarks the rest."""
-
-    host: str = "127.0.0.1"
-    port: int = 8090
-    seed: int = 1
-    clients: int = 5
-    items: int = 200
-    rate_limit: int = 60
-    speed: float = 1.0
-    provider: str = "dext"
-    # Real seconds per rate-limit window; None means 60 / speed (a simulated minute).
-    window_seconds: float | None = None
-    # Real seconds a session lasts.
-    session_ttl: float = 3600.0
-    # The default api token; None means `sandbox-token-<seed>`.
-    api_token: str | None = field(default=None, repr=False)
-    # More api tokens, each with `rate_limit`.
-    tokens: tuple[str, ...] = field(default=(), repr=False)
-    # False pauses every automatic change (tests drive changes through the control surface).
-    simulate: bool = True
-    # Multiplies the rate of spontaneous changes (scheduled follow-ups are not scaled).
-    change_rate: float = 1.0
-    start: float = DEFAULT_START
-    idempotency_ttl: float = IDEMPOTENCY_TTL
-    # Drift switches (relay.sandbox.dext.drift): which are on, and how often each touches an object.
-    drift: frozenset[str] = frozenset()
-    drift_rate: float = 0.3
-    # InvoiceXT only: seed 004's plan (its hourly limit unless `rate_limit_set`), the monthly
-    # allowance (None: the plan's), and whether `rate_limit` was given explicitly.
-    plan: str = "starter"
-    monthly_limit: int | None = None
-    rate_limit_set: bool = False
-
-    def validate(self) -> None:
-        if self.provider not in ("dext", "invoicext"):
-            raise ConfigError(f"unknown sandbox provider {self.provider!r}")
-        if self.clients < 0 or self.items < 0:
-            raise ConfigError("clients and items must not be negative")
-        if self.rate_limit < 1:
-            raise ConfigError("rate_limit must be at least 1")
-        if self.speed < 0 or (self.speed == 0 and self.window_seconds is None):
-            raise ConfigError("speed must be positive (or 0 with an explicit window_seconds)")
-        if self.window_seconds is not None and self.window_seconds <= 0:
-            raise ConfigError("window_seconds must be positive")
-        if self.change_rate < 0:
-            raise ConfigError("change_rate must not be negative")
-        if not self.drift <= frozenset(DRIFT_KINDS):
-            raise ConfigError(f"drift must be some of {', '.join(DRIFT_KINDS)}")
-        if not 0 <= self.drift_rate <= 1:
-            raise ConfigError("drift_rate must be from 0 to 1")
-
-    @property
-    def window(self) -> float:
-        return self.window_seconds if self.window_seconds is not None else 60.0 / self.speed
+# One advance may cover at most this much simulated time (the control surface's bound too).
+MAX_ADVANCE: Final = CONTROL_MAX_ADVANCE
 
 
 class Sandbox:
@@ -87,6 +29,8 @@ class Sandbox:
 
     def __init__(self, options: SandboxOptions) -> None:
         options.validate()
+        if not options.drift <= frozenset(DRIFT_KINDS):
+            raise ConfigError(f"drift must be some of {', '.join(DRIFT_KINDS)}")
         self.options = options
         self.clock = SimClock(options.start, options.speed)
         self.practice: Practice = build_practice(
@@ -113,6 +57,14 @@ class Sandbox:
     @property
     def changes(self) -> list[JSON]:
         return self.practice.log.entries
+
+    @property
+    def changes_log(self) -> ChangeLog:
+        return self.practice.log
+
+    @property
+    def request_log(self) -> RequestLog:
+        return self.access.log
 
     def sync(self) -> float:
         """Bring the simulation up to the clock; returns the simulated now."""
@@ -169,3 +121,5 @@ class Sandbox:
 
 
 SANDBOX: Final = web.AppKey("sandbox", Sandbox)
+
+__all__ = ["MAX_ADVANCE", "SANDBOX", "Sandbox", "SandboxOptions"]

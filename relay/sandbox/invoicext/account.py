@@ -17,7 +17,6 @@ from __future__ import annotations
 import calendar
 import random
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,7 +24,10 @@ from typing import Any, Final
 
 from relay.errors import ConfigError
 from relay.sandbox.clock import SimClock
-from relay.sandbox.dext.practice import JSON, rfc3339
+from relay.sandbox.faults import Faults
+from relay.sandbox.ratelimit import Usage, Window
+from relay.sandbox.records import ChangeLog, RequestLog
+from relay.sandbox.wire import JSON, rfc3339
 
 PLANS: Final = {"starter": 100, "pro": 1000, "business": 10_000, "enterprise": 100_000}
 MONTHLY: Final = {"starter": 5000, "pro": 50_000, "business": 500_000, "enterprise": 5_000_000}
@@ -49,16 +51,7 @@ class Key:
     limit: int
     scopes: tuple[str, ...] = SCOPES
     revoked: bool = False
-    hits: deque[float] = field(default_factory=deque)
-
-
-@dataclass
-class IxtFault:
-    """An armed fault: the next `count` requests whose path starts with `path` answer so."""
-
-    kind: str  # 502 | 503 | 500 | malformed
-    path: str = "/"
-    count: int = 1
+    usage: Usage = field(default_factory=Usage)
 
 
 def money(value: Decimal) -> Decimal:
@@ -93,6 +86,7 @@ class InvoicextSandbox:
         self.speed = speed if speed > 0 else 1.0
         # Real seconds in the rolling window (the simulated hour).
         self.window = window_seconds if window_seconds is not None else HOUR / self.speed
+        self.limiter = Window(self.window, rolling=True)
         self.clock = SimClock(start, speed)
         self.rng = random.Random(seed)
         self.simulate = simulate
@@ -107,9 +101,9 @@ class InvoicextSandbox:
         }
         self.api_calls = 0
         self.period = self._period_of(start)
-        self.log: list[JSON] = []
-        self.faults: list[IxtFault] = []
-        self.requests: list[JSON] = []
+        self.log = ChangeLog()
+        self.faults = Faults(seed)
+        self.request_log = RequestLog()
         self.drift = False  # unknown fields appear on every object
         self.shift = False  # each list page is computed as if one item arrived meanwhile
         self._counter = 0
@@ -142,11 +136,16 @@ class InvoicextSandbox:
 
     def window_state(self, key: Key) -> tuple[int, float]:
         """(requests in the rolling window, real unix time when the oldest ages out)."""
-        real = time.time()
-        while key.hits and key.hits[0] <= real - self.window:
-            key.hits.popleft()
-        reset = key.hits[0] + self.window if key.hits else real
-        return len(key.hits), reset
+        quota = self.limiter.peek(key.usage, key.limit, time.time())
+        return quota.count, quota.reset
+
+    @property
+    def requests(self) -> list[JSON]:
+        return self.request_log.entries
+
+    @property
+    def changes_log(self) -> ChangeLog:
+        return self.log
 
     def usage(self) -> JSON:
         start, end = self.period
@@ -177,10 +176,10 @@ class InvoicextSandbox:
         return now
 
     def advance(self, seconds: float) -> list[JSON]:
-        mark = len(self.log)
+        mark = self.log.seq
         self.clock.advance(seconds)
         self.sync()
-        return self.log[mark:]
+        return self.log.since(mark)
 
     def _spontaneous(self, since: float, now: float) -> None:
         """A working day's traffic: ~40 uploads an hour, publications, a few reconciliations."""
@@ -228,9 +227,7 @@ class InvoicextSandbox:
         return f"{prefix}_{self._counter:05d}{self.rng.getrandbits(24):06x}"
 
     def _record(self, event: str, object_id: str, at: float, **extra: Any) -> None:
-        self.log.append(
-            {"seq": len(self.log) + 1, "at": rfc3339(at), "event": event, "id": object_id, **extra}
-        )
+        self.log.add({"at": rfc3339(at), "event": event, "id": object_id, **extra})
 
     def _new_invoice(self, at: float, *, settled: bool = False, status: str | None = None) -> JSON:
         name, tax_id = self.rng.choice(SUPPLIERS)
@@ -384,7 +381,7 @@ class InvoicextSandbox:
                 }
                 for k in self.keys.values()
             ],
-            "change_seq": len(self.log),
+            "change_seq": self.log.seq,
             "drift": self.drift,
             "shift_pages": self.shift,
         }

@@ -1,4 +1,4 @@
-"""Upstream objects in the shapes of dext-api.md, and helpers, for the snapshot tests (no tests)."""
+"""Upstream objects in the shapes of dext-api.md, and helpers, for the snapshot tests."""
 
 from __future__ import annotations
 
@@ -10,20 +10,6 @@ import asyncpg
 from relay.snapshots import diff_objects
 
 CLIENT = "cli_1"
-
-
-async def make_account(
-    pool: asyncpg.Pool, *, backfill: bool = False, baselined: bool = True
-) -> str:
-    """An account row as the accounts store would write it (the token is a dummy)."""
-    account_id: str = await pool.fetchval(
-        "INSERT INTO accounts (provider, name, base_url, api_token_enc, backfill,"
-        " baseline_completed_at) VALUES ('dext', 'Practice', 'http://127.0.0.1:1', 'x', $1,"
-        " CASE WHEN $2 THEN now() END) RETURNING id",
-        backfill,
-        baselined,
-    )
-    return account_id
 
 
 async def stored_events(pool: asyncpg.Pool) -> list[dict[str, Any]]:
