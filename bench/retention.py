@@ -17,8 +17,8 @@ slices taken seconds apart survives the load of other processes better than two 
 Both rates are printed per pair; the summary gives the medians and the median per-pair ratio
 (busy/quiet). This is done for two designs of `delivery_attempts`:
 
-- batched: the product's schema; `relay.retention.prune` deletes events in batches of 500, their
-  deliveries by cascade and their attempts by the statement trigger;
+- batched: the product's schema; `relay.retention.prune` deletes events in batches of 200, with
+  their deliveries and attempts, each table through its owner (events, delivery.store);
 - partitioned: a prototype (this bench only) where `delivery_attempts` is partitioned by day on
   `at`: retention drops whole partitions older than the cutoff (`DROP TABLE`, no row visited)
   and still deletes events and deliveries in the same batches, minus the attempt trigger.

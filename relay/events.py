@@ -445,3 +445,183 @@ async def announce_events(db: Executor) -> None:
         await db.execute(_ANNOUNCE)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         log.warning("events_announce_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+# ---- for the delivery stage and retention: the events statements they run ---------------------
+
+_DELIVERY_COLUMNS = "id, type, account_id, client_id, object_type, object_id, body"
+
+
+async def claim_unfanned_events(conn: Connection, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` events not fanned out yet, oldest `seq` first, locked for the caller's
+    transaction (`SKIP LOCKED`: concurrent fan-outs take different events)."""
+    return await conn.fetch(
+        f"SELECT {_DELIVERY_COLUMNS} FROM events WHERE fanned_out_at IS NULL ORDER BY seq "
+        "LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+
+
+async def mark_fanned_out(conn: Connection, event_ids: Sequence[str]) -> None:
+    """Mark events fanned out, in the transaction that inserted their deliveries."""
+    await conn.execute(
+        "UPDATE events SET fanned_out_at = now() WHERE id = ANY($1::text[])", list(event_ids)
+    )
+
+
+async def lock_event_for_replay(conn: Connection, event_id: str) -> asyncpg.Record | None:
+    """One event, locked `FOR NO KEY UPDATE` (fan-out's foreign-key checks, `FOR KEY SHARE`,
+    do not wait for it) so that concurrent replays of it take their generations in turn."""
+    return await conn.fetchrow(
+        f"SELECT {_DELIVERY_COLUMNS} FROM events WHERE id = $1 FOR NO KEY UPDATE", event_id
+    )
+
+
+async def insert_ping_event(conn: Connection, body: dict[str, Any]) -> None:
+    """Store a `relay.ping` body (numbering it) already marked fanned out: it goes only to the
+    subscription it tests, whose delivery the caller inserts in the same transaction."""
+    body["sequence"] = (await reserve_sequences(conn, [event_key(body)]))[0]
+    await conn.execute(
+        "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at, sequence) "
+        "VALUES ($1, 'relay.ping', 'relay', $2, $3, now(), $4)",
+        body["id"],
+        body["object_id"],
+        body,
+        body["sequence"],
+    )
+
+
+# Types a window replay leaves out: a ping belongs to the subscription it tested, a snapshot
+# to the backfill that made it. $1 since, $2 until, $3 exact types, $4 type prefixes.
+_REPLAY_WINDOW = """
+created_at >= $1 AND ($2::timestamptz IS NULL OR created_at < $2)
+AND ($3::text[] IS NULL OR type = ANY($3)
+     OR EXISTS (SELECT 1 FROM unnest($4::text[]) AS p WHERE starts_with(type, p)))
+AND type <> 'relay.ping' AND type NOT LIKE '%.snapshot'
+"""
+
+
+async def count_replay_window(
+    conn: Connection,
+    since: datetime,
+    until: datetime | None,
+    exact: Sequence[str] | None,
+    prefixes: Sequence[str],
+) -> int:
+    """How many stored events a window replay would consider (pings and snapshots left out);
+    `exact` None with no `prefixes` means every type."""
+    count = await conn.fetchval(
+        f"SELECT count(*) FROM events WHERE {_REPLAY_WINDOW}",
+        since,
+        until,
+        None if exact is None else list(exact),
+        list(prefixes),
+    )
+    return int(count)
+
+
+async def replay_window_batch(
+    conn: Connection,
+    since: datetime,
+    until: datetime | None,
+    exact: Sequence[str] | None,
+    prefixes: Sequence[str],
+    *,
+    after_seq: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """The next `limit` events of a replay window after `seq` `after_seq`, in `seq` order,
+    locked `FOR NO KEY UPDATE` as `lock_event_for_replay` locks one."""
+    return await conn.fetch(
+        f"SELECT {_DELIVERY_COLUMNS}, seq FROM events WHERE {_REPLAY_WINDOW} AND seq > $5 "
+        "ORDER BY seq LIMIT $6 FOR NO KEY UPDATE",
+        since,
+        until,
+        None if exact is None else list(exact),
+        list(prefixes),
+        after_seq,
+        limit,
+    )
+
+
+_INSERT_SNAPSHOT_EVENTS = """
+INSERT INTO events (id, type, account_id, client_id, object_type, object_id, body,
+                    created_at, sequence, fanned_out_at)
+SELECT p.event_id, p.object_type || '.snapshot', p.account_id, p.client_id, p.object_type,
+       p.object_id,
+       jsonb_build_object(
+           'id', p.event_id, 'type', p.object_type || '.snapshot',
+           'created_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+           'account_id', p.account_id, 'client_id', p.client_id,
+           'object_type', p.object_type, 'object_id', p.object_id,
+           'sequence', p.sequence,
+           'data', jsonb_build_object('object', p.data::jsonb, 'previous', '{}'::jsonb)),
+       date_trunc('second', now()), p.sequence, now()
+FROM (
+    SELECT relay_id('evt') AS event_id, t.*
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+         WITH ORDINALITY AS t(account_id, object_type, client_id, object_id, data, sequence, n)
+) AS p
+ORDER BY p.n
+RETURNING id, account_id, object_type, object_id
+"""
+
+
+async def insert_snapshot_events(
+    conn: Connection, snapshots: Sequence[asyncpg.Record]
+) -> list[asyncpg.Record]:
+    """Store one `<object_type>.snapshot` event per snapshot row (account_id, object_type,
+    client_id, object_id, `data_json`: the object as jsonb text, so its numbers are kept
+    exactly, and `sequence`: its object's last), already fanned out: a backfill queues their
+    deliveries itself. Returns (id, account_id, object_type, object_id) of each."""
+    if not snapshots:
+        return []
+    return await conn.fetch(
+        _INSERT_SNAPSHOT_EVENTS,
+        [s["account_id"] for s in snapshots],
+        [s["object_type"] for s in snapshots],
+        [s["client_id"] for s in snapshots],
+        [s["object_id"] for s in snapshots],
+        [s["data_json"] for s in snapshots],
+        [s["sequence"] for s in snapshots],
+    )
+
+
+# Retention: an event may go once it is older than the cutoff ($1), fanned out, and none of its
+# deliveries is pending or was touched inside the window (a recent replay or retry keeps it).
+_PRUNABLE = """
+    e.created_at < $1 AND e.fanned_out_at IS NOT NULL
+    AND NOT EXISTS (
+        SELECT 1 FROM deliveries d
+        WHERE d.event_id = e.id AND (d.status = 'pending' OR d.updated_at >= $1)
+    )
+"""
+
+
+async def claim_prunable_events(conn: Connection, cutoff: datetime, limit: int) -> list[str]:
+    """Ids of up to `limit` prunable events, oldest first, locked `FOR UPDATE SKIP LOCKED` (a
+    concurrent retention run takes others)."""
+    rows = await conn.fetch(
+        f"SELECT e.id FROM events e WHERE {_PRUNABLE} ORDER BY e.created_at LIMIT $2 "
+        "FOR UPDATE SKIP LOCKED",
+        cutoff,
+        limit,
+    )
+    return [row["id"] for row in rows]
+
+
+async def still_prunable(conn: Connection, event_ids: Sequence[str], cutoff: datetime) -> list[str]:
+    """Of claimed events, those still prunable now: run it after the caller holds the locks of
+    their deliveries, so a retry that committed meanwhile keeps its event."""
+    rows = await conn.fetch(
+        f"SELECT e.id FROM events e WHERE e.id = ANY($2::text[]) AND {_PRUNABLE}",
+        cutoff,
+        list(event_ids),
+    )
+    return [row["id"] for row in rows]
+
+
+async def delete_events(conn: Connection, event_ids: Sequence[str]) -> int:
+    """Delete events by id (their deliveries cascade); returns how many were deleted."""
+    status = await conn.execute("DELETE FROM events WHERE id = ANY($1::text[])", list(event_ids))
+    return int(status.rsplit(" ", 1)[1])

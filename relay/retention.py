@@ -15,9 +15,11 @@ What is never deleted:
   recent replay or retry of an old event keeps the whole event, its history stays readable);
 - the snapshot of a live object (only rows whose object was reported gone before the cutoff).
 
-One statement per batch deletes the events, their deliveries and their attempts (the
-`ON DELETE CASCADE` and the attempts trigger of schema.sql, which would do the same, then find
-nothing), so the counts it reports are exact.
+Each table's rows are deleted by its owner (`relay.events`, `relay.delivery.store`,
+`relay.snapshots.diff`); this module orchestrates the batches, their transactions and their
+pacing. Deliveries and attempts are deleted explicitly, before their events (the `ON DELETE
+CASCADE` and the attempts trigger of schema.sql, which would do the same, then find nothing),
+so the counts it reports are exact.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import structlog
+
+from relay.delivery.store import delete_deliveries_of, lock_settled_deliveries
+from relay.events import claim_prunable_events, delete_events, still_prunable
+from relay.snapshots.diff import prune_gone_snapshots
 
 log = structlog.get_logger("relay.retention")
 
@@ -44,58 +50,6 @@ BATCH_PAUSE = 0.05
 # A run stops after this long and leaves the rest for the next one (the cron runs it often), so
 # it never outlives its arq job timeout.
 RUN_BUDGET = 120.0
-
-_PRUNABLE = """
-    e.created_at < $1 AND e.fanned_out_at IS NOT NULL
-    AND NOT EXISTS (
-        SELECT 1 FROM deliveries d
-        WHERE d.event_id = e.id AND (d.status = 'pending' OR d.updated_at >= $1)
-    )
-"""
-
-# 1. claim a batch of candidate events (a concurrent run skips them);
-_CLAIM_EVENTS = f"""
-SELECT e.id FROM events e
-WHERE {_PRUNABLE}
-ORDER BY e.created_at
-LIMIT $2
-FOR UPDATE SKIP LOCKED
-"""
-# 2. lock their settled deliveries, so a retry racing us either commits first (its delivery is
-#    pending when step 3 looks, so the event stays) or waits and then finds the delivery gone;
-_LOCK_DELIVERIES = """
-SELECT 1 FROM deliveries WHERE event_id = ANY($1::text[]) AND status <> 'pending' FOR UPDATE
-"""
-# 3. delete, re-checking with a snapshot taken after both locks are held. Deliveries and attempts
-#    are deleted explicitly (the cascade and the trigger then find nothing left), which counts
-#    them in the same statement; `$3` false leaves attempts alone (partitions drop them).
-_DELETE_EVENTS = f"""
-WITH gone AS (
-    DELETE FROM events e WHERE e.id = ANY($2::text[]) AND {_PRUNABLE}
-    RETURNING e.id
-), dels AS (
-    DELETE FROM deliveries d USING gone WHERE d.event_id = gone.id
-    RETURNING d.id
-), atts AS (
-    DELETE FROM delivery_attempts a USING dels WHERE $3 AND a.delivery_id = dels.id
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM gone) AS events, (SELECT count(*) FROM dels) AS deliveries,
-       (SELECT count(*) FROM atts) AS attempts
-"""
-
-_DELETE_SNAPSHOTS = """
-WITH gone AS (
-    DELETE FROM snapshots WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM snapshots
-        WHERE deleted_at IS NOT NULL AND deleted_at < $1
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED
-    ))
-    RETURNING 1
-)
-SELECT count(*) FROM gone
-"""
 
 
 @dataclass
@@ -144,7 +98,8 @@ async def prune(
         result.complete = False
     while result.complete and time.monotonic() - started < budget:
         batch_started = time.monotonic()
-        n = await pool.fetchval(_DELETE_SNAPSHOTS, cutoff_at, snapshot_batch)
+        async with pool.acquire() as conn:
+            n = await prune_gone_snapshots(conn, cutoff_at, snapshot_batch)
         result.snapshots += n
         result.batches += 1
         if n < snapshot_batch:
@@ -176,18 +131,26 @@ async def _pace(batch_started: float, pause: float, duty: float) -> None:
 
 
 async def _prune_event_batch(
-    pool: asyncpg.Pool, cutoff_at: object, limit: int, result: PruneResult, attempts: bool
+    pool: asyncpg.Pool, cutoff_at: datetime, limit: int, result: PruneResult, attempts: bool
 ) -> tuple[int, int]:
-    """One short transaction: claim, lock, re-check and delete. Returns (claimed, deleted)."""
+    """One short transaction: claim, lock, re-check and delete. Returns (claimed, deleted).
+
+    1. claim a batch of candidate events (a concurrent run skips them);
+    2. lock their settled deliveries, so a retry racing us either commits first (its delivery
+       is pending when step 3 looks, so the event stays) or waits and then finds it gone;
+    3. re-check, with a snapshot taken after both locks are held, then delete the deliveries
+       and attempts of the events still prunable, then the events (`attempts` false leaves
+       attempts alone: partitions drop them)."""
     async with pool.acquire() as conn, conn.transaction():
-        ids = [r["id"] for r in await conn.fetch(_CLAIM_EVENTS, cutoff_at, limit)]
+        ids = await claim_prunable_events(conn, cutoff_at, limit)
         if not ids:
             return 0, 0
-        await conn.execute(_LOCK_DELIVERIES, ids)
-        row = await conn.fetchrow(_DELETE_EVENTS, cutoff_at, ids, attempts)
-    assert row is not None
-    result.events += row["events"]
-    result.deliveries += row["deliveries"]
-    result.attempts += row["attempts"]
+        await lock_settled_deliveries(conn, ids)
+        gone = await still_prunable(conn, ids, cutoff_at)
+        deliveries, deleted_attempts = await delete_deliveries_of(conn, gone, attempts=attempts)
+        events = await delete_events(conn, gone)
+    result.events += events
+    result.deliveries += deliveries
+    result.attempts += deleted_attempts
     result.batches += 1
-    return len(ids), int(row["events"])
+    return len(ids), events

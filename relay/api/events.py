@@ -10,7 +10,7 @@ from relay import events
 from relay.api.keys import POOL
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, DateTime, String, StringList
-from relay.delivery import store as deliveries
+from relay.delivery import fanout
 
 _ID = String(max_length=100)
 
@@ -72,7 +72,7 @@ async def get_event(request: web.Request, inp: Input) -> web.Response:
 
 
 async def replay_event(request: web.Request, inp: Input) -> web.Response:
-    queued = await deliveries.replay_event(
+    queued = await fanout.replay_event(
         request.app[POOL], inp.path["id"], inp.body.get("subscription_ids")
     )
     return json_response({"queued": queued}, status=202)

@@ -9,8 +9,8 @@ from aiohttp import web
 from relay.api.keys import POOL, SETTINGS, VAULT
 from relay.api.routing import Input, Route, json_response, list_query, page_of, page_response
 from relay.api.validation import Body, Boolean, String, StringList, Url
+from relay.delivery import fanout, subscriptions
 from relay.delivery import store as deliveries
-from relay.delivery import subscriptions
 
 _TIME = {"type": "string", "format": "date-time"}
 # What the store accepts as an entry of `event_types`: an exact type, `prefix.*` or `*`.
@@ -163,7 +163,7 @@ async def rotate_secret(request: web.Request, inp: Input) -> web.Response:
 
 
 async def test_subscription(request: web.Request, inp: Input) -> web.Response:
-    delivery = await deliveries.send_test_event(request.app[POOL], inp.path["id"])
+    delivery = await fanout.send_test_event(request.app[POOL], inp.path["id"])
     return json_response(delivery, status=202)
 
 

@@ -37,13 +37,13 @@ import structlog
 
 from relay.db import Outage, store_outage
 from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
+from relay.delivery.fanout import fan_out_events
 from relay.delivery.policy import retry_delay
 from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
 from relay.delivery.store import (
     WAKE_CHANNEL,
     claim,
-    fan_out_events,
     promote,
     record,
     release,

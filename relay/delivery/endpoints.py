@@ -6,6 +6,7 @@ adds its attempts to `subscriptions.failing_since` / `failed_attempts` with one 
 statement, and disables in the same commit, so no scan of `delivery_attempts` is ever needed
 and a streak can never disagree with the attempts it counts. A healthy batch (all successes,
 no streak stored) writes nothing: one primary-key read of its subscriptions finds that out.
+The statements are `subscriptions`' (the table's owner); the rule is here.
 
 With several workers: the rows of subscriptions a batch will write are locked first, in id
 order (`FOR NO KEY UPDATE`), before any delivery row, so two recorders, or a recorder and a
@@ -28,7 +29,13 @@ from urllib.parse import urlsplit
 import structlog
 
 from relay.delivery.store import fail_pending_deliveries
-from relay.delivery.subscriptions import Querier, disable_subscription
+from relay.delivery.subscriptions import (
+    Querier,
+    add_failure_streaks,
+    disable_subscription,
+    endpoint_summary,
+    lock_streak_rows,
+)
 from relay.events import format_time, insert_event
 
 log = structlog.get_logger("relay.delivery")
@@ -71,38 +78,13 @@ def streaks(outcomes: Iterable[tuple[str, bool, bool, datetime]]) -> list[Streak
     return [Streak(s, bool(e[0]), int(e[1]), e[2]) for s, e in sorted(state.items())]
 
 
-_LOCK = """
-SELECT id FROM subscriptions
-WHERE id = ANY($1::text[]) AND (id = ANY($2::text[]) OR failing_since IS NOT NULL
-                                 OR failed_attempts > 0)
-ORDER BY id FOR NO KEY UPDATE
-"""
-
-_UPDATE = """
-WITH s AS (
-    SELECT * FROM unnest($1::text[], $2::bool[], $3::int[], $4::timestamptz[])
-        AS s(id, reset, failures, first_failed_at)
-)
-UPDATE subscriptions AS t SET
-    failing_since = CASE WHEN s.reset OR t.failing_since IS NULL THEN s.first_failed_at
-                         ELSE t.failing_since END,
-    failed_attempts = CASE WHEN s.reset THEN s.failures ELSE t.failed_attempts + s.failures END
-FROM s
-WHERE t.id = ANY($1::text[]) AND t.id = s.id
-RETURNING t.id, t.failing_since, t.failed_attempts,
-    t.enabled AND t.deleted_at IS NULL AND t.failed_attempts >= $6
-    AND t.failing_since <= now() - make_interval(secs => $5) AS dead
-"""
-
-
 async def lock_streaks(
     conn: Querier, subscription_ids: Sequence[str], failing: Sequence[str]
 ) -> list[str]:
     """Lock (in id order) the subscriptions whose streak this batch will write: those with
     failures in it and those with a stored streak a success may end. Call it first in the
     record transaction; an empty answer means there is nothing to write."""
-    rows = await conn.fetch(_LOCK, list(subscription_ids), list(failing))
-    return [row["id"] for row in rows]
+    return await lock_streak_rows(conn, subscription_ids, failing)
 
 
 async def record_streaks(
@@ -118,14 +100,14 @@ async def record_streaks(
     todo = [s for s in batch if s.subscription_id in wanted]
     if not todo:
         return []
-    rows = await conn.fetch(
-        _UPDATE,
+    rows = await add_failure_streaks(
+        conn,
         [s.subscription_id for s in todo],
         [s.reset for s in todo],
         [s.failures for s in todo],
         [s.first_failed_at for s in todo],
-        disable_after,
-        MIN_FAILED_ATTEMPTS,
+        disable_after=disable_after,
+        min_failed_attempts=MIN_FAILED_ATTEMPTS,
     )
     disabled = []
     for row in rows:
@@ -150,11 +132,7 @@ async def disable_endpoint(conn: Querier, subscription_id: str, reason: str) -> 
     stopped = await fail_pending_deliveries(
         conn, subscription_id, f"not sent: subscription disabled ({reason})"
     )
-    row = await conn.fetchrow(
-        "SELECT id, kind, url, event_types, description, failing_since, failed_attempts "
-        "FROM subscriptions WHERE id = $1",
-        subscription_id,
-    )
+    row = await endpoint_summary(conn, subscription_id)
     if row is not None:
         await insert_event(
             conn,  # type: ignore[arg-type]

@@ -26,96 +26,30 @@ import asyncpg
 import orjson
 import structlog
 
+from relay.db import Connection
 from relay.delivery.ordering import event_order_key
-from relay.delivery.store import promote
-from relay.delivery.subscriptions import Querier, load_matchers
+from relay.delivery.store import (
+    count_job_pending,
+    insert_job_deliveries,
+    insert_job_replays,
+    job_status_counts,
+    notify_wake,
+    promote,
+)
+from relay.delivery.subscriptions import Querier, load_matchers, share_subscription
 from relay.errors import Conflict, InvalidInput, NotFound
+from relay.events import count_replay_window, insert_snapshot_events, replay_window_batch
+from relay.snapshots.diff import count_live_snapshots, live_snapshots_after
 from relay.snapshots.rules import OBJECT_TYPES
 
 log = structlog.get_logger("relay.delivery")
 
 BATCH = 1000
 WINDOW = 2000
-# Types a window replay leaves out: a ping belongs to the subscription it tested, a snapshot
-# to the backfill that made it.
-_NOT_REPLAYED = "type <> 'relay.ping' AND type NOT LIKE '%.snapshot'"
-
 _JOB_COLUMNS = (
     "id, subscription_id, kind, params, status, total, queued, error, created_at, updated_at, "
     "finished_at"
 )
-
-_REPLAY_BATCH = f"""
-SELECT id, seq, type, account_id, client_id, object_type, object_id, body FROM events
-WHERE created_at >= $1 AND ($2::timestamptz IS NULL OR created_at < $2) AND seq > $3
-  AND ($4::text[] IS NULL OR type = ANY($4)
-       OR EXISTS (SELECT 1 FROM unnest($5::text[]) AS p WHERE starts_with(type, p)))
-  AND {_NOT_REPLAYED}
-ORDER BY seq LIMIT $6
-FOR NO KEY UPDATE
-"""
-
-# Deliveries of a replayed batch: the next generation of each (event, subscription) delivery
-# (the event rows are locked, as `replay_event` does), due in `seq` order (a microsecond apart,
-# so the claim, which takes the earliest due first, sends them in order), or parked for an
-# ordered subscription and promoted by `promote`.
-_REPLAY_INSERT = """
-INSERT INTO deliveries (event_id, subscription_id, generation, next_attempt_at, order_key, job_id)
-SELECT t.e, $2, coalesce((SELECT max(generation) + 1 FROM deliveries
-                          WHERE event_id = t.e AND subscription_id = $2), 0),
-       CASE WHEN t.k IS NULL THEN now() + make_interval(secs => t.o / 1e6) END, t.k, $3
-FROM unnest($1::text[], $4::text[]) WITH ORDINALITY AS t(e, k, o)
-"""
-
-_SNAPSHOT_KEY = "(s.account_id, s.object_type, s.client_id, s.object_id)"
-_BACKFILL_BATCH = f"""
-WITH picked AS MATERIALIZED (
-    SELECT s.account_id, s.object_type, s.client_id, s.object_id, s.data,
-           coalesce(q.sequence, 0) AS sequence, relay_id('evt') AS event_id
-    FROM snapshots AS s
-    JOIN accounts AS a ON a.id = s.account_id AND a.deleted_at IS NULL
-    LEFT JOIN object_sequences AS q ON q.account_id = s.account_id
-         AND q.object_type = s.object_type AND q.object_id = s.object_id
-    WHERE s.deleted_at IS NULL
-      AND ($1::text[] IS NULL OR s.account_id = ANY($1))
-      AND ($2::text[] IS NULL OR s.object_type = ANY($2))
-      AND ($11::text[] IS NULL OR s.client_id = ANY($11))
-      AND {_SNAPSHOT_KEY} > ($3, $4, $5, $6)
-    ORDER BY s.account_id, s.object_type, s.client_id, s.object_id
-    LIMIT $7
-), made AS (
-    INSERT INTO events (id, type, account_id, client_id, object_type, object_id, body,
-                        created_at, sequence, fanned_out_at)
-    SELECT p.event_id, p.object_type || '.snapshot', p.account_id, p.client_id, p.object_type,
-           p.object_id,
-           jsonb_build_object(
-               'id', p.event_id, 'type', p.object_type || '.snapshot',
-               'created_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-               'account_id', p.account_id, 'client_id', p.client_id,
-               'object_type', p.object_type, 'object_id', p.object_id,
-               'sequence', p.sequence,
-               'data', jsonb_build_object('object', p.data, 'previous', '{{}}'::jsonb)),
-           date_trunc('second', now()), p.sequence, now()
-    FROM picked AS p
-    RETURNING id, account_id, object_type, object_id
-), queued AS (
-    INSERT INTO deliveries (event_id, subscription_id, next_attempt_at, order_key, job_id)
-    SELECT m.id, $8,
-           CASE WHEN NOT $9 THEN now() END,
-           CASE WHEN $9 THEN m.account_id || chr(31) || m.object_type || chr(31) || m.object_id
-           END,
-           $10
-    FROM made AS m
-    RETURNING order_key
-)
-SELECT (SELECT count(*) FROM queued) AS queued,
-       (SELECT array_agg(order_key) FROM queued WHERE order_key IS NOT NULL) AS keys,
-       last.account_id, last.object_type, last.client_id, last.object_id
-FROM (SELECT 1) AS one
-LEFT JOIN (SELECT account_id, object_type, client_id, object_id FROM picked
-           ORDER BY account_id DESC, object_type DESC, client_id DESC, object_id DESC
-           LIMIT 1) AS last ON true
-"""
 
 
 def _types_filter(event_types: Sequence[str] | None) -> tuple[list[str] | None, list[str]]:
@@ -128,11 +62,7 @@ def _types_filter(event_types: Sequence[str] | None) -> tuple[list[str] | None, 
 
 
 async def _live_subscription(conn: Querier, subscription_id: str) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        "SELECT id, enabled, disabled_reason, ordering, account_ids, client_ids FROM subscriptions "
-        "WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
-        subscription_id,
-    )
+    row = await share_subscription(conn, subscription_id)
     if row is None:
         raise NotFound("subscription", subscription_id)
     if not row["enabled"]:
@@ -159,17 +89,7 @@ async def start_replay(
     exact, prefixes = _types_filter(event_types)
     async with pool.acquire() as conn, conn.transaction():
         await _live_subscription(conn, subscription_id)
-        total = await conn.fetchval(
-            "SELECT count(*) FROM events WHERE created_at >= $1 "
-            "AND ($2::timestamptz IS NULL OR created_at < $2) "
-            "AND ($3::text[] IS NULL OR type = ANY($3) "
-            "OR EXISTS (SELECT 1 FROM unnest($4::text[]) AS p WHERE starts_with(type, p))) "
-            f"AND {_NOT_REPLAYED}",
-            since,
-            until,
-            exact,
-            prefixes,
-        )
+        total = await count_replay_window(conn, since, until, exact, prefixes)
         params = {
             "since": since.isoformat(),
             "until": until.isoformat() if until else None,
@@ -204,16 +124,7 @@ async def start_backfill(
         accounts = list(account_ids) if account_ids is not None else None
         types = list(object_types) if object_types is not None else None
         clients = list(sub["client_ids"]) if sub["client_ids"] is not None else None
-        total = await conn.fetchval(
-            "SELECT count(*) FROM snapshots AS s JOIN accounts AS a ON a.id = s.account_id "
-            "AND a.deleted_at IS NULL WHERE s.deleted_at IS NULL "
-            "AND ($1::text[] IS NULL OR s.account_id = ANY($1)) "
-            "AND ($2::text[] IS NULL OR s.object_type = ANY($2)) "
-            "AND ($3::text[] IS NULL OR s.client_id = ANY($3))",
-            accounts,
-            types,
-            clients,
-        )
+        total = await count_live_snapshots(conn, accounts, types, clients)
         params = {"account_ids": accounts, "object_types": types, "client_ids": clients}
         job_id = await _create_job(
             conn, subscription_id, "backfill", params, total, {"key": ["", "", "", ""]}
@@ -273,10 +184,7 @@ async def advance_job(pool: asyncpg.Pool, job_id: str) -> int:
         )
         if job is None:
             return 0
-        pending = await conn.fetchval(
-            "SELECT count(*) FROM deliveries WHERE job_id = $1 AND status = 'pending'", job_id
-        )
-        if pending >= WINDOW:
+        if await count_job_pending(conn, job_id) >= WINDOW:
             return 0
         matchers = await load_matchers(conn, [job["subscription_id"]], lock=True)
         if not matchers:
@@ -297,23 +205,23 @@ async def advance_job(pool: asyncpg.Pool, job_id: str) -> int:
         if done:
             await _finish(conn, job_id, "done", None)
         if queued:
-            await conn.execute("SELECT pg_notify('relay_wake', 'deliveries')")
+            await notify_wake(conn)
     return queued
 
 
 async def _replay_batch(
-    conn: Querier, job: asyncpg.Record, matcher: Any, ordered: bool
+    conn: Connection, job: asyncpg.Record, matcher: Any, ordered: bool
 ) -> tuple[int, dict[str, Any], bool]:
     params = job["params"]
     exact, prefixes = _types_filter(params["event_types"])
-    rows = await conn.fetch(
-        _REPLAY_BATCH,
+    rows = await replay_window_batch(
+        conn,
         datetime.fromisoformat(params["since"]),
         datetime.fromisoformat(params["until"]) if params["until"] else None,
-        job["cursor"]["seq"],
         exact,
         prefixes,
-        BATCH,
+        after_seq=job["cursor"]["seq"],
+        limit=BATCH,
     )
     if not rows:
         return 0, dict(job["cursor"]), True
@@ -323,38 +231,37 @@ async def _replay_batch(
     keys = [event_order_key(r) if ordered else None for r in picked]
     queued = 0
     if picked:
-        status = await conn.execute(
-            _REPLAY_INSERT, [r["id"] for r in picked], job["subscription_id"], job["id"], keys
+        queued = await insert_job_replays(
+            conn, job["id"], job["subscription_id"], [r["id"] for r in picked], keys
         )
-        queued = int(status.rsplit(" ", 1)[1])
         await promote(conn, [(job["subscription_id"], k) for k in keys if k])
     return queued, {"seq": rows[-1]["seq"]}, len(rows) < BATCH
 
 
 async def _backfill_batch(
-    conn: Querier, job: asyncpg.Record, ordered: bool
+    conn: Connection, job: asyncpg.Record, ordered: bool
 ) -> tuple[int, dict[str, Any], bool]:
     params = job["params"]
     key = job["cursor"]["key"]
-    row = await conn.fetchrow(
-        _BACKFILL_BATCH,
+    picked = await live_snapshots_after(
+        conn,
         params["account_ids"],
         params["object_types"],
-        *key,
-        BATCH,
-        job["subscription_id"],
-        ordered,
-        job["id"],
         params.get("client_ids"),
+        after=key,
+        limit=BATCH,
     )
-    assert row is not None
-    queued = int(row["queued"])
-    if row["keys"]:
-        await promote(conn, [(job["subscription_id"], k) for k in row["keys"]])
-    if row["account_id"] is None:
-        return queued, {"key": key}, True
-    last = [row["account_id"], row["object_type"], row["client_id"], row["object_id"]]
-    return queued, {"key": last}, queued < BATCH
+    if not picked:
+        return 0, {"key": key}, True
+    made = await insert_snapshot_events(conn, picked)
+    keys = [event_order_key(m) if ordered else None for m in made]
+    queued = await insert_job_deliveries(
+        conn, job["id"], job["subscription_id"], [m["id"] for m in made], keys
+    )
+    await promote(conn, [(job["subscription_id"], k) for k in keys if k])
+    last = picked[-1]
+    cursor = [last["account_id"], last["object_type"], last["client_id"], last["object_id"]]
+    return queued, {"key": cursor}, queued < BATCH
 
 
 async def _finish(conn: Querier, job_id: str, status: str, error: str | None) -> None:
@@ -374,13 +281,7 @@ async def get_job(pool: Querier, job_id: str) -> dict[str, Any]:
     row = await pool.fetchrow(f"SELECT {_JOB_COLUMNS} FROM delivery_jobs WHERE id = $1", job_id)
     if row is None:
         raise NotFound("job", job_id)
-    counts = {
-        r["status"]: r["n"]
-        for r in await pool.fetch(
-            "SELECT status, count(*) AS n FROM deliveries WHERE job_id = $1 GROUP BY status",
-            job_id,
-        )
-    }
+    counts = await job_status_counts(pool, job_id)
     params = row["params"]
     return {
         "id": row["id"],

@@ -1,9 +1,10 @@
-"""Deliveries in Postgres: fan-out of stored events, and the store behind /v1/deliveries.
+"""Deliveries and their attempts in Postgres: the store behind /v1/deliveries, and every
+statement that writes or mainly reads `deliveries` and `delivery_attempts`.
 
-Fan-out turns each event with `fanned_out_at IS NULL` into one delivery per matching
-subscription, in `FOR UPDATE SKIP LOCKED` batches, inserting with `ON CONFLICT DO NOTHING` on
-(event_id, subscription_id, generation): concurrent or repeated fan-outs never duplicate. A
-pending marker rather than a "last seq seen" cursor, because `seq` values commit out of order.
+Fan-out, replays and recovery jobs decide which deliveries to make (`fanout`, `recovery`);
+the rows are inserted here. The dispatcher's claim, record and hand-back are here, and ordered
+queues are promoted here too (`promote`, `release_order`): `ordering` explains the rule.
+Retention and the console read and prune through this module.
 
 Every function that makes work due sends `NOTIFY relay_wake` so dispatchers start at once.
 """
@@ -17,20 +18,12 @@ from typing import Any
 
 import asyncpg
 
-from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key, lock_queues
-from relay.delivery.subscriptions import (
-    Matcher,
-    Querier,
-    get_subscription,
-    load_matchers,
-    type_matches,
-)
+from relay.delivery.ordering import lock_queues
+from relay.delivery.subscriptions import Querier
 from relay.errors import Conflict, InvalidInput, NotFound
-from relay.events import build_event, event_key, reserve_sequences
 from relay.paging import check_limit, decode_cursor, encode_cursor
 
 WAKE_CHANNEL = "relay_wake"
-FAN_OUT_BATCH = 500
 STATUSES = ("pending", "succeeded", "failed")
 
 _DELIVERY_COLUMNS = (
@@ -42,122 +35,6 @@ _DELIVERY_COLUMNS = (
 async def notify_wake(conn: Querier, what: str = "deliveries") -> None:
     """Wake every dispatcher (delivered at commit when inside a transaction)."""
     await conn.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, what)
-
-
-class _MatcherIndex:
-    """Matchers grouped by the client and the event type they can match, so fan-out asks only
-    the subscriptions that could want an event instead of every one for every event.
-
-    Profiled at 2,000 events/s over 200 subscriptions filtered to a client each, fan-out
-    matching was 39% of the worker's CPU (every event checked against all 200). Each
-    candidate still runs its full `Matcher.matches`, so what matches is unchanged: the index
-    only leaves out subscriptions whose client list or event types cannot contain the event's.
-    """
-
-    def __init__(self, matchers: Sequence[Matcher]) -> None:
-        self._any_client: list[tuple[int, Matcher]] = []
-        self._by_client: dict[str, list[tuple[int, Matcher]]] = {}
-        for position, matcher in enumerate(matchers):
-            if matcher.client_ids is None:
-                self._any_client.append((position, matcher))
-            else:
-                for client_id in matcher.client_ids:
-                    self._by_client.setdefault(client_id, []).append((position, matcher))
-        self._candidates: dict[tuple[str, str | None], list[Matcher]] = {}
-
-    def candidates(self, event_type: str, client_id: str | None) -> list[Matcher]:
-        """The matchers (in their original order) whose types and clients admit the event."""
-        key = (event_type, client_id)
-        found = self._candidates.get(key)
-        if found is None:
-            pairs = self._any_client
-            if client_id is not None and client_id in self._by_client:
-                pairs = sorted(pairs + self._by_client[client_id], key=lambda p: p[0])
-            found = [m for _, m in pairs if type_matches(m.event_types, event_type)]
-            self._candidates[key] = found
-        return found
-
-
-def _matching(
-    matchers: Sequence[Matcher], events: Sequence[asyncpg.Record]
-) -> tuple[list[str], list[str]]:
-    event_ids: list[str] = []
-    subscription_ids: list[str] = []
-    index = _MatcherIndex(matchers)
-    for event in events:
-        for matcher in index.candidates(event["type"], event["client_id"]):
-            if (
-                event["type"] == "subscription.disabled"
-                and event["body"].get("object_id") == matcher.id
-            ):
-                continue  # never to the subscription it is about, even if re-enabled since
-            if matcher.matches(
-                event["type"], event["account_id"], event["client_id"], event["body"]
-            ):
-                event_ids.append(event["id"])
-                subscription_ids.append(matcher.id)
-    return event_ids, subscription_ids
-
-
-def _order_keys(
-    events: Sequence[asyncpg.Record],
-    event_ids: Sequence[str],
-    subscription_ids: Sequence[str],
-    ordered: set[str],
-) -> list[str | None]:
-    """Per (event, subscription) pair the event's queue when the subscription is ordered."""
-    if not ordered:
-        return [None] * len(event_ids)
-    of_event = {e["id"]: event_order_key(e) for e in events}
-    return [
-        of_event[e] if s in ordered else None
-        for e, s in zip(event_ids, subscription_ids, strict=True)
-    ]
-
-
-async def fan_out_events(pool: asyncpg.Pool, *, batch_size: int = FAN_OUT_BATCH) -> int:
-    """Create the deliveries of every event not yet fanned out; returns how many were created.
-
-    Safe to call from any number of processes at once, and again after a crash: each event is
-    marked in the same transaction as its deliveries are inserted.
-    """
-    created = 0
-    while True:
-        async with pool.acquire() as conn, conn.transaction():
-            matchers = await load_matchers(conn)
-            ordered = {m.id for m in matchers if m.ordering == "object"}
-            if ordered:
-                # One fan-out at a time, so each object's events queue in `seq` order.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", FAN_OUT_LOCK)
-            events = await conn.fetch(
-                "SELECT id, type, account_id, client_id, object_type, object_id, body "
-                "FROM events WHERE fanned_out_at IS NULL ORDER BY seq LIMIT $1 "
-                "FOR UPDATE SKIP LOCKED",
-                batch_size,
-            )
-            if not events:
-                return created
-            event_ids, subscription_ids = _matching(matchers, events)
-            if event_ids:
-                keys = _order_keys(events, event_ids, subscription_ids, ordered)
-                status = await conn.execute(
-                    "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at, "
-                    "order_key) SELECT e, s, CASE WHEN k IS NULL THEN now() END, k "
-                    "FROM unnest($1::text[], $2::text[], $3::text[]) AS t(e, s, k) "
-                    "ON CONFLICT (event_id, subscription_id, generation) DO NOTHING",
-                    event_ids,
-                    subscription_ids,
-                    keys,
-                )
-                created += int(status.rsplit(" ", 1)[1])
-                queues = zip(subscription_ids, keys, strict=True)
-                await promote(conn, [(s, k) for s, k in queues if k])
-            await conn.execute(
-                "UPDATE events SET fanned_out_at = now() WHERE id = ANY($1::text[])",
-                [e["id"] for e in events],
-            )
-        if len(events) < batch_size:
-            return created
 
 
 async def _attempts(conn: Querier, ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -343,110 +220,6 @@ async def retry_failed(
         if count:
             await notify_wake(conn)
     return count
-
-
-async def replay_event(
-    pool: asyncpg.Pool, event_id: str, subscription_ids: Sequence[str] | None = None
-) -> int:
-    """Deliver an event again to every matching enabled subscription (or only to those of
-    `subscription_ids` that match); returns how many deliveries were created.
-
-    Each replay is a new generation of the (event, subscription) delivery, sent under the same
-    `webhook-id` (the event id). NotFound for an unknown event or subscription id.
-
-    Concurrent replays of one event are N replays, never fewer: each takes the event row's lock
-    (`FOR NO KEY UPDATE`, which fan-out's `FOR KEY SHARE` foreign-key checks do not wait for)
-    before it reads the highest generation, so the next replay computes its generation only
-    after this one's deliveries are committed. The matching subscriptions are read `FOR SHARE`,
-    so a subscription deleted or disabled at the same moment is either counted and delivered
-    to, or not counted. The count returned is exactly the rows inserted: no conflict can drop
-    one silently (there is no `ON CONFLICT` to hide it).
-
-    A replay of an event that is not fanned out yet creates generation 0, the delivery fan-out
-    would have created: that first send is both the original and the replay, and fan-out then
-    finds it there and adds none (its own `ON CONFLICT DO NOTHING`).
-    """
-    async with pool.acquire() as conn, conn.transaction():
-        event = await conn.fetchrow(
-            "SELECT id, type, account_id, client_id, object_type, object_id, body FROM events "
-            "WHERE id = $1 FOR NO KEY UPDATE",
-            event_id,
-        )
-        if event is None:
-            raise NotFound("event", event_id)
-        if subscription_ids is not None:
-            for sid in subscription_ids:
-                await get_subscription(conn, sid)
-        matchers = await load_matchers(conn, subscription_ids, lock=True)
-        _, targets = _matching(matchers, [event])
-        if not targets:
-            return 0
-        ordered = {m.id for m in matchers if m.ordering == "object"}
-        keys = _order_keys([event], [event_id] * len(targets), targets, ordered)
-        status = await conn.execute(
-            "INSERT INTO deliveries (event_id, subscription_id, generation, next_attempt_at, "
-            "order_key) SELECT $1, s, coalesce((SELECT max(generation) + 1 FROM deliveries "
-            "WHERE event_id = $1 AND subscription_id = s), 0), "
-            "CASE WHEN k IS NULL THEN now() END, k "
-            "FROM unnest($2::text[], $3::text[]) AS t(s, k)",
-            event_id,
-            targets,
-            keys,
-        )
-        await promote(conn, [(s, k) for s, k in zip(targets, keys, strict=True) if k])
-        await notify_wake(conn)
-    return int(status.rsplit(" ", 1)[1])
-
-
-async def send_test_event(pool: asyncpg.Pool, subscription_id: str) -> dict[str, Any]:
-    """Store a `relay.ping` event and queue it for this one subscription; returns the delivery.
-
-    The ping is delivered even when the subscription's `event_types` would not match it, and
-    goes to no other subscription (it is stored already marked as fanned out). Each call is one
-    ping of its own: N concurrent tests are N pings. A disabled subscription is a Conflict.
-    The subscription is read `FOR SHARE` in the same transaction, so a DELETE or a disabling
-    PATCH racing the test either comes first (404 or 409 here) or waits until the ping is
-    queued, and the dispatcher then records it as not sent, giving the reason.
-    """
-    body = build_event(
-        "relay.ping",
-        account_id=None,
-        client_id=None,
-        object_id=subscription_id,
-        object={"message": "Test event from Relay", "subscription_id": subscription_id},
-    )
-    event_id = body["id"]
-    async with pool.acquire() as conn, conn.transaction():
-        live = await conn.fetchrow(
-            "SELECT enabled, disabled_reason FROM subscriptions "
-            "WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
-            subscription_id,
-        )
-        if live is None:
-            raise NotFound("subscription", subscription_id)
-        if not live["enabled"]:
-            # Queued, it would only be failed as "not sent": a 202 for work that cannot happen.
-            raise Conflict(
-                f"subscription {subscription_id!r} is disabled "
-                f"({live['disabled_reason'] or 'disabled'}); enable it to send a test"
-            )
-        body["sequence"] = (await reserve_sequences(conn, [event_key(body)]))[0]
-        await conn.execute(
-            "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at, sequence) "
-            "VALUES ($1, 'relay.ping', 'relay', $2, $3, now(), $4)",
-            event_id,
-            subscription_id,
-            body,
-            body["sequence"],
-        )
-        delivery_id = await conn.fetchval(
-            "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
-            "VALUES ($1, $2, now()) RETURNING id",
-            event_id,
-            subscription_id,
-        )
-        await notify_wake(conn)
-    return await get_delivery(pool, delivery_id)
 
 
 async def fail_pending_deliveries(conn: Querier, subscription_id: str, reason: str) -> int:
@@ -707,3 +480,281 @@ async def release_order(conn: Querier, subscription_id: str) -> int:
         subscription_id,
     )
     return int(status.rsplit(" ", 1)[1])
+
+
+# ---- inserts for fan-out, replays and test pings (`fanout` decides who gets what) -------------
+
+
+async def insert_deliveries(
+    conn: Querier,
+    event_ids: Sequence[str],
+    subscription_ids: Sequence[str],
+    order_keys: Sequence[str | None],
+) -> int:
+    """Generation 0 of each (event, subscription) pair, due now or (with an order key) parked
+    for `promote`; a pair already there is left alone. Returns how many were created."""
+    status = await conn.execute(
+        "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at, "
+        "order_key) SELECT e, s, CASE WHEN k IS NULL THEN now() END, k "
+        "FROM unnest($1::text[], $2::text[], $3::text[]) AS t(e, s, k) "
+        "ON CONFLICT (event_id, subscription_id, generation) DO NOTHING",
+        list(event_ids),
+        list(subscription_ids),
+        list(order_keys),
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def insert_replays(
+    conn: Querier,
+    event_id: str,
+    subscription_ids: Sequence[str],
+    order_keys: Sequence[str | None],
+) -> int:
+    """The next generation of the event's delivery to each subscription (0 if it has none);
+    the caller holds the event's lock, so concurrent replays number in turn. Returns how many
+    were created: every one (no conflict can drop one)."""
+    status = await conn.execute(
+        "INSERT INTO deliveries (event_id, subscription_id, generation, next_attempt_at, "
+        "order_key) SELECT $1, s, coalesce((SELECT max(generation) + 1 FROM deliveries "
+        "WHERE event_id = $1 AND subscription_id = s), 0), "
+        "CASE WHEN k IS NULL THEN now() END, k "
+        "FROM unnest($2::text[], $3::text[]) AS t(s, k)",
+        event_id,
+        list(subscription_ids),
+        list(order_keys),
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def insert_delivery(conn: Querier, event_id: str, subscription_id: str) -> str:
+    """One delivery due now (a test ping's); returns its id."""
+    delivery_id: str = await conn.fetchval(
+        "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
+        "VALUES ($1, $2, now()) RETURNING id",
+        event_id,
+        subscription_id,
+    )
+    return delivery_id
+
+
+# ---- recovery jobs' deliveries (`recovery` owns the jobs) --------------------------------------
+
+# The next generation of each (event, subscription) delivery (the caller holds the event rows'
+# locks), due in `seq` order (a microsecond apart, so the claim, which takes the earliest due
+# first, sends them in order), or parked for an ordered subscription and promoted by `promote`.
+_INSERT_JOB_REPLAYS = """
+INSERT INTO deliveries (event_id, subscription_id, generation, next_attempt_at, order_key, job_id)
+SELECT t.e, $2, coalesce((SELECT max(generation) + 1 FROM deliveries
+                          WHERE event_id = t.e AND subscription_id = $2), 0),
+       CASE WHEN t.k IS NULL THEN now() + make_interval(secs => t.o / 1e6) END, t.k, $3
+FROM unnest($1::text[], $4::text[]) WITH ORDINALITY AS t(e, k, o)
+"""
+
+
+async def insert_job_replays(
+    conn: Querier,
+    job_id: str,
+    subscription_id: str,
+    event_ids: Sequence[str],
+    order_keys: Sequence[str | None],
+) -> int:
+    """A replay job's batch: the next generation of each event's delivery to the subscription,
+    due in the order given; returns how many were created."""
+    status = await conn.execute(
+        _INSERT_JOB_REPLAYS, list(event_ids), subscription_id, job_id, list(order_keys)
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def insert_job_deliveries(
+    conn: Querier,
+    job_id: str,
+    subscription_id: str,
+    event_ids: Sequence[str],
+    order_keys: Sequence[str | None],
+) -> int:
+    """A backfill job's batch: one delivery of each (new) event, due now or (with an order
+    key) parked for `promote`; returns how many were created."""
+    status = await conn.execute(
+        "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at, order_key, job_id) "
+        "SELECT t.e, $2, CASE WHEN t.k IS NULL THEN now() END, t.k, $3 "
+        "FROM unnest($1::text[], $4::text[]) AS t(e, k)",
+        list(event_ids),
+        subscription_id,
+        job_id,
+        list(order_keys),
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def count_job_pending(conn: Querier, job_id: str) -> int:
+    """How many of a job's deliveries are still pending (its window)."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM deliveries WHERE job_id = $1 AND status = 'pending'", job_id
+    )
+    return int(count)
+
+
+async def job_status_counts(conn: Querier, job_id: str) -> dict[str, int]:
+    """A job's deliveries per status (statuses with none left out)."""
+    rows = await conn.fetch(
+        "SELECT status, count(*) AS n FROM deliveries WHERE job_id = $1 GROUP BY status",
+        job_id,
+    )
+    return {r["status"]: int(r["n"]) for r in rows}
+
+
+# ---- retention (`relay.retention` orchestrates; each owner deletes its own rows) ---------------
+
+
+async def lock_settled_deliveries(conn: Querier, event_ids: Sequence[str]) -> None:
+    """Lock the settled deliveries of these events, so a retry racing retention either commits
+    first (its delivery is pending when retention re-checks, so the event stays) or waits and
+    then finds the delivery gone."""
+    await conn.execute(
+        "SELECT 1 FROM deliveries WHERE event_id = ANY($1::text[]) AND status <> 'pending' "
+        "FOR UPDATE",
+        list(event_ids),
+    )
+
+
+async def delete_deliveries_of(
+    conn: Querier, event_ids: Sequence[str], *, attempts: bool = True
+) -> tuple[int, int]:
+    """Delete every delivery of these events and, with `attempts`, their attempts, in one
+    statement that counts both (the attempts trigger then finds nothing left; without
+    `attempts`, for attempts partitioned by time, it is the trigger's or the partitions' to
+    drop them). Returns (deliveries, attempts) deleted."""
+    row = await conn.fetchrow(
+        "WITH dels AS (DELETE FROM deliveries d WHERE d.event_id = ANY($1::text[]) "
+        "RETURNING d.id), atts AS (DELETE FROM delivery_attempts a USING dels "
+        "WHERE $2 AND a.delivery_id = dels.id RETURNING 1) "
+        "SELECT (SELECT count(*) FROM dels) AS deliveries, (SELECT count(*) FROM atts) AS attempts",
+        list(event_ids),
+        attempts,
+    )
+    assert row is not None  # an aggregate always gives one row
+    return int(row["deliveries"]), int(row["attempts"])
+
+
+# ---- the console's read-only views (`relay.ui.data` shapes them) -------------------------------
+
+
+async def backlog_counts(db: Querier) -> asyncpg.Record:
+    """pending, retrying (pending after an attempt), failed, and oldest_due_at (the earliest
+    `next_attempt_at` already due)."""
+    row = await db.fetchrow(
+        "SELECT"
+        " (SELECT count(*) FROM deliveries WHERE status = 'pending') AS pending,"
+        " (SELECT count(*) FROM deliveries WHERE status = 'pending' AND attempt_count > 0)"
+        "   AS retrying,"
+        " (SELECT count(*) FROM deliveries WHERE status = 'failed') AS failed,"
+        " (SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'"
+        "   AND next_attempt_at <= now()) AS oldest_due_at"
+    )
+    assert row is not None  # scalar subqueries always give one row
+    return row
+
+
+async def attempt_stats(db: Querier, id_floor: str, since: datetime) -> list[asyncpg.Record]:
+    """Per subscription (`id`): attempts made since `since` of deliveries with ids from
+    `id_floor` on, how many `succeeded` (2xx), and latency percentiles `p50` and `p95`."""
+    return await db.fetch(
+        "SELECT d.subscription_id AS id, count(*) AS attempts,"
+        " count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299) AS succeeded,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms) AS p50,"
+        " percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency_ms) AS p95"
+        " FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id"
+        " WHERE d.id >= $1 AND a.at >= $2 GROUP BY d.subscription_id",
+        id_floor,
+        since,
+    )
+
+
+async def failed_per_subscription(db: Querier) -> list[asyncpg.Record]:
+    """(id, failed): how many deliveries of each subscription are failed now, of any age."""
+    return await db.fetch(
+        "SELECT subscription_id AS id, count(*) AS failed FROM deliveries "
+        "WHERE status = 'failed' GROUP BY subscription_id"
+    )
+
+
+async def attempts_by_minute(db: Querier, id_floor: str, start: datetime) -> list[asyncpg.Record]:
+    """(minute, ok, failed) of the attempts made since `start` of deliveries with ids from
+    `id_floor` on; minutes without attempts are left out."""
+    return await db.fetch(
+        "SELECT date_trunc('minute', a.at) AS minute,"
+        " count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299) AS ok,"
+        " count(*) FILTER (WHERE a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)"
+        "   AS failed"
+        " FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id"
+        " WHERE d.id >= $1 AND a.at >= $2 GROUP BY 1",
+        id_floor,
+        start,
+    )
+
+
+_DELIVERY_VIEW = (
+    "SELECT d.id, d.event_id, d.subscription_id, d.status, d.attempt_count, d.next_attempt_at,"
+    " d.last_error, d.created_at, d.updated_at, e.type AS event_type, s.url, s.description,"
+    " coalesce((SELECT jsonb_agg(jsonb_build_object('attempt', a.attempt, 'at', a.at,"
+    "   'status_code', a.status_code, 'latency_ms', a.latency_ms, 'error', a.error,"
+    "   'response_excerpt', a.response_excerpt) ORDER BY a.attempt)"
+    "  FROM delivery_attempts a WHERE a.delivery_id = d.id), '[]'::jsonb) AS attempts"
+    " FROM deliveries d JOIN events e ON e.id = d.event_id"
+    " JOIN subscriptions s ON s.id = d.subscription_id"
+)
+_ATTEMPTED = {True: " AND d.attempt_count > 0", False: " AND d.attempt_count = 0", None: ""}
+
+
+async def delivery_views(
+    db: Querier,
+    status: str,
+    *,
+    attempted: bool | None = None,
+    subscription_id: str | None = None,
+    event_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> list[asyncpg.Record]:
+    """Deliveries of one status, newest first, each with its event's type, its subscription's
+    url and description, and its attempts (a jsonb list); `attempted` True keeps those with
+    an attempt, False those with none. Filters as `list_deliveries`, plus a creation window."""
+    return await db.fetch(
+        _DELIVERY_VIEW
+        + " WHERE d.status = $1"
+        + _ATTEMPTED[attempted]
+        + " AND ($2::text IS NULL OR d.subscription_id = $2)"
+        " AND ($3::text IS NULL OR d.event_id = $3)"
+        " AND ($4::timestamptz IS NULL OR d.created_at >= $4)"
+        " AND ($5::timestamptz IS NULL OR d.created_at < $5)"
+        " ORDER BY d.id DESC LIMIT $6",
+        status,
+        subscription_id,
+        event_id,
+        since,
+        until,
+        limit,
+    )
+
+
+async def count_failed(
+    db: Querier,
+    *,
+    subscription_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """How many deliveries are failed (of a subscription, created in [since, until))."""
+    count = await db.fetchval(
+        "SELECT count(*) FROM deliveries WHERE status = 'failed' "
+        "AND ($1::text IS NULL OR subscription_id = $1) "
+        "AND ($2::timestamptz IS NULL OR created_at >= $2) "
+        "AND ($3::timestamptz IS NULL OR created_at < $3)",
+        subscription_id,
+        since,
+        until,
+    )
+    return int(count)

@@ -514,3 +514,83 @@ async def rekey_secrets(
 async def count_all_subscriptions(db: Querier) -> int:
     """Every subscription row, deleted ones too (what `relay rekey` goes through)."""
     return int(await db.fetchval("SELECT count(*) FROM subscriptions"))
+
+
+# ---- for fan-out, recovery and dead endpoints: the subscriptions statements they run ----------
+
+
+async def share_subscription(conn: Querier, id: str) -> asyncpg.Record | None:
+    """A live (not deleted) subscription's state, read `FOR SHARE`: a DELETE or a disabling
+    PATCH racing the caller's transaction either came first or waits until it commits. None
+    when there is no such subscription."""
+    return await conn.fetchrow(
+        "SELECT id, enabled, disabled_reason, ordering, account_ids, client_ids FROM subscriptions "
+        "WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
+        id,
+    )
+
+
+_LOCK_STREAKS = """
+SELECT id FROM subscriptions
+WHERE id = ANY($1::text[]) AND (id = ANY($2::text[]) OR failing_since IS NOT NULL
+                                 OR failed_attempts > 0)
+ORDER BY id FOR NO KEY UPDATE
+"""
+
+_ADD_STREAKS = """
+WITH s AS (
+    SELECT * FROM unnest($1::text[], $2::bool[], $3::int[], $4::timestamptz[])
+        AS s(id, reset, failures, first_failed_at)
+)
+UPDATE subscriptions AS t SET
+    failing_since = CASE WHEN s.reset OR t.failing_since IS NULL THEN s.first_failed_at
+                         ELSE t.failing_since END,
+    failed_attempts = CASE WHEN s.reset THEN s.failures ELSE t.failed_attempts + s.failures END
+FROM s
+WHERE t.id = ANY($1::text[]) AND t.id = s.id
+RETURNING t.id, t.failing_since, t.failed_attempts,
+    t.enabled AND t.deleted_at IS NULL AND t.failed_attempts >= $6
+    AND t.failing_since <= now() - make_interval(secs => $5) AS dead
+"""
+
+
+async def lock_streak_rows(
+    conn: Querier, subscription_ids: Sequence[str], failing: Sequence[str]
+) -> list[str]:
+    """Lock, in id order (`FOR NO KEY UPDATE`), those of `subscription_ids` that are in
+    `failing` or have a stored failure streak; returns their ids."""
+    rows = await conn.fetch(_LOCK_STREAKS, list(subscription_ids), list(failing))
+    return [row["id"] for row in rows]
+
+
+async def add_failure_streaks(
+    conn: Querier,
+    ids: Sequence[str],
+    resets: Sequence[bool],
+    failures: Sequence[int],
+    first_failed_at: Sequence[datetime | None],
+    *,
+    disable_after: float,
+    min_failed_attempts: int,
+) -> list[asyncpg.Record]:
+    """Per subscription, end its stored streak (`reset`) or extend it by `failures`; returns
+    (id, failing_since, failed_attempts, dead): `dead` when it is enabled, live, has at least
+    `min_failed_attempts` failures and has been failing for `disable_after` seconds."""
+    return await conn.fetch(
+        _ADD_STREAKS,
+        list(ids),
+        list(resets),
+        list(failures),
+        list(first_failed_at),
+        disable_after,
+        min_failed_attempts,
+    )
+
+
+async def endpoint_summary(conn: Querier, id: str) -> asyncpg.Record | None:
+    """What a `subscription.disabled` event reports of a subscription (deleted ones too)."""
+    return await conn.fetchrow(
+        "SELECT id, kind, url, event_types, description, failing_since, failed_attempts "
+        "FROM subscriptions WHERE id = $1",
+        id,
+    )

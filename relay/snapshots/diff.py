@@ -581,3 +581,80 @@ async def mark_deleted_in_scan(
     """Mark deleted those of `object_ids` that are still the scan's candidates; returns their
     rows (object_id, client_id, data, data_text: the last version seen)."""
     return list(await conn.fetch(_MARK_DELETED, scan_id, list(object_ids)))
+
+
+# ---- for the delivery stage's backfill and retention: the snapshots statements they run -------
+
+# Live snapshots of live accounts, filtered; $1 account ids, $2 object types, $3 client ids
+# (each None for any).
+_LIVE_SNAPSHOTS = """
+FROM snapshots AS s
+JOIN accounts AS a ON a.id = s.account_id AND a.deleted_at IS NULL
+{sequences}
+WHERE s.deleted_at IS NULL
+  AND ($1::text[] IS NULL OR s.account_id = ANY($1))
+  AND ($2::text[] IS NULL OR s.object_type = ANY($2))
+  AND ($3::text[] IS NULL OR s.client_id = ANY($3))
+"""
+# Read-only, for the `sequence` each backfilled snapshot carries (relay.events owns the table).
+_OBJECT_SEQUENCES = (
+    "LEFT JOIN object_sequences AS q ON q.account_id = s.account_id"
+    " AND q.object_type = s.object_type AND q.object_id = s.object_id"
+)
+
+
+async def count_live_snapshots(
+    conn: Connection,
+    account_ids: Sequence[str] | None,
+    object_types: Sequence[str] | None,
+    client_ids: Sequence[str] | None,
+) -> int:
+    """How many objects Relay holds now (not reported gone) of these accounts, types and
+    clients (None: any), leaving out deleted accounts."""
+    count = await conn.fetchval(
+        "SELECT count(*) " + _LIVE_SNAPSHOTS.format(sequences=""),
+        None if account_ids is None else list(account_ids),
+        None if object_types is None else list(object_types),
+        None if client_ids is None else list(client_ids),
+    )
+    return int(count)
+
+
+async def live_snapshots_after(
+    conn: Connection,
+    account_ids: Sequence[str] | None,
+    object_types: Sequence[str] | None,
+    client_ids: Sequence[str] | None,
+    *,
+    after: Sequence[str],
+    limit: int,
+) -> list[Any]:
+    """The next `limit` live snapshots (as `count_live_snapshots` counts them) after the key
+    `after` (account_id, object_type, client_id, object_id), in key order: each with its data
+    as jsonb text (`data_json`, numbers exactly as stored) and its object's last `sequence`
+    (0 before any event)."""
+    return await conn.fetch(
+        "SELECT s.account_id, s.object_type, s.client_id, s.object_id, s.data::text AS data_json,"
+        " coalesce(q.sequence, 0) AS sequence "
+        + _LIVE_SNAPSHOTS.format(sequences=_OBJECT_SEQUENCES)
+        + " AND (s.account_id, s.object_type, s.client_id, s.object_id) > ($4, $5, $6, $7)"
+        " ORDER BY s.account_id, s.object_type, s.client_id, s.object_id LIMIT $8",
+        None if account_ids is None else list(account_ids),
+        None if object_types is None else list(object_types),
+        None if client_ids is None else list(client_ids),
+        *after,
+        limit,
+    )
+
+
+async def prune_gone_snapshots(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Delete up to `limit` snapshots of objects reported gone before `cutoff` (claimed `FOR
+    UPDATE SKIP LOCKED`, so concurrent runs split the work); returns how many."""
+    count = await conn.fetchval(
+        "WITH gone AS (DELETE FROM snapshots WHERE ctid = ANY(ARRAY("
+        " SELECT ctid FROM snapshots WHERE deleted_at IS NOT NULL AND deleted_at < $1"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED)) RETURNING 1) SELECT count(*) FROM gone",
+        cutoff,
+        limit,
+    )
+    return int(count)

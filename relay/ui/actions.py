@@ -15,8 +15,8 @@ import structlog
 from aiohttp import web
 
 from relay.api.keys import POOL, REDIS, SETTINGS, VAULT
+from relay.delivery import fanout, subscriptions
 from relay.delivery import store as deliveries
-from relay.delivery import subscriptions
 from relay.errors import Conflict, InvalidInput
 from relay.sources import accounts
 from relay.ui import auth, data
@@ -147,7 +147,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 
 
 async def send_test(request: web.Request) -> web.Response:
-    await deliveries.send_test_event(request.config_dict[POOL], request.match_info["id"])
+    await fanout.send_test_event(request.config_dict[POOL], request.match_info["id"])
     return redirect("/ui/subscriptions", notice="test")
 
 
@@ -197,5 +197,5 @@ async def retry_all(request: web.Request) -> web.Response:
 
 async def replay_event(request: web.Request) -> web.Response:
     event_id = request.match_info["id"]
-    queued = await deliveries.replay_event(request.config_dict[POOL], event_id)
+    queued = await fanout.replay_event(request.config_dict[POOL], event_id)
     return redirect(f"/ui/events/{event_id}", notice="replayed", n=queued)

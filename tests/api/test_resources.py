@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from relay.api.app import create_app
-from relay.delivery.store import fan_out_events
+from relay.delivery.fanout import fan_out_events
 from relay.events import build_event, insert_events
 from relay.settings import Settings
 from tests.support.api import AUTH, ClientFactory, create_account, error_of

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from relay.cli.jobs import progress_line
-from relay.delivery.store import fan_out_events
+from relay.delivery.fanout import fan_out_events
 from relay.events import build_event, insert_events
 
 

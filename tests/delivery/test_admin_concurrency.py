@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from standardwebhooks import Webhook
 
-from relay.delivery.store import fan_out_events
+from relay.delivery.fanout import fan_out_events
 from relay.delivery.subscriptions import MAX_SIGNING_SECRETS
 from relay.settings import Settings
 from relay.vault import Vault

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from relay.delivery.store import _matching
+from relay.delivery.fanout import _matching
 from relay.delivery.subscriptions import Matcher
 
 TYPES = ["document.created", "document.categorized", "client.health_changed", "relay.ping"]

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from relay.delivery import recovery
 from relay.events import build_event, insert_events
+from relay.exactjson import ExactNumber
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault
@@ -326,3 +327,30 @@ async def test_concurrent_backfills_are_each_whole(
 
 async def _hits_at_least(endpoint: Endpoint, n: int) -> bool:
     return len(endpoint.hits) >= n
+
+
+async def test_a_backfill_carries_each_snapshots_numbers_as_stored(
+    pool: asyncpg.Pool, vault: Vault, dsettings: Settings
+) -> None:
+    # The snapshot rows reach the events as jsonb text: `0.10` keeps its spelling (a trip
+    # through Python floats would make it `0.1`), as the live events of InvoiceXT money do.
+    account = await make_account(pool)
+    async with pool.acquire() as conn:
+        await diff_objects(
+            conn,
+            account_id=account,
+            object_type="document",
+            objects=[{"id": "doc_0", "total": ExactNumber("0.10"), "net": ExactNumber("1332.00")}],
+            client_id="cli_1",
+            emit=False,
+        )
+    sub, _ = await subscribe(pool, vault, dsettings, "http://127.0.0.1:9/wh")
+    job = await recovery.start_backfill(pool, sub["id"])
+    assert (job["total"], job["queued"], job["status"]) == (1, 1, "done")
+    stored, sent = await pool.fetchrow(
+        "SELECT s.data::text, (e.body -> 'data' -> 'object')::text FROM snapshots AS s "
+        "JOIN events AS e ON e.object_id = s.object_id AND e.type = 'document.snapshot'"
+    )
+    assert '"total": 0.10' in stored
+    assert '"net": 1332.00' in stored
+    assert sent == stored

@@ -1,0 +1,218 @@
+"""Fan-out: which subscriptions want each stored event, and the deliveries that follow.
+
+Fan-out turns each event with `fanned_out_at IS NULL` into one delivery per matching
+subscription, in `FOR UPDATE SKIP LOCKED` batches, inserting with `ON CONFLICT DO NOTHING` on
+(event_id, subscription_id, generation): concurrent or repeated fan-outs never duplicate. A
+pending marker rather than a "last seq seen" cursor, because `seq` values commit out of order.
+Replays (one event again, to every matching subscription or to some) and test pings are
+matched here too. The rows are the owners': events through `relay.events`, subscriptions
+through `subscriptions`, deliveries through `store`; this module decides who gets what.
+
+Every function that makes work due sends `NOTIFY relay_wake` so dispatchers start at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key
+from relay.delivery.store import (
+    get_delivery,
+    insert_deliveries,
+    insert_delivery,
+    insert_replays,
+    notify_wake,
+    promote,
+)
+from relay.delivery.subscriptions import (
+    Matcher,
+    get_subscription,
+    load_matchers,
+    share_subscription,
+    type_matches,
+)
+from relay.errors import Conflict, NotFound
+from relay.events import (
+    build_event,
+    claim_unfanned_events,
+    insert_ping_event,
+    lock_event_for_replay,
+    mark_fanned_out,
+)
+
+FAN_OUT_BATCH = 500
+
+
+class _MatcherIndex:
+    """Matchers grouped by the client and the event type they can match, so fan-out asks only
+    the subscriptions that could want an event instead of every one for every event.
+
+    Profiled at 2,000 events/s over 200 subscriptions filtered to a client each, fan-out
+    matching was 39% of the worker's CPU (every event checked against all 200). Each
+    candidate still runs its full `Matcher.matches`, so what matches is unchanged: the index
+    only leaves out subscriptions whose client list or event types cannot contain the event's.
+    """
+
+    def __init__(self, matchers: Sequence[Matcher]) -> None:
+        self._any_client: list[tuple[int, Matcher]] = []
+        self._by_client: dict[str, list[tuple[int, Matcher]]] = {}
+        for position, matcher in enumerate(matchers):
+            if matcher.client_ids is None:
+                self._any_client.append((position, matcher))
+            else:
+                for client_id in matcher.client_ids:
+                    self._by_client.setdefault(client_id, []).append((position, matcher))
+        self._candidates: dict[tuple[str, str | None], list[Matcher]] = {}
+
+    def candidates(self, event_type: str, client_id: str | None) -> list[Matcher]:
+        """The matchers (in their original order) whose types and clients admit the event."""
+        key = (event_type, client_id)
+        found = self._candidates.get(key)
+        if found is None:
+            pairs = self._any_client
+            if client_id is not None and client_id in self._by_client:
+                pairs = sorted(pairs + self._by_client[client_id], key=lambda p: p[0])
+            found = [m for _, m in pairs if type_matches(m.event_types, event_type)]
+            self._candidates[key] = found
+        return found
+
+
+def _matching(
+    matchers: Sequence[Matcher], events: Sequence[asyncpg.Record]
+) -> tuple[list[str], list[str]]:
+    event_ids: list[str] = []
+    subscription_ids: list[str] = []
+    index = _MatcherIndex(matchers)
+    for event in events:
+        for matcher in index.candidates(event["type"], event["client_id"]):
+            if (
+                event["type"] == "subscription.disabled"
+                and event["body"].get("object_id") == matcher.id
+            ):
+                continue  # never to the subscription it is about, even if re-enabled since
+            if matcher.matches(
+                event["type"], event["account_id"], event["client_id"], event["body"]
+            ):
+                event_ids.append(event["id"])
+                subscription_ids.append(matcher.id)
+    return event_ids, subscription_ids
+
+
+def _order_keys(
+    events: Sequence[asyncpg.Record],
+    event_ids: Sequence[str],
+    subscription_ids: Sequence[str],
+    ordered: set[str],
+) -> list[str | None]:
+    """Per (event, subscription) pair the event's queue when the subscription is ordered."""
+    if not ordered:
+        return [None] * len(event_ids)
+    of_event = {e["id"]: event_order_key(e) for e in events}
+    return [
+        of_event[e] if s in ordered else None
+        for e, s in zip(event_ids, subscription_ids, strict=True)
+    ]
+
+
+async def fan_out_events(pool: asyncpg.Pool, *, batch_size: int = FAN_OUT_BATCH) -> int:
+    """Create the deliveries of every event not yet fanned out; returns how many were created.
+
+    Safe to call from any number of processes at once, and again after a crash: each event is
+    marked in the same transaction as its deliveries are inserted.
+    """
+    created = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            matchers = await load_matchers(conn)
+            ordered = {m.id for m in matchers if m.ordering == "object"}
+            if ordered:
+                # One fan-out at a time, so each object's events queue in `seq` order.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", FAN_OUT_LOCK)
+            events = await claim_unfanned_events(conn, batch_size)
+            if not events:
+                return created
+            event_ids, subscription_ids = _matching(matchers, events)
+            if event_ids:
+                keys = _order_keys(events, event_ids, subscription_ids, ordered)
+                created += await insert_deliveries(conn, event_ids, subscription_ids, keys)
+                queues = zip(subscription_ids, keys, strict=True)
+                await promote(conn, [(s, k) for s, k in queues if k])
+            await mark_fanned_out(conn, [e["id"] for e in events])
+        if len(events) < batch_size:
+            return created
+
+
+async def replay_event(
+    pool: asyncpg.Pool, event_id: str, subscription_ids: Sequence[str] | None = None
+) -> int:
+    """Deliver an event again to every matching enabled subscription (or only to those of
+    `subscription_ids` that match); returns how many deliveries were created.
+
+    Each replay is a new generation of the (event, subscription) delivery, sent under the same
+    `webhook-id` (the event id). NotFound for an unknown event or subscription id.
+
+    Concurrent replays of one event are N replays, never fewer: each takes the event row's lock
+    (`FOR NO KEY UPDATE`, which fan-out's `FOR KEY SHARE` foreign-key checks do not wait for)
+    before it reads the highest generation, so the next replay computes its generation only
+    after this one's deliveries are committed. The matching subscriptions are read `FOR SHARE`,
+    so a subscription deleted or disabled at the same moment is either counted and delivered
+    to, or not counted. The count returned is exactly the rows inserted: no conflict can drop
+    one silently (there is no `ON CONFLICT` to hide it).
+
+    A replay of an event that is not fanned out yet creates generation 0, the delivery fan-out
+    would have created: that first send is both the original and the replay, and fan-out then
+    finds it there and adds none (its own `ON CONFLICT DO NOTHING`).
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        event = await lock_event_for_replay(conn, event_id)
+        if event is None:
+            raise NotFound("event", event_id)
+        if subscription_ids is not None:
+            for sid in subscription_ids:
+                await get_subscription(conn, sid)
+        matchers = await load_matchers(conn, subscription_ids, lock=True)
+        _, targets = _matching(matchers, [event])
+        if not targets:
+            return 0
+        ordered = {m.id for m in matchers if m.ordering == "object"}
+        keys = _order_keys([event], [event_id] * len(targets), targets, ordered)
+        created = await insert_replays(conn, event_id, targets, keys)
+        await promote(conn, [(s, k) for s, k in zip(targets, keys, strict=True) if k])
+        await notify_wake(conn)
+    return created
+
+
+async def send_test_event(pool: asyncpg.Pool, subscription_id: str) -> dict[str, Any]:
+    """Store a `relay.ping` event and queue it for this one subscription; returns the delivery.
+
+    The ping is delivered even when the subscription's `event_types` would not match it, and
+    goes to no other subscription (it is stored already marked as fanned out). Each call is one
+    ping of its own: N concurrent tests are N pings. A disabled subscription is a Conflict.
+    The subscription is read `FOR SHARE` in the same transaction, so a DELETE or a disabling
+    PATCH racing the test either comes first (404 or 409 here) or waits until the ping is
+    queued, and the dispatcher then records it as not sent, giving the reason.
+    """
+    body = build_event(
+        "relay.ping",
+        account_id=None,
+        client_id=None,
+        object_id=subscription_id,
+        object={"message": "Test event from Relay", "subscription_id": subscription_id},
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        live = await share_subscription(conn, subscription_id)
+        if live is None:
+            raise NotFound("subscription", subscription_id)
+        if not live["enabled"]:
+            # Queued, it would only be failed as "not sent": a 202 for work that cannot happen.
+            raise Conflict(
+                f"subscription {subscription_id!r} is disabled "
+                f"({live['disabled_reason'] or 'disabled'}); enable it to send a test"
+            )
+        await insert_ping_event(conn, body)
+        delivery_id = await insert_delivery(conn, body["id"], subscription_id)
+        await notify_wake(conn)
+    return await get_delivery(pool, delivery_id)
