@@ -175,8 +175,10 @@ async def test_progress_rises_to_done_at_the_real_budget(
     aiohttp_client: Any,
 ) -> None:
     # A practice whose baseline needs many windows of 12 requests in half a second, each client
-    # more pages than one baseline slice reads: the pass is seen in steps.
-    box = await sandbox_factory(clients=2, items=600, rate_limit=12, window_seconds=0.5)
+    # three baseline slices (10 pages of 50 each): the pass is seen in steps, even when a run
+    # that ends one client's slice early has the time to start the next one's (with two
+    # slices a client, whether it did depended on where the windows fell: 2 steps, not 3).
+    box = await sandbox_factory(clients=2, items=1100, rate_limit=12, window_seconds=0.5)
     tight = replace(poller, policy=replace(TEST_POLICY, rate_limit=12, window_seconds=0.5))
     account = await accounts.create_account(
         pool, vault, provider="dext", name="big", base_url=box.url, api_token=box.token
