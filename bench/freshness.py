@@ -112,7 +112,7 @@ class Naive:
             while True:
                 page = await fetch(cid, page=page_no, per_page=50)
                 async with pool.acquire() as conn:
-                    await snapshots.diff_objects(
+                    await snapshots.diff_scan_page(
                         conn, account_id=acc, object_type="document", objects=page.items,
                         client_id=cid, emit=self.emit, scan_id=scan, page=f"{ws}:{page_no}",
                     )  # fmt: skip

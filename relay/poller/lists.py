@@ -129,7 +129,9 @@ class ListPoller:
         self, object_type: str, objects: Sequence[Mapping[str, Any]], emit: bool, **scan: Any
     ) -> int:
         async with _connection(self.pool) as conn:
-            diffed = await snapshots.diff_objects(
+            # A page of a complete scan is also recorded for the scan (`scan_id`, `page`).
+            diff = snapshots.diff_scan_page if scan else snapshots.diff_objects
+            diffed = await diff(
                 conn,
                 account_id=self.account.id,
                 object_type=object_type,

@@ -106,7 +106,9 @@ class ScopedTasks:
         **scan: Any,
     ) -> int:
         async with _connection(self.pool) as conn:
-            result = await snapshots.diff_objects(
+            # A page of a complete scan is also recorded for the scan (`scan_id`, `page`).
+            diff = snapshots.diff_scan_page if scan else snapshots.diff_objects
+            result = await diff(
                 conn,
                 account_id=self.account.id,
                 object_type=object_type,

@@ -17,7 +17,6 @@ from xxhash import xxh3_128_digest
 from relay.errors import InvalidInput
 from relay.events import build_event, insert_events, outbox, reserve_sequences
 from relay.exactjson import dumps as exact_dumps
-from relay.snapshots import scans
 from relay.snapshots.hashing import _object_id, content_hash, summary_hash
 from relay.snapshots.rules import (
     DERIVED,
@@ -120,6 +119,7 @@ class DiffResult:
     changed, and the event bodies stored with them (empty when `emit` was False)."""
 
     seen: int
+    ids: list[str] = field(default_factory=list)  # every id the diff was given, once each
     created: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -292,8 +292,6 @@ async def diff_objects(
     objects: Iterable[Mapping[str, Any]],
     client_id: str | None,
     emit: bool,
-    scan_id: int | None = None,
-    page: str | int | None = None,
     payload: PayloadRenderer | None = None,
 ) -> DiffResult:
     """Diff a page (or a whole scan) of upstream objects against their snapshots, store what is
@@ -303,8 +301,9 @@ async def diff_objects(
     `supplier`, `expense_report`) of one client (`client_id`; for `client` objects leave it
     None: each is its own client). Re-diffing unchanged data writes nothing. `emit` is False
     for an account's baseline scan (unless it has `backfill`): snapshots are stored, no events.
-    An object seen again after it was reported deleted counts as created. With `scan_id` and
-    `page`, the page's ids are recorded for that complete scan in the same transaction.
+    An object seen again after it was reported deleted counts as created. A page of a
+    complete scan goes through `relay.snapshots.scans.diff_scan_page`, which also records the
+    page's ids (`ids`) for the scan in the same transaction.
     `payload` is the source's webhook body renderer (`relay.events.insert_events`).
     Runs in its own transaction, or in a savepoint of the caller's.
 
@@ -333,8 +332,7 @@ async def diff_objects(
         batch = await _hash_and_find(conn, account_id, object_type, objects, client_id)
         ids = batch.object_ids
         result.seen = len(batch.unique_ids)
-        if scan_id is not None and page is not None:
-            await scans.record_scan_page(conn, scan_id, page, batch.unique_ids)
+        result.ids = list(batch.unique_ids)
         candidates = batch.candidates
         if not candidates:
             return result

@@ -4,7 +4,7 @@ and `snapshot_scan_pages` tables (the snapshot rows a scan finds unseen or delet
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ async def begin_complete_scan(
 ) -> int:
     """Start a complete scan of one client's objects of one type and return its id.
 
-    Record every page it reads with `record_scan_page` (or `diff_objects(scan_id=, page=)`),
+    Diff every page it reads with `diff_scan_page` (or record its ids with `record_scan_page`),
     then call `finish_complete_scan`. Scans of the same client and type started more than a day
     ago are pruned here with their pages: they can no longer vouch for anything.
     """
@@ -67,6 +67,34 @@ async def begin_complete_scan(
             client_id,
         )
     return scan_id
+
+
+async def diff_scan_page(
+    conn: Connection,
+    *,
+    scan_id: int,
+    page: str | int,
+    account_id: str,
+    object_type: str,
+    objects: Iterable[Mapping[str, Any]],
+    client_id: str | None,
+    emit: bool,
+    payload: PayloadRenderer | None = None,
+) -> diff.DiffResult:
+    """`diff.diff_objects` of one page of a complete scan, and the page's ids recorded for the
+    scan, in one transaction: a page counts as seen exactly when its diff is stored."""
+    async with outbox(conn):  # the diff's events are announced after the commit (events.py)
+        result = await diff.diff_objects(
+            conn,
+            account_id=account_id,
+            object_type=object_type,
+            objects=objects,
+            client_id=client_id,
+            emit=emit,
+            payload=payload,
+        )
+        await record_scan_page(conn, scan_id, page, result.ids)
+    return result
 
 
 async def record_scan_page(

@@ -12,6 +12,7 @@ from relay.snapshots import (
     begin_complete_scan,
     changed_summary_ids,
     diff_objects,
+    diff_scan_page,
     finish_complete_scan,
     mark_scan_partial,
     record_scan_page,
@@ -36,12 +37,12 @@ async def baseline(pool: asyncpg.Pool, account: str, ids: list[str]) -> None:
 
 
 async def scan_pages(conn: Connection, account: str, pages: list[list[dict[str, Any]]]) -> int:
-    """A complete scan reading `pages` through diff_objects, as the poller does."""
+    """A complete scan reading `pages` through diff_scan_page, as the poller does."""
     scan_id = await begin_complete_scan(
         conn, account_id=account, object_type="document", client_id=CLIENT
     )
     for number, page in enumerate(pages, start=1):
-        await diff_objects(
+        await diff_scan_page(
             conn,
             account_id=account,
             object_type="document",
