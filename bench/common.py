@@ -94,6 +94,23 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def print_latency_table(results: list[dict[str, Any]]) -> None:
+    """The freshness benches' table: per event type and strategy, detection latency p50 / p95
+    in simulated minutes, how many, and how many were missed (m) and false (f)."""
+    types = sorted({t for r in results for t in (*r["latencies"], *r["missed"], *r["false"])})
+    print("\ndetection latency in simulated minutes (p50 / p95), missed, false:")
+    print(f"  {'event type':32}" + "".join(f"{r['name']:>36}" for r in results))
+    for t in types:
+        cells = []
+        for r in results:
+            lat = r["latencies"].get(t, [])
+            cells.append(
+                f"{pct(lat, 0.5):7.1f} / {pct(lat, 0.95):7.1f}  n={len(lat):4d} "
+                f"m={r['missed'].get(t, 0)} f={r['false'].get(t, 0)}"
+            )
+        print(f"  {t:32}" + "".join(f"{c:>36}" for c in cells))
+
+
 def _always_ok(path: str, body: bytes) -> int:
     return 200
 

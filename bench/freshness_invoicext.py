@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ThrowawayStores, compare_strategies, pct
+from bench.common import ThrowawayStores, compare_strategies, pct, print_latency_table
 from relay.errors import UpstreamError
 from relay.http import create_client_session
 from relay.logs import configure_logging
@@ -208,18 +208,7 @@ def score(world: World, truth: list[dict[str, Any]], events: list[Any]) -> dict[
 
 
 def report(results: list[dict[str, Any]]) -> None:
-    types = sorted({t for r in results for t in (*r["latencies"], *r["missed"], *r["false"])})
-    print("\ndetection latency in simulated minutes (p50 / p95), missed, false:")
-    print(f"  {'event type':28}" + "".join(f"{r['name']:>36}" for r in results))
-    for t in types:
-        cells = []
-        for r in results:
-            lat = r["latencies"].get(t, [])
-            cells.append(
-                f"{pct(lat, 0.5):7.1f} / {pct(lat, 0.95):7.1f}  n={len(lat):4d} "
-                f"m={r['missed'].get(t, 0)} f={r['false'].get(t, 0)}"
-            )
-        print(f"  {t:28}" + "".join(f"{c:>36}" for c in cells))
+    print_latency_table(results)
     for r in results:
         print(
             f"  {r['name']}: missed {sum(r['missed'].values())}, false "
