@@ -453,20 +453,20 @@ _DELIVERY_COLUMNS = "id, type, account_id, client_id, object_type, object_id, bo
 
 
 async def claim_unfanned_events(conn: Connection, limit: int) -> list[asyncpg.Record]:
-    """Up to `limit` events not fanned out yet, oldest `seq` first, locked for the caller's
-    transaction (`SKIP LOCKED`: concurrent fan-outs take different events)."""
-    return await conn.fetch(
-        f"SELECT {_DELIVERY_COLUMNS} FROM events WHERE fanned_out_at IS NULL ORDER BY seq "
-        "LIMIT $1 FOR UPDATE SKIP LOCKED",
+    """Up to `limit` events not fanned out yet, oldest `seq` first, marked fanned out in the
+    caller's transaction (which inserts their deliveries: a rollback leaves them pending) and
+    locked by it (`SKIP LOCKED`: concurrent fan-outs take different events). One statement
+    where a select and an update of the same rows were two round trips."""
+    rows = await conn.fetch(
+        "WITH picked AS (SELECT id FROM events WHERE fanned_out_at IS NULL ORDER BY seq "
+        "LIMIT $1 FOR UPDATE SKIP LOCKED) "
+        # `= ANY(ARRAY(...))` keeps the update on the primary key whatever the statistics say.
+        "UPDATE events AS e SET fanned_out_at = now() "
+        "WHERE e.id = ANY(ARRAY(SELECT id FROM picked)) "
+        f"RETURNING {', '.join('e.' + c for c in _DELIVERY_COLUMNS.split(', '))}, e.seq",
         limit,
     )
-
-
-async def mark_fanned_out(conn: Connection, event_ids: Sequence[str]) -> None:
-    """Mark events fanned out, in the transaction that inserted their deliveries."""
-    await conn.execute(
-        "UPDATE events SET fanned_out_at = now() WHERE id = ANY($1::text[])", list(event_ids)
-    )
+    return sorted(rows, key=lambda r: r["seq"])
 
 
 async def lock_event_for_replay(conn: Connection, event_id: str) -> asyncpg.Record | None:

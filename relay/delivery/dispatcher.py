@@ -37,7 +37,7 @@ import structlog
 
 from relay.db import Outage, store_outage
 from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
-from relay.delivery.fanout import fan_out_events
+from relay.delivery.fanout import Handoff, fan_out_events
 from relay.delivery.policy import retry_delay
 from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
@@ -142,6 +142,10 @@ class Dispatcher:
         self._record_wake = asyncio.Event()
         self._stopping = False
         self._fan_out_due = True
+        # Whether a claim must look: not after a wake-up that only announced events whose
+        # deliveries the fan-out then took itself (one claim round trip per stored batch).
+        self._claim_due = True
+        self._maybe_more = False
         self._next_due: float | None = None
         self._jobs_due = 0.0
         self._keys: dict[tuple[Any, ...], tuple[list[bytes], datetime | None]] = {}
@@ -162,9 +166,12 @@ class Dispatcher:
     # ---- control ----------------------------------------------------------------------------
 
     def wake(self, *, fan_out: bool = True) -> None:
-        """Look for work now (the sweeper, arq wake-up jobs and NOTIFY all land here)."""
+        """Look for work now (the sweeper, arq wake-up jobs and NOTIFY all land here):
+        `fan_out` for newly stored events, else for deliveries made due elsewhere."""
         if fan_out:
             self._fan_out_due = True
+        else:
+            self._claim_due = True
         self._wake.set()
 
     def stop(self) -> None:
@@ -206,7 +213,8 @@ class Dispatcher:
         """One pass: fan out pending events, then claim and start as much as there is room for."""
         if self._fan_out_due:
             self._fan_out_due = False
-            await fan_out_events(self._pool)
+            if await self._fan_out():
+                self._claim_due = True  # deliveries it could not take are due for a claim
         # Replay and backfill jobs queue their next batch when their window has room; a few
         # looks a second are plenty (a batch is 1,000), and keep a busy pass at its one claim.
         if time.monotonic() >= self._jobs_due:
@@ -215,15 +223,20 @@ class Dispatcher:
         if self._unanswered:
             await self._release_unanswered()
         claimed = 0
+        if not self._claim_due:
+            return claimed
+        self._claim_due = False
         while not self._stopping:
             room = min(self._batch, self._hold_capacity - self._held_total)
             if room <= 0:
+                self._maybe_more = True  # full: look again once sends free room
                 break
             jobs = await self._claim(room)
             for job in jobs:
                 self._hold(job)
             self._pump()
             claimed += len(jobs)
+            self._maybe_more = len(jobs) == room
             if len(jobs) < room:
                 if jobs:
                     # A short claim is not proof that nothing is left: another worker's claim
@@ -235,6 +248,27 @@ class Dispatcher:
                     self._look_again_in(_SHORT_CLAIM_RECHECK)
                 break
         return claimed
+
+    async def _fan_out(self) -> int:
+        """Fan out what was stored, taking the new deliveries this dispatcher has room for
+        straight from the fan-out's commit (`Handoff`): a trickled event's first attempt then
+        follows one transaction, not a fan-out and a claim. Returns how many deliveries it
+        created and left for claims."""
+        room = self._hold_capacity - self._held_total
+        if room <= 0 or self._stopping:
+            return await fan_out_events(self._pool)
+        handoff = Handoff(lease=self._lease, room=room, cap=self._hold_cap, held=self._held)
+        try:
+            created = await fan_out_events(self._pool, handoff=handoff)
+            return created - sum(len(rows) for _, rows in handoff.taken)
+        finally:
+            self._unanswered.update(handoff.unanswered)
+            if handoff.taken:
+                now = datetime.now(UTC)
+                for token, rows in handoff.taken:
+                    for row in rows:
+                        self._hold(self._job(row, token, now))
+                self._pump()
 
     async def _release_unanswered(self) -> None:
         for token in sorted(self._unanswered):
@@ -259,8 +293,10 @@ class Dispatcher:
         except TimeoutError:
             # The safety net: look for stored-but-unsent events and deliveries due elsewhere.
             self._fan_out_due = True
+            self._claim_due = True
         if self._next_due is not None and self._next_due <= time.monotonic():
             self._next_due = None
+            self._claim_due = True
 
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
@@ -444,7 +480,9 @@ class Dispatcher:
             self._freed += 1
             if self._freed >= self._claim_threshold or self._held_total == 0:
                 self._freed = 0
-                self._wake.set()
+                if self._maybe_more:  # the last claim filled its room: more may be due
+                    self._claim_due = True
+                    self._wake.set()
         self._outcomes.append(self._decide(job, result))
         self._record_wake.set()
 
@@ -544,6 +582,7 @@ class Dispatcher:
             if settled:
                 promoted = await promote(conn, settled)
         if promoted:
+            self._claim_due = True
             self._wake.set()
         self._log(batch)
         if self._metrics is not None:

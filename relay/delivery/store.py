@@ -270,7 +270,20 @@ async def count_succeeded(conn: Querier) -> int:
 # attempt and handing a delivery back both clear the lease, fenced by the claim's token so a
 # late result never overwrites a newer claim. Each is one statement for a whole batch; how each
 # is planned matters as much as what it says (the comments say why, with what was measured).
-_CLAIM = """
+# What sending a delivery needs, the same for a claim and for fan-out's hand-off (`c`: the
+# deliveries, `e`: their events, `s`: their subscriptions).
+_SENDABLE = """c.id, c.event_id, c.subscription_id, c.attempt_count, c.order_key, e.body, e.payload,
+       s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
+       s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets,
+       -- A Slack message names the client as the practice knows it: one primary-key lookup of
+       -- its snapshot, only for Slack subscriptions (webhooks carry the ids alone).
+       CASE WHEN s.kind = 'slack' AND e.client_id IS NOT NULL THEN (
+           SELECT sn.data->>'name' FROM snapshots AS sn
+           WHERE sn.account_id = e.account_id AND sn.object_type = 'client'
+             AND sn.client_id = e.client_id AND sn.object_id = e.client_id
+       ) END AS client_name"""
+
+_CLAIM = f"""
 WITH scan AS (
     SELECT id, subscription_id, next_attempt_at FROM deliveries
     WHERE status = 'pending' AND next_attempt_at <= now()
@@ -310,17 +323,7 @@ WITH scan AS (
     RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, d.order_key,
               d.next_attempt_at
 )
-SELECT c.id, c.event_id, c.subscription_id, c.attempt_count, c.order_key, l.expired, e.body,
-       e.payload,
-       s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
-       s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets,
-       -- A Slack message names the client as the practice knows it: one primary-key lookup of
-       -- its snapshot, only for Slack subscriptions (webhooks carry the ids alone).
-       CASE WHEN s.kind = 'slack' AND e.client_id IS NOT NULL THEN (
-           SELECT sn.data->>'name' FROM snapshots AS sn
-           WHERE sn.account_id = e.account_id AND sn.object_type = 'client'
-             AND sn.client_id = e.client_id AND sn.object_id = e.client_id
-       ) END AS client_name
+SELECT {_SENDABLE}, l.expired
 FROM claimed AS c
 JOIN locked AS l ON l.id = c.id
 JOIN events AS e ON e.id = c.event_id
@@ -331,6 +334,26 @@ JOIN subscriptions AS s ON s.id = c.subscription_id
 -- off, the primary key's), and a replay window or an object's events to an unordered
 -- subscription would start out of order.
 ORDER BY c.next_attempt_at, e.seq, c.id
+"""
+
+# Fan-out handing its new deliveries straight to the dispatcher that fans out: inserted already
+# claimed by it (due now and leased under its token, exactly as `_CLAIM` would leave them), and
+# returned in `_CLAIM`'s shape, so the send starts at the commit, with no claim between. A pair
+# already there (a replay made it first) is left alone and not returned.
+_INSERT_CLAIMED = f"""
+WITH ins AS (
+    INSERT INTO deliveries AS d
+        (event_id, subscription_id, next_attempt_at, leased_until, lease_token)
+    SELECT e, s, now(), now() + make_interval(secs => $3), $4
+    FROM unnest($1::text[], $2::text[]) AS t(e, s)
+    ON CONFLICT (event_id, subscription_id, generation) DO NOTHING
+    RETURNING d.id, d.event_id, d.subscription_id, d.attempt_count, d.order_key
+)
+SELECT {_SENDABLE}, false AS expired
+FROM ins AS c
+JOIN events AS e ON e.id = c.event_id
+JOIN subscriptions AS s ON s.id = c.subscription_id
+ORDER BY e.seq, c.id
 """
 
 _RECORD = """
@@ -365,6 +388,7 @@ ON CONFLICT DO NOTHING
 # loops over the whole batch for every delivery (a 952-row record took 340 ms instead of about
 # 20, and a long-lived dispatcher slowed from about 5,000 to 3,000 a second). The claim's
 # generic plan is the custom one, so the claim keeps it and saves ~1 ms of planning a claim.
+_INDEX_SCANS_ONLY = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
 _CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 _RELEASE = """
@@ -396,7 +420,7 @@ async def claim(
         # found the claimed rows for the UPDATE with a sequential scan comparing every row
         # with every claimed id (110 ms a claim instead of 10, every other run of
         # bench/delivery_shape.py); every step of the claim is meant to be an index lookup.
-        await conn.execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
+        await conn.execute(_INDEX_SCANS_ONLY)
         return await conn.fetch(
             _CLAIM,
             room,
@@ -503,6 +527,25 @@ async def insert_deliveries(
         list(order_keys),
     )
     return int(status.rsplit(" ", 1)[1])
+
+
+async def insert_claimed_deliveries(
+    conn: Querier,
+    event_ids: Sequence[str],
+    subscription_ids: Sequence[str],
+    *,
+    lease: float,
+    token: uuid.UUID,
+) -> list[asyncpg.Record]:
+    """Generation 0 of each (event, subscription) pair, claimed already for `lease` seconds
+    under `token` (fan-out handing them to its own dispatcher); the new rows, in `claim`'s
+    shape. Only for unordered subscriptions: an ordered queue's head is chosen by `promote`."""
+    # Each join must be a primary-key lookup. Planned from statistics that predate the events
+    # just stored, Postgres hashed a sequential scan of all of `events` into every fan-out
+    # instead (the claim says the same of `deliveries`); it holds for the rest of the
+    # fan-out's transaction, whose other statements are key lookups too.
+    await conn.execute(_INDEX_SCANS_ONLY)
+    return await conn.fetch(_INSERT_CLAIMED, list(event_ids), list(subscription_ids), lease, token)
 
 
 async def insert_replays(
