@@ -20,7 +20,7 @@ from relay.sources import accounts
 from relay.vault import Vault, generate_key
 from tests.support.stores import TEST_SECRET_KEY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repo: `python -m relay` runs from its root
 OLD = TEST_SECRET_KEY
 NEW = generate_key()
 
