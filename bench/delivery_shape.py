@@ -192,10 +192,18 @@ async def main(args: argparse.Namespace) -> None:
                 # types of their statements once (asyncpg's introspection, ~10 ms of Postgres
                 # CPU apiece), which made the first measured second a backlog of its own.
                 await latency(pool, args.rate, 1.0, args.store, 10)
+                parts = {
+                    "workers": [w.pid for w in deployment.workers],
+                    "receiver": [receivers[kinds[0]][1].pid],
+                    "bench (storing)": [os.getpid()],
+                }
                 for per_tx in (int(k) for k in args.per_transaction.split(",") if k):
+                    meter = CpuMeter(pool, name, parts)
+                    await meter.start()
                     stored, lat = await latency(
                         pool, args.rate, args.latency_seconds, args.store, per_tx
                     )
+                    cpu = meter.stop(len(lat))
                     lat.sort()
                     p50 = lat[len(lat) // 2]
                     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
@@ -204,7 +212,7 @@ async def main(args: argparse.Namespace) -> None:
                         f"over 200 subscriptions, {per_tx} event(s) per transaction, 1 worker, "
                         f"{kinds[0]} receiver): commit->first attempt p50 {p50:.1f} ms, "
                         f"p99 {p99:.1f} ms, max {lat[-1]:.1f} ms ({stored:,.0f} events/s "
-                        f"stored, {args.store} transactions)",
+                        f"stored, {args.store} transactions); CPU ms per event: {cpu_text(cpu)}",
                         flush=True,
                     )
             if args.fan_out > 0:
