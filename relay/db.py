@@ -109,6 +109,21 @@ async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 
     return pool
 
 
+async def connect(settings: Settings, *, setup: str | None = None) -> asyncpg.Connection:
+    """One connection of its own (outside any pool) with the pool's jsonb codecs, for a
+    component that keeps it for one kind of statement; `setup` runs once, so session settings
+    it makes hold for the connection's life."""
+    conn = await asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT)
+    try:
+        await _init_connection(conn)
+        if setup:
+            await conn.execute(setup)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
 async def create_redis(settings: Settings) -> aioredis.Redis:
     """A Redis client that has answered a PING, or ServiceUnavailable naming the URL."""
     client: aioredis.Redis = aioredis.from_url(  # type: ignore[no-untyped-call]

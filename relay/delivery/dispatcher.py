@@ -35,15 +35,16 @@ import aiohttp
 import asyncpg
 import structlog
 
-from relay.db import Outage, store_outage
+from relay.db import Outage, connect, store_outage
 from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
 from relay.delivery.fanout import Handoff, fan_out_events
 from relay.delivery.policy import retry_delay
 from relay.delivery.recovery import advance_jobs
 from relay.delivery.sender import AttemptResult, post, request_body, request_headers
 from relay.delivery.store import (
+    CLAIM_SESSION,
     WAKE_CHANNEL,
-    claim,
+    claim_on,
     promote,
     record,
     release,
@@ -150,6 +151,10 @@ class Dispatcher:
         self._jobs_due = 0.0
         self._keys: dict[tuple[Any, ...], tuple[list[bytes], datetime | None]] = {}
         self._listener: asyncpg.Connection | None = None
+        # Claims run on a connection of their own, one statement each: through the pool a claim
+        # was five round trips, and with the worker's loop busy sending, a claim of 256 took
+        # 30-90 ms, during which the lanes ran dry (bench/delivery_shape.py).
+        self._claimer: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
         # Postgres down: one line when it starts and one when it ends, not one per retry.
         self._db_outage = Outage("Postgres", settings.database_url, "dispatcher")
@@ -325,8 +330,11 @@ class Dispatcher:
         partial = [(s, cap - n) for s, n in self._held.items() if 0 < n < cap]
         token = uuid.uuid4()
         try:
-            rows = await claim(
-                self._pool,
+            if self._claimer is None or self._claimer.is_closed():
+                self._claimer = None
+                self._claimer = await connect(self._settings, setup=CLAIM_SESSION)
+            rows = await claim_on(
+                self._claimer,
                 room=room,
                 lease=self._lease,
                 saturated=saturated,
@@ -336,8 +344,12 @@ class Dispatcher:
             )
         except BaseException:
             # The claim may have committed with its answer lost on the way back: hand its
-            # rows back once Postgres answers again (`_release_unanswered`).
+            # rows back once Postgres answers again (`_release_unanswered`). The connection is
+            # dropped: whatever broke it, the next claim starts on a fresh one.
             self._unanswered.add(token)
+            if self._claimer is not None:
+                self._claimer.terminate()
+                self._claimer = None
             raise
         now = datetime.now(UTC)
         if self._metrics is not None:
@@ -659,6 +671,12 @@ class Dispatcher:
         recorder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await recorder  # it catches everything but its cancellation
+        if self._claimer is not None:
+            try:
+                await self._claimer.close(timeout=2)
+            except _DB_ERRORS:
+                self._claimer.terminate()
+            self._claimer = None
         if self._listener is not None:
             try:
                 await self._listener.close(timeout=2)

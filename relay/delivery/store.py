@@ -398,6 +398,16 @@ WHERE d.id = ANY($1::text[]) AND d.id = r.id AND d.lease_token = r.token
 """
 
 
+# The due scan must walk `deliveries_due` in order and stop at its limit. Planned from
+# statistics that predate a backlog (mostly settled deliveries: "few are pending"), Postgres
+# bitmap-scans and sorts every due delivery on each claim instead: 9 ms rather than 0.3 per
+# claim on a 20,000-delivery backlog, just when a backlog must drain fast. For the same reason
+# (a table it believes tiny) it found the claimed rows for the UPDATE with a sequential scan
+# comparing every row with every claimed id (110 ms a claim instead of 10, every other run of
+# bench/delivery_shape.py); every step of the claim is meant to be an index lookup.
+CLAIM_SESSION = "SET enable_bitmapscan = off; SET enable_seqscan = off"
+
+
 async def claim(
     pool: asyncpg.Pool,
     *,
@@ -412,25 +422,35 @@ async def claim(
     per subscription: none of `saturated`, and `free` more of each (subscription, free) of
     `partial`. Rows carry the event body and what sending needs of the subscription."""
     async with pool.acquire() as conn, conn.transaction():
-        # The due scan must walk `deliveries_due` in order and stop at its limit. Planned
-        # from statistics that predate a backlog (mostly settled deliveries: "few are
-        # pending"), Postgres bitmap-scans and sorts every due delivery on each claim
-        # instead: 9 ms rather than 0.3 per claim on a 20,000-delivery backlog, just when
-        # a backlog must drain fast. For the same reason (a table it believes tiny) it
-        # found the claimed rows for the UPDATE with a sequential scan comparing every row
-        # with every claimed id (110 ms a claim instead of 10, every other run of
-        # bench/delivery_shape.py); every step of the claim is meant to be an index lookup.
-        await conn.execute(_INDEX_SCANS_ONLY)
-        return await conn.fetch(
-            _CLAIM,
-            room,
-            lease,
-            list(saturated),
-            room * 4,
-            dict(partial),
-            cap,
-            token,
+        await conn.execute(_INDEX_SCANS_ONLY)  # CLAIM_SESSION, for this transaction only
+        return await claim_on(
+            conn,
+            room=room,
+            lease=lease,
+            saturated=saturated,
+            partial=partial,
+            cap=cap,
+            token=token,
         )
+
+
+async def claim_on(
+    conn: Querier,
+    *,
+    room: int,
+    lease: float,
+    saturated: Sequence[str],
+    partial: Sequence[tuple[str, int]],
+    cap: int,
+    token: uuid.UUID,
+) -> list[asyncpg.Record]:
+    """`claim` as one statement on a connection whose session runs `CLAIM_SESSION` (the
+    dispatcher keeps one for its claims): one round trip where the pool's claim takes five
+    (acquire's reset, BEGIN, the settings, the claim, COMMIT). Outside a transaction the
+    statement is its own, committed when it returns."""
+    return await conn.fetch(
+        _CLAIM, room, lease, list(saturated), room * 4, dict(partial), cap, token
+    )
 
 
 async def record(conn: Querier, columns: Sequence[list[Any]]) -> None:
