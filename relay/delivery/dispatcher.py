@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import structlog
 
 from relay.db import Outage, connect, store_outage
@@ -64,6 +65,7 @@ _RECORD_EAGER = 200
 _RECORD_WAIT = 0.05
 _JOBS_INTERVAL = 0.1
 _SHORT_CLAIM_RECHECK = 0.05
+_BODY_CACHE = 256  # rendered bodies kept, by event (a claim of 256 spans a few)
 
 
 @dataclass(slots=True)
@@ -150,6 +152,7 @@ class Dispatcher:
         self._next_due: float | None = None
         self._jobs_due = 0.0
         self._keys: dict[tuple[Any, ...], tuple[list[bytes], datetime | None]] = {}
+        self._bodies: dict[tuple[str, str, str | None], bytes] = {}
         self._listener: asyncpg.Connection | None = None
         # Claims run on a connection of their own, one statement each: through the pool a claim
         # was five round trips, and with the worker's loop busy sending, a claim of 256 took
@@ -392,14 +395,26 @@ class Dispatcher:
             token=token,
             url=row["url"],
             kind=row["kind"],
-            body=request_body(row["kind"], row["body"], row["client_name"], row["payload"])
-            if row["live"]
-            else b"",
+            body=self._body(row) if row["live"] else b"",
             keys=keys,
             live=row["live"],
             disabled_reason=row["disabled_reason"],
             order_key=row["order_key"],
         )
+
+    def _body(self, row: asyncpg.Record) -> bytes:
+        """The request body of a claimed row, rendered once per event (and Slack client
+        name): a replay or a fan-out sends one event to every subscription, and a claim's
+        rows share a few events. Events never change once stored."""
+        key = (row["event_id"], row["kind"], row["client_name"])
+        body = self._bodies.get(key)
+        if body is None:
+            event = orjson.loads(row["body_text"])
+            body = request_body(row["kind"], event, row["client_name"], row["payload"])
+            if len(self._bodies) >= _BODY_CACHE:
+                self._bodies.clear()
+            self._bodies[key] = body
+        return body
 
     def _hold(self, job: Job) -> None:
         sub = job.subscription_id

@@ -272,7 +272,10 @@ async def count_succeeded(conn: Querier) -> int:
 # is planned matters as much as what it says (the comments say why, with what was measured).
 # What sending a delivery needs, the same for a claim and for fan-out's hand-off (`c`: the
 # deliveries, `e`: their events, `s`: their subscriptions).
-_SENDABLE = """c.id, c.event_id, c.subscription_id, c.attempt_count, c.order_key, e.body, e.payload,
+# The body comes as its text: one event goes to many subscriptions, and the dispatcher renders
+# each event's request body once (decoding the jsonb of every row was 2-4% of a worker).
+_SENDABLE = """c.id, c.event_id, c.subscription_id, c.attempt_count, c.order_key,
+       e.body::text AS body_text, e.payload,
        s.url, s.kind, s.enabled AND s.deleted_at IS NULL AS live, s.disabled_reason,
        s.secret_enc, s.previous_secret_enc, s.previous_secret_expires_at, s.older_secrets,
        -- A Slack message names the client as the practice knows it: one primary-key lookup of
