@@ -62,6 +62,9 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),  # one endpoint's cookies must not reach another
         headers={"user-agent": USER_AGENT},
         auto_decompress=False,  # the excerpt is for people; never inflate a compression bomb
+        # and so never ask for compression: aiohttp's default `Accept-Encoding: gzip, deflate`
+        # let an endpoint compress its answer into an unreadable excerpt.
+        skip_auto_headers=("Accept-Encoding",),
     )
 
 

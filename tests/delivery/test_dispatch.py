@@ -7,6 +7,7 @@ import uuid
 
 import asyncpg
 import orjson
+from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from relay.delivery import (
@@ -34,6 +35,7 @@ from tests.support.delivery import (
     subscribe,
     wait_until,
 )
+from tests.support.loopback import serve
 
 
 async def test_event_is_delivered_signed_and_recorded(
@@ -587,3 +589,39 @@ async def test_a_lost_wake_up_is_caught_by_the_dispatchers_poll(
     await wait_until(lambda: all_settled(pool, 3), what="deliveries found by the poll")
     assert sorted(hit.headers["webhook-id"] for hit in endpoint.to("/ok")) == sorted(ids)
     assert [r["attempt_count"] for r in await delivery_rows(pool)] == [1, 1, 1]
+
+
+async def test_an_endpoint_that_compresses_its_answers_is_not_asked_to(
+    pool: asyncpg.Pool, vault: Vault, dsettings: Settings, start_dispatcher: DispatcherFactory
+) -> None:
+    """Relay never inflates a response (a compression bomb must not be), so it must not
+    advertise gzip either: the excerpt of an answer compressed because we asked would be
+    binary noise where the operator expects the endpoint's words."""
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("accept-encoding"))
+        await request.read()
+        resp = web.Response(status=500, text="endpoint says no " * 20)
+        resp.enable_compression()  # compresses only if the request accepts it
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner, base = await serve(app)
+    try:
+        await subscribe(pool, vault, dsettings, f"{base}/hook")
+        await start_dispatcher(dsettings.with_changes(retry_schedule=(3600.0,)))
+        await store_events(pool, event_body())
+        await wait_until(lambda: _attempted(pool), what="the attempt recorded")
+        [row] = await delivery_rows(pool)
+        [attempt] = (await get_delivery(pool, row["id"]))["attempts"]
+        assert seen == [None]
+        assert attempt["status_code"] == 500
+        assert attempt["response_excerpt"] == "endpoint says no " * 20
+    finally:
+        await runner.cleanup()
+
+
+async def _attempted(pool: asyncpg.Pool) -> bool:
+    return bool(await pool.fetchval("SELECT count(*) FROM delivery_attempts"))
