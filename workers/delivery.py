@@ -64,7 +64,8 @@ async def wake_dispatcher(ctx: dict[str, Any]) -> None:
     """
     dispatcher: Dispatcher | None = ctx.get("dispatcher")
     if dispatcher is not None:
-        dispatcher.wake(fan_out=True)
+        dispatcher.wake(fan_out=True)  # events stored
+        dispatcher.wake(fan_out=False)  # or deliveries made due: both are looked for
         return
     try:
         await fan_out_events(ctx["pool"])
