@@ -239,12 +239,15 @@ class Dispatcher:
             if room <= 0:
                 self._maybe_more = True  # full: look again once sends free room
                 break
+            # Caps can cut a claim short of what is due (a subscription holding its share is
+            # left out), so with anything held a short claim proves nothing either.
+            capped = bool(self._held)
             jobs = await self._claim(room)
             for job in jobs:
                 self._hold(job)
             self._pump()
             claimed += len(jobs)
-            self._maybe_more = len(jobs) == room
+            self._maybe_more = len(jobs) == room or capped
             if len(jobs) < room:
                 if jobs:
                     # A short claim is not proof that nothing is left: another worker's claim
