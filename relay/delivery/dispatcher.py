@@ -51,7 +51,7 @@ from relay.delivery.store import (
     release,
     release_unanswered,
 )
-from relay.delivery.subscriptions import signing_keys, signing_keys_change_at
+from relay.delivery.subscriptions import MatcherCache, signing_keys, signing_keys_change_at
 from relay.metrics import WorkerMetrics
 from relay.settings import Settings
 from relay.vault import Vault
@@ -153,6 +153,7 @@ class Dispatcher:
         self._jobs_due = 0.0
         self._keys: dict[tuple[Any, ...], tuple[list[bytes], datetime | None]] = {}
         self._bodies: dict[tuple[str, str, str | None], bytes] = {}
+        self._matchers = MatcherCache()
         self._listener: asyncpg.Connection | None = None
         # Claims run on a connection of their own, one statement each: through the pool a claim
         # was five round trips, and with the worker's loop busy sending, a claim of 256 took
@@ -267,10 +268,10 @@ class Dispatcher:
         created and left for claims."""
         room = self._hold_capacity - self._held_total
         if room <= 0 or self._stopping:
-            return await fan_out_events(self._pool)
+            return await fan_out_events(self._pool, matchers=self._matchers)
         handoff = Handoff(lease=self._lease, room=room, cap=self._hold_cap, held=self._held)
         try:
-            created = await fan_out_events(self._pool, handoff=handoff)
+            created = await fan_out_events(self._pool, handoff=handoff, matchers=self._matchers)
             return created - sum(len(rows) for _, rows in handoff.taken)
         finally:
             self._unanswered.update(handoff.unanswered)

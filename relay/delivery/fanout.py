@@ -32,6 +32,7 @@ from relay.delivery.store import (
 )
 from relay.delivery.subscriptions import (
     Matcher,
+    MatcherCache,
     get_subscription,
     load_matchers,
     share_subscription,
@@ -163,13 +164,18 @@ class Handoff:
 
 
 async def fan_out_events(
-    pool: asyncpg.Pool, *, batch_size: int = FAN_OUT_BATCH, handoff: Handoff | None = None
+    pool: asyncpg.Pool,
+    *,
+    batch_size: int = FAN_OUT_BATCH,
+    handoff: Handoff | None = None,
+    matchers: MatcherCache | None = None,
 ) -> int:
     """Create the deliveries of every event not yet fanned out; returns how many were created.
 
     Safe to call from any number of processes at once, and again after a crash: each event is
     marked in the same transaction as its deliveries are inserted. With a `handoff` the
-    deliveries it has room for are created claimed by its dispatcher (see `Handoff`).
+    deliveries it has room for are created claimed by its dispatcher (see `Handoff`); with
+    a `matchers` cache the subscriptions are read again only when they changed.
     """
     created = 0
     while True:
@@ -177,15 +183,15 @@ async def fan_out_events(
         taken: list[asyncpg.Record] = []
         try:
             async with pool.acquire() as conn, conn.transaction():
-                matchers = await load_matchers(conn)
-                ordered = {m.id for m in matchers if m.ordering == "object"}
+                live = await (load_matchers(conn) if matchers is None else matchers.matchers(conn))
+                ordered = {m.id for m in live if m.ordering == "object"}
                 if ordered:
                     # One fan-out at a time, so each object's events queue in `seq` order.
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", FAN_OUT_LOCK)
                 events = await claim_unfanned_events(conn, batch_size)
                 if not events:
                     return created
-                event_ids, subscription_ids = _matching(matchers, events)
+                event_ids, subscription_ids = _matching(live, events)
                 if event_ids:
                     keys = _order_keys(events, event_ids, subscription_ids, ordered)
                     if handoff is not None:
