@@ -96,7 +96,7 @@ async def start_replay(
             "event_types": list(event_types) if event_types is not None else None,
         }
         job_id = await _create_job(conn, subscription_id, "replay", params, total, {"seq": 0})
-    await advance_job(pool, job_id)
+    await advance_job(pool, job_id, wait=True)
     return await get_job(pool, job_id)
 
 
@@ -129,7 +129,7 @@ async def start_backfill(
         job_id = await _create_job(
             conn, subscription_id, "backfill", params, total, {"key": ["", "", "", ""]}
         )
-    await advance_job(pool, job_id)
+    await advance_job(pool, job_id, wait=True)
     return await get_job(pool, job_id)
 
 
@@ -173,13 +173,17 @@ async def advance_jobs(pool: asyncpg.Pool) -> int:
     return queued
 
 
-async def advance_job(pool: asyncpg.Pool, job_id: str) -> int:
+async def advance_job(pool: asyncpg.Pool, job_id: str, *, wait: bool = False) -> int:
     """One batch of one job, if it is running, not being advanced elsewhere, and fewer than
-    `WINDOW` of its deliveries are pending; returns how many deliveries it queued."""
+    `WINDOW` of its deliveries are pending; returns how many deliveries it queued.
+
+    `wait` (the job's creator, answering with what was queued) waits for a dispatcher that is
+    advancing the job at that moment instead of skipping it: skipped, the 202 said `queued: 0`
+    for a batch that was being queued that very moment."""
     async with pool.acquire() as conn, conn.transaction():
         job = await conn.fetchrow(
             "SELECT id, subscription_id, kind, params, cursor FROM delivery_jobs "
-            "WHERE id = $1 AND status = 'running' FOR UPDATE SKIP LOCKED",
+            "WHERE id = $1 AND status = 'running' FOR UPDATE" + ("" if wait else " SKIP LOCKED"),
             job_id,
         )
         if job is None:
