@@ -338,7 +338,6 @@ class Dispatcher:
         token = uuid.uuid4()
         try:
             if self._claimer is None or self._claimer.is_closed():
-                self._claimer = None
                 self._claimer = await connect(self._settings, setup=CLAIM_SESSION)
             rows = await claim_on(
                 self._claimer,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import asyncpg
 
@@ -391,7 +391,6 @@ ON CONFLICT DO NOTHING
 # loops over the whole batch for every delivery (a 952-row record took 340 ms instead of about
 # 20, and a long-lived dispatcher slowed from about 5,000 to 3,000 a second). The claim's
 # generic plan is the custom one, so the claim keeps it and saves ~1 ms of planning a claim.
-_INDEX_SCANS_ONLY = "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
 _CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 _RELEASE = """
@@ -409,50 +408,46 @@ WHERE d.id = ANY($1::text[]) AND d.id = r.id AND d.lease_token = r.token
 # comparing every row with every claimed id (110 ms a claim instead of 10, every other run of
 # bench/delivery_shape.py); every step of the claim is meant to be an index lookup.
 CLAIM_SESSION = "SET enable_bitmapscan = off; SET enable_seqscan = off"
+# The same, for one transaction on a pool connection (and for fan-out's hand-off).
+_INDEX_SCANS_ONLY = CLAIM_SESSION.replace("SET ", "SET LOCAL ")
 
 
-async def claim(
-    pool: asyncpg.Pool,
-    *,
-    room: int,
-    lease: float,
-    saturated: Sequence[str],
-    partial: Sequence[tuple[str, int]],
-    cap: int,
-    token: uuid.UUID,
-) -> list[asyncpg.Record]:
-    """Claim up to `room` due deliveries for `lease` seconds under `token`, at most `cap` held
-    per subscription: none of `saturated`, and `free` more of each (subscription, free) of
-    `partial`. Rows carry the event body and what sending needs of the subscription."""
+class ClaimArgs(TypedDict):
+    """What a claim asks for: up to `room` due deliveries for `lease` seconds under `token`, at
+    most `cap` held per subscription: none of `saturated`, and `free` more of each
+    (subscription, free) of `partial`."""
+
+    room: int
+    lease: float
+    saturated: Sequence[str]
+    partial: Sequence[tuple[str, int]]
+    cap: int
+    token: uuid.UUID
+
+
+async def claim(pool: asyncpg.Pool, **args: Unpack[ClaimArgs]) -> list[asyncpg.Record]:
+    """Claim through a pool (`ClaimArgs` says what). Rows carry the event body and what
+    sending needs of the subscription."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_INDEX_SCANS_ONLY)  # CLAIM_SESSION, for this transaction only
-        return await claim_on(
-            conn,
-            room=room,
-            lease=lease,
-            saturated=saturated,
-            partial=partial,
-            cap=cap,
-            token=token,
-        )
+        return await claim_on(conn, **args)
 
 
-async def claim_on(
-    conn: Querier,
-    *,
-    room: int,
-    lease: float,
-    saturated: Sequence[str],
-    partial: Sequence[tuple[str, int]],
-    cap: int,
-    token: uuid.UUID,
-) -> list[asyncpg.Record]:
+async def claim_on(conn: Querier, **args: Unpack[ClaimArgs]) -> list[asyncpg.Record]:
     """`claim` as one statement on a connection whose session runs `CLAIM_SESSION` (the
     dispatcher keeps one for its claims): one round trip where the pool's claim takes five
     (acquire's reset, BEGIN, the settings, the claim, COMMIT). Outside a transaction the
     statement is its own, committed when it returns."""
+    room = args["room"]
     return await conn.fetch(
-        _CLAIM, room, lease, list(saturated), room * 4, dict(partial), cap, token
+        _CLAIM,
+        room,
+        args["lease"],
+        list(args["saturated"]),
+        room * 4,
+        dict(args["partial"]),
+        args["cap"],
+        args["token"],
     )
 
 
