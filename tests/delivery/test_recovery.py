@@ -354,3 +354,38 @@ async def test_a_backfill_carries_each_snapshots_numbers_as_stored(
     assert '"total": 0.10' in stored
     assert '"net": 1332.00' in stored
     assert sent == stored
+
+
+async def test_concurrent_backfills_each_answer_what_they_queued_while_dispatchers_advance(
+    api: Api,
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    """Ten backfills at once, with two dispatchers advancing running jobs every tenth of a
+    second: each 202 says what really was queued by then (all of a small backfill), never 0
+    because a dispatcher held the job when its creator looked."""
+    account = await make_account(pool)
+    docs = [{"id": f"doc_{n}", "status": "review"} for n in range(3)]
+    async with pool.acquire() as conn:
+        await diff_objects(
+            conn,
+            account_id=account,
+            object_type="document",
+            objects=docs,
+            client_id="cli_1",
+            emit=False,
+        )
+    sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok/bf"))
+    await start_dispatcher()
+    await start_dispatcher()
+    body = {"object_types": ["document"]}
+    answers = await asyncio.gather(
+        *[answer(api.post(f"/v1/subscriptions/{sub['id']}/backfill", json=body)) for _ in range(10)]
+    )
+    assert [(status, job["total"], job["queued"]) for status, job in answers] == [(202, 3, 3)] * 10
+    assert len({job["id"] for _, job in answers}) == 10
+    await wait_until(lambda: _count(pool, "succeeded", 30), what="every backfilled snapshot")
+    assert len(endpoint.to("/ok/bf")) == 30
