@@ -129,7 +129,9 @@ async def main(args: argparse.Namespace) -> None:
             for kind, (base, _) in receivers.items():
                 await retire_subscriptions(pool)
                 subs = await add_subscriptions(api, api_base, base, args.subscriptions, kind)
-                await pool.execute("TRUNCATE events, deliveries, delivery_attempts")
+                await pool.execute(
+                    "TRUNCATE events, event_fanout_queue, deliveries, delivery_attempts"
+                )
                 events = await store_events(pool, args.events, fanned_out=True)
                 event_ids = [e["id"] for e in events]
                 bodies = [(e["id"], orjson.dumps(e)) for e in events]

@@ -140,7 +140,7 @@ async def drop_old_partitions(pool: asyncpg.Pool, days: int) -> int:
 
 async def seed(pool: asyncpg.Pool, sub_id: str, attempts: int, pending: int) -> None:
     events = attempts // ATTEMPTS_PER_DELIVERY
-    await pool.execute("TRUNCATE events, deliveries, delivery_attempts")
+    await pool.execute("TRUNCATE events, event_fanout_queue, deliveries, delivery_attempts")
     await pool.execute(_HISTORY_EVENTS, events, HISTORY_DAYS[0], HISTORY_DAYS[1] - HISTORY_DAYS[0])
     await pool.execute(_HISTORY_DELIVERIES, sub_id, ATTEMPTS_PER_DELIVERY)
     await pool.execute(_HISTORY_ATTEMPTS, ATTEMPTS_PER_DELIVERY)

@@ -452,34 +452,68 @@ async def announce_events(db: Executor) -> None:
 _DELIVERY_COLUMNS = "id, type, account_id, client_id, object_type, object_id, body"
 
 
+# Fan-out's claim: one statement takes the oldest queue rows, deletes them and returns their
+# events. The queue must be walked by its primary key in `seq` order (plan it with bitmap and
+# sequential scans off): dead rows pile up between autovacuums, and only an index scan learns to
+# skip them. `= ANY(ARRAY(...))` keeps every other step on a primary key whatever the statistics.
+# The events are locked `FOR NO KEY UPDATE`, as a replay locks one (`lock_event_for_replay`, a
+# replay window's batch), so that a replay and the fan-out of one event take turns, as they did
+# while fan-out updated the event row: otherwise a replay reading "no delivery yet" while the
+# fan-out's generation 0 is uncommitted inserts a generation 0 too, and fails on the unique key
+# once the fan-out commits. An event a replay holds is skipped and keeps its queue row for a later
+# fan-out (never wait: the dispatcher claims deliveries on the same connection). The lock is a
+# write fan-out made anyway: the deliveries' foreign-key checks lock the same rows `FOR KEY SHARE`
+# and then find them locked (pg_walinspect, 500 events to one subscription: 1,001 heap lock
+# records with it or without; 500 more, 54 bytes each, only when no subscription wants them).
+# Retention needs no lock here: it takes only events without a queue row, and the row's delete
+# commits with the deliveries it made (pending then), so no snapshot sees an event with neither.
+# A queue row whose event is gone is deleted and returns nothing.
+_CLAIM_UNFANNED = f"""
+WITH picked AS (
+    SELECT seq, event_id FROM event_fanout_queue ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+), locked AS (
+    SELECT e.id FROM events AS e WHERE e.id = ANY(ARRAY(SELECT event_id FROM picked))
+    FOR NO KEY UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM event_fanout_queue AS q
+    WHERE q.seq = ANY(ARRAY(SELECT seq FROM picked))
+      AND (q.event_id = ANY(ARRAY(SELECT id FROM locked))
+           -- Not locked: gone, or held by someone else. Uncorrelated, so it is looked up only
+           -- when an event was skipped, by its primary key: as `NOT EXISTS` on q.event_id it
+           -- was planned as a hash of every id in `events`.
+           OR NOT q.event_id = ANY(ARRAY(
+               SELECT e.id FROM events AS e WHERE e.id = ANY(ARRAY(SELECT event_id FROM picked))
+           )))
+    RETURNING q.event_id
+)
+SELECT {", ".join("e." + c for c in _DELIVERY_COLUMNS.split(", "))}, e.seq
+FROM events AS e WHERE e.id = ANY(ARRAY(SELECT event_id FROM gone))
+ORDER BY e.seq
+"""
+
+
 async def claim_unfanned_events(conn: Connection, limit: int) -> list[asyncpg.Record]:
-    """Up to `limit` events not fanned out yet, oldest `seq` first, marked fanned out in the
-    caller's transaction (which inserts their deliveries: a rollback leaves them pending) and
-    locked by it (`SKIP LOCKED`: concurrent fan-outs take different events). One statement
-    where a select and an update of the same rows were two round trips."""
-    rows = await conn.fetch(
-        "WITH picked AS (SELECT id FROM events WHERE fanned_out_at IS NULL ORDER BY seq "
-        "LIMIT $1 FOR UPDATE SKIP LOCKED) "
-        # `= ANY(ARRAY(...))` keeps the update on the primary key whatever the statistics say.
-        "UPDATE events AS e SET fanned_out_at = now() "
-        "WHERE e.id = ANY(ARRAY(SELECT id FROM picked)) "
-        f"RETURNING {', '.join('e.' + c for c in _DELIVERY_COLUMNS.split(', '))}, e.seq",
-        limit,
-    )
-    return sorted(rows, key=lambda r: r["seq"])
+    """Up to `limit` events waiting for fan-out, oldest `seq` first, taken off the queue in the
+    caller's transaction (which inserts their deliveries: a rollback leaves them queued) and
+    locked by it (`SKIP LOCKED`: concurrent fan-outs take different events). Plan it with
+    bitmap and sequential scans off (the dispatcher's claim settings) so that the queue is
+    walked by its primary key."""
+    return await conn.fetch(_CLAIM_UNFANNED, limit)
 
 
 async def lock_event_for_replay(conn: Connection, event_id: str) -> asyncpg.Record | None:
     """One event, locked `FOR NO KEY UPDATE` (fan-out's foreign-key checks, `FOR KEY SHARE`,
-    do not wait for it) so that concurrent replays of it take their generations in turn."""
+    do not wait for it) so that concurrent replays of it, and its fan-out, which takes the same
+    lock (`claim_unfanned_events`), take their generations in turn."""
     return await conn.fetchrow(
         f"SELECT {_DELIVERY_COLUMNS} FROM events WHERE id = $1 FOR NO KEY UPDATE", event_id
     )
 
 
 async def insert_ping_event(conn: Connection, body: dict[str, Any]) -> None:
-    """Store a `relay.ping` body (numbering it) already marked fanned out: it goes only to the
-    subscription it tests, whose delivery the caller inserts in the same transaction."""
+    """Store a `relay.ping` body (numbering it) already fanned out (`fanned_out_at` set, so
+    never queued for fan-out): it goes only to the subscription it tests, whose delivery the
+    caller inserts in the same transaction."""
     body["sequence"] = (await reserve_sequences(conn, [event_key(body)]))[0]
     await conn.execute(
         "INSERT INTO events (id, type, object_type, object_id, body, fanned_out_at, sequence) "
@@ -572,8 +606,9 @@ async def insert_snapshot_events(
 ) -> list[asyncpg.Record]:
     """Store one `<object_type>.snapshot` event per snapshot row (account_id, object_type,
     client_id, object_id, `data_json`: the object as jsonb text, so its numbers are kept
-    exactly, and `sequence`: its object's last), already fanned out: a backfill queues their
-    deliveries itself. Returns (id, account_id, object_type, object_id) of each."""
+    exactly, and `sequence`: its object's last), already fanned out (`fanned_out_at` set, so
+    never queued for fan-out): a backfill queues their deliveries itself. Returns (id,
+    account_id, object_type, object_id) of each."""
     if not snapshots:
         return []
     return await conn.fetch(
@@ -587,10 +622,12 @@ async def insert_snapshot_events(
     )
 
 
-# Retention: an event may go once it is older than the cutoff ($1), fanned out, and none of its
-# deliveries is pending or was touched inside the window (a recent replay or retry keeps it).
+# Retention: an event may go once it is older than the cutoff ($1), fanned out (not queued), and
+# none of its deliveries is pending or was touched inside the window (a recent replay or retry
+# keeps it).
 _PRUNABLE = """
-    e.created_at < $1 AND e.fanned_out_at IS NOT NULL
+    e.created_at < $1
+    AND NOT EXISTS (SELECT 1 FROM event_fanout_queue q WHERE q.seq = e.seq)
     AND NOT EXISTS (
         SELECT 1 FROM deliveries d
         WHERE d.event_id = e.id AND (d.status = 'pending' OR d.updated_at >= $1)

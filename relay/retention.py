@@ -10,7 +10,7 @@ may run it at once: each batch claims its events with `FOR UPDATE SKIP LOCKED`, 
 split the work instead of waiting on each other.
 
 What is never deleted:
-- an event not fanned out yet (its deliveries do not exist yet);
+- an event not fanned out yet, still in the fan-out queue (its deliveries do not exist yet);
 - an event with a pending delivery, or with a delivery touched inside the retention window (a
   recent replay or retry of an old event keeps the whole event, its history stays readable);
 - the snapshot of a live object (only rows whose object was reported gone before the cutoff).

@@ -162,6 +162,7 @@ OWNERS: dict[str, str] = {
     "snapshot_scan_pages": "relay/snapshots/scans.py",
     "events": "relay/events.py",
     "object_sequences": "relay/events.py",
+    "event_fanout_queue": "relay/events.py",
     "subscriptions": "relay/delivery/subscriptions.py",
     "deliveries": "relay/delivery/store.py",
     "delivery_attempts": "relay/delivery/store.py",

@@ -40,17 +40,19 @@ async def _event(
     touched_days: float | None = None,
     fanned_out: bool = True,
 ) -> str:
-    """An event `age_days` old with one delivery (unless `status` is None) and its attempts."""
+    """An event `age_days` old with one delivery (unless `status` is None) and its attempts,
+    taken off the fan-out queue as fan-out does (unless not `fanned_out`)."""
     event_id = new_id("evt")
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            "INSERT INTO events (id, type, object_type, object_id, body, created_at, "
-            "fanned_out_at) VALUES ($1, 'document.created', 'document', 'doc_1', '{}', "
-            "now() - $2 * interval '1 day', CASE WHEN $3 THEN now() END)",
+            "INSERT INTO events (id, type, object_type, object_id, body, created_at) "
+            "VALUES ($1, 'document.created', 'document', 'doc_1', '{}', "
+            "now() - $2 * interval '1 day')",
             event_id,
             age_days,
-            fanned_out,
         )
+        if fanned_out:
+            await conn.execute("DELETE FROM event_fanout_queue WHERE event_id = $1", event_id)
         if status is None:
             return event_id
         touched = age_days if touched_days is None else touched_days

@@ -1,9 +1,10 @@
 """Fan-out: which subscriptions want each stored event, and the deliveries that follow.
 
-Fan-out turns each event with `fanned_out_at IS NULL` into one delivery per matching
-subscription, in `FOR UPDATE SKIP LOCKED` batches, inserting with `ON CONFLICT DO NOTHING` on
-(event_id, subscription_id, generation): concurrent or repeated fan-outs never duplicate. A
-pending marker rather than a "last seq seen" cursor, because `seq` values commit out of order.
+Fan-out turns each event of the fan-out queue (`event_fanout_queue`, which storing an event
+fills) into one delivery per matching subscription, in `FOR UPDATE SKIP LOCKED` batches,
+inserting with `ON CONFLICT DO NOTHING` on (event_id, subscription_id, generation): concurrent
+or repeated fan-outs never duplicate. A queue of pending events rather than a "last seq seen"
+cursor, because `seq` values commit out of order.
 Replays (one event again, to every matching subscription or to some) and test pings are
 matched here too. The rows are the owners': events through `relay.events`, subscriptions
 through `subscriptions`, deliveries through `store`; this module decides who gets what.
@@ -172,10 +173,11 @@ async def fan_out_events(
 ) -> int:
     """Create the deliveries of every event not yet fanned out; returns how many were created.
 
-    Safe to call from any number of processes at once, and again after a crash: each event is
-    marked in the same transaction as its deliveries are inserted. With a `handoff` the
-    deliveries it has room for are created claimed by its dispatcher (see `Handoff`); with
-    a `matchers` cache the subscriptions are read again only when they changed.
+    Safe to call from any number of processes at once, and again after a crash: each event
+    leaves the fan-out queue in the same transaction as its deliveries are inserted. With a
+    `handoff` the deliveries it has room for are created claimed by its dispatcher (see
+    `Handoff`); with a `matchers` cache the subscriptions are read again only when they
+    changed.
     """
     created = 0
     while True:

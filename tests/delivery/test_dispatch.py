@@ -296,10 +296,11 @@ async def test_fan_out_is_idempotent_under_concurrency(
     assert sum(created) == 900
     assert await fan_out_events(pool) == 0
     assert await pool.fetchval("SELECT count(*) FROM deliveries") == 900
-    assert await pool.fetchval("SELECT count(*) FROM events WHERE fanned_out_at IS NULL") == 0
-    # A re-run after a crash between insert and mark: no duplicates either.
-    await pool.execute("UPDATE events SET fanned_out_at = NULL")
+    assert await pool.fetchval("SELECT count(*) FROM event_fanout_queue") == 0
+    # Events queued again (as if their deliveries' commit had been a crash): no duplicates.
+    await pool.execute("INSERT INTO event_fanout_queue SELECT seq, id FROM events")
     assert await fan_out_events(pool) == 0
+    assert await pool.fetchval("SELECT count(*) FROM event_fanout_queue") == 0
 
 
 async def test_replay_and_bulk_retry_and_test_event(

@@ -18,6 +18,7 @@ from tests.support.delivery import (
     Endpoint,
     all_settled,
     event_body,
+    mark_fanned_out,
     store_events,
     subscribe,
     wait_until,
@@ -40,7 +41,7 @@ async def test_two_dispatchers_deliver_replays_to_many_subscriptions_once_each(
         _, secret = await subscribe(pool, vault, settings, endpoint.url(f"/many/{i}"))
         secrets[f"/many/{i}"] = secret
     event_ids = await store_events(pool, *[event_body() for _ in range(10)])
-    await pool.execute("UPDATE events SET fanned_out_at = now()")  # replays make them all
+    await mark_fanned_out(pool)  # replays make them all
     await start_dispatcher(settings)
     await start_dispatcher(settings)
     replays = await asyncio.gather(*[replay_event(pool, e) for e in event_ids])

@@ -19,7 +19,14 @@ from relay.exactjson import ExactNumber
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from relay.vault import Vault
-from tests.support.delivery import DispatcherFactory, Endpoint, make_account, subscribe, wait_until
+from tests.support.delivery import (
+    DispatcherFactory,
+    Endpoint,
+    make_account,
+    mark_fanned_out,
+    subscribe,
+    wait_until,
+)
 
 Api = TestClient[Any, Any]
 
@@ -114,7 +121,7 @@ async def test_a_large_window_streams_in_batches_and_concurrent_replays_all_coun
     sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok/a"))
     since = datetime.now(UTC) - timedelta(seconds=1)
     bodies = await store(pool, account, *(f"d{n}" for n in range(23)))
-    await pool.execute("UPDATE events SET fanned_out_at = now()")  # history, already sent
+    await mark_fanned_out(pool)  # history, already sent
 
     # No dispatcher yet: each call queues only its first batch of five.
     path = f"/v1/subscriptions/{sub['id']}/replay"
@@ -177,7 +184,7 @@ async def test_backfill_sends_every_snapshot_with_its_sequence_and_no_upstream_r
     sub, _ = await subscribe(
         pool, vault, dsettings, endpoint.url("/ok/wh"), event_types=["document.created"]
     )
-    await pool.execute("UPDATE events SET fanned_out_at = now()")
+    await mark_fanned_out(pool)
     await start_dispatcher()
 
     status, job = await answer(
@@ -243,7 +250,7 @@ async def test_a_replay_to_an_ordered_subscription_keeps_each_objects_order(
     since = datetime.now(UTC) - timedelta(seconds=1)
     for _ in range(4):
         await store(pool, account, "d1", "d2", "d3")
-    await pool.execute("UPDATE events SET fanned_out_at = now()")  # history, already sent
+    await mark_fanned_out(pool)  # history, already sent
     status, job = await answer(
         api.post(f"/v1/subscriptions/{sub['id']}/replay", json={"since": since.isoformat()})
     )
@@ -275,7 +282,7 @@ async def test_live_events_do_not_wait_behind_a_large_replay(
     sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/slow/0.02"))
     since = datetime.now(UTC) - timedelta(seconds=1)
     await store(pool, account, *(f"old_{n}" for n in range(60)))
-    await pool.execute("UPDATE events SET fanned_out_at = now()")
+    await mark_fanned_out(pool)
     status, job = await answer(
         api.post(f"/v1/subscriptions/{sub['id']}/replay", json={"since": since.isoformat()})
     )

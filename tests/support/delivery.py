@@ -134,6 +134,12 @@ async def store_events(pool: asyncpg.Pool, *bodies: dict[str, Any]) -> list[str]
     return [b["id"] for b in bodies]
 
 
+async def mark_fanned_out(pool: asyncpg.Pool) -> None:
+    """Take every stored event off the fan-out queue, as if fanned out long ago: history that a
+    replay or a backfill sends again, and no fan-out touches."""
+    await pool.execute("DELETE FROM event_fanout_queue")
+
+
 async def make_account(pool: asyncpg.Pool) -> str:
     """An account row for events to belong to, its baseline not yet done (the token is a dummy)."""
     return await stores.make_account(pool, baselined=False)
