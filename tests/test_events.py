@@ -1,9 +1,11 @@
-"""The events store: single inserts, get by id, filtered lists, cursor pagination, wake-ups."""
+"""The events store: single inserts, get by id, filtered lists, cursor pagination, wake-ups,
+the fan-out queue."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,15 +14,21 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from relay.db import connect, create_pool, migrate, schema_is_current
+from relay.delivery.store import CLAIM_SESSION
 from relay.errors import InvalidInput, NotFound
 from relay.events import (
     announce_events,
     build_event,
+    claim_unfanned_events,
     encode_cursor,
     get_event,
     insert_event,
     insert_events,
+    insert_ping_event,
+    insert_snapshot_events,
     list_events,
+    lock_event_for_replay,
     outbox,
 )
 from relay.settings import Settings
@@ -334,3 +342,150 @@ async def test_an_outbox_that_stored_nothing_announces_nothing(
         await insert_events(conn, [])
         await conn.execute("SELECT 1")
     assert await wakes.settled() == []
+
+
+# ---- the fan-out queue: what storing queues, what fan-out's claim takes ------------------------
+
+
+async def queued(db: asyncpg.Pool | asyncpg.Connection) -> list[tuple[int, str]]:
+    return [tuple(r) for r in await db.fetch("SELECT seq, event_id FROM event_fanout_queue")]
+
+
+async def stored(
+    db: asyncpg.Pool | asyncpg.Connection, where: str = "true"
+) -> list[tuple[int, str]]:
+    return [tuple(r) for r in await db.fetch(f"SELECT seq, id FROM events WHERE {where}")]
+
+
+async def test_events_stored_by_copy_or_insert_are_queued_pings_and_snapshots_are_not(
+    pool: asyncpg.Pool,
+) -> None:
+    account = await make_account(pool)
+    snapshot_rows = [
+        {
+            "account_id": account,
+            "object_type": "document",
+            "client_id": "cli_1",
+            "object_id": f"doc_{n}",
+            "data_json": '{"id": 1}',
+            "sequence": 1,
+        }
+        for n in range(2)
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        copied = bodies(3)
+        await insert_events(conn, copied)  # COPY
+        one = await insert_event(
+            conn, "account.recovered", account_id=account, object_id="a", object={}
+        )
+        await insert_ping_event(conn, bodies(1)[0])  # goes to its subscription alone
+        assert len(await insert_snapshot_events(conn, snapshot_rows)) == 2  # type: ignore[arg-type]
+    assert await pool.fetchval("SELECT count(*) FROM events") == 7
+    assert {event_id for _, event_id in await queued(pool)} == {b["id"] for b in copied} | {
+        one["id"]
+    }
+    # Queued under their own seq; only what is stored already fanned out stays out.
+    assert sorted(await queued(pool)) == sorted(await stored(pool, "fanned_out_at IS NULL"))
+
+
+async def test_concurrent_claims_take_each_queued_event_once_and_a_rollback_requeues(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await insert_events(conn, bodies(60))
+    everything = sorted(await stored(pool))
+    conns = [await connect(settings, setup=CLAIM_SESSION) for _ in range(4)]
+    try:
+        # Each claims in a transaction still open when the others claim.
+        transactions = [c.transaction() for c in conns]
+        for t in transactions:
+            await t.start()
+        claims = await asyncio.gather(*(claim_unfanned_events(c, 20) for c in conns))
+        taken = [(r["seq"], r["id"]) for rows in claims for r in rows]
+        for rows in claims:
+            assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+        assert len(taken) == len(set(taken)) == 60  # three claims got 20, one got none
+        assert sorted(taken) == everything
+        await transactions[0].rollback()
+        for t in transactions[1:]:
+            await t.commit()
+        back = sorted((r["seq"], r["id"]) for r in claims[0])
+        assert sorted(await queued(pool)) == back
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_a_queued_event_a_replay_holds_is_skipped_and_one_gone_is_dropped(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await insert_events(conn, bodies(3))
+    (_, held), (_, gone), (_, free) = sorted(await stored(pool))
+    await pool.execute("DELETE FROM events WHERE id = $1", gone)
+    async with pool.acquire() as replay, replay.transaction():
+        assert await lock_event_for_replay(replay, held) is not None
+        async with pool.acquire() as conn, conn.transaction():
+            assert [r["id"] for r in await claim_unfanned_events(conn, 10)] == [free]
+    assert [event_id for _, event_id in await queued(pool)] == [held]
+    async with pool.acquire() as conn, conn.transaction():
+        assert [r["id"] for r in await claim_unfanned_events(conn, 10)] == [held]
+    assert await queued(pool) == []
+
+
+# The shape before the queue: pending events carried fanned_out_at NULL, under a partial index.
+_OLD_SHAPE = """
+DROP TRIGGER events_queue_fan_out ON events;
+DROP FUNCTION relay_queue_fan_out();
+DROP TABLE event_fanout_queue;
+CREATE INDEX events_fan_out_pending ON events (seq) WHERE fanned_out_at IS NULL;
+UPDATE relay_schema SET digest = 'before the queue';
+"""
+
+
+@pytest.fixture
+async def scratch_settings(database_url: str) -> AsyncIterator[Settings]:
+    """A database of its own (its schema is changed), dropped at the end."""
+    name = "relay_test_queue_" + os.urandom(3).hex()
+    server = database_url.rsplit("/", 1)[0]
+    yield Settings(database_url=f"{server}/{name}")
+    conn = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def test_migrating_a_database_from_before_the_queue_queues_the_pending_events_once(
+    scratch_settings: Settings,
+) -> None:
+    await migrate(scratch_settings)
+    pool = await create_pool(scratch_settings)
+    try:
+        await pool.execute(_OLD_SHAPE)
+        # What the old fan-out left: events marked when fanned out, the others pending.
+        await pool.execute(
+            "INSERT INTO events (type, object_type, object_id, body, fanned_out_at) "
+            "SELECT 'document.created', 'document', 'doc_' || n, '{}', "
+            "CASE WHEN n % 3 = 0 THEN now() END FROM generate_series(1, 30) AS n"
+        )
+        pending = sorted(await stored(pool, "fanned_out_at IS NULL"))
+        assert len(pending) == 20
+        assert not await schema_is_current(pool)
+
+        await migrate(scratch_settings)
+        await migrate(scratch_settings)  # every start runs the schema again
+
+        assert await schema_is_current(pool)
+        assert sorted(await queued(pool)) == pending
+        assert await pool.fetchval("SELECT to_regclass('events_fan_out_pending')") is None
+        # Fanned out through the queue, they are never queued again by a later start.
+        async with pool.acquire() as conn, conn.transaction():
+            assert len(await claim_unfanned_events(conn, 15)) == 15
+        await migrate(scratch_settings)
+        assert sorted(await queued(pool)) == pending[15:]
+        async with pool.acquire() as conn, conn.transaction():
+            await insert_events(conn, bodies(1))
+        assert len(await queued(pool)) == 6
+    finally:
+        await pool.close()

@@ -149,6 +149,35 @@ async def test_prune_goes_in_batches_and_runs_split_the_work(pool: asyncpg.Pool)
     assert await _ids(pool, "events", "id") == {keep}
 
 
+async def test_prune_never_takes_a_queued_event_nor_one_whose_fan_out_is_committing(
+    pool: asyncpg.Pool,
+) -> None:
+    sub_id = await _subscription(pool)
+    # Old enough to go, but queued: one behind a hundred prunable ones, two being fanned out.
+    for _ in range(100):
+        await _event(pool, sub_id, age_days=40, attempts=1)
+    waiting = await _event(pool, sub_id, age_days=45, status=None, fanned_out=False)
+    wanted = await _event(pool, sub_id, age_days=45, status=None, fanned_out=False)
+    unwanted = await _event(pool, sub_id, age_days=45, status=None, fanned_out=False)
+    async with pool.acquire() as fan_out:
+        async with fan_out.transaction():
+            # Off the queue in a fan-out not yet committed: its deliveries are still coming.
+            await fan_out.execute(
+                "DELETE FROM event_fanout_queue WHERE event_id = ANY($1::text[])",
+                [wanted, unwanted],
+            )
+            await fan_out.execute(
+                "INSERT INTO deliveries (event_id, subscription_id, next_attempt_at) "
+                "VALUES ($1, $2, now())",
+                wanted,
+                sub_id,
+            )
+            during = await prune(pool, 30, event_batch=20, pause=0.0, duty=1.0)
+        after = await prune(pool, 30, pause=0.0, duty=1.0)
+    assert (during.events, after.events) == (100, 1)  # the one no subscription wanted
+    assert await _ids(pool, "events", "id") == {waiting, wanted}
+
+
 async def test_prune_stops_at_its_budget_and_the_next_run_finishes(pool: asyncpg.Pool) -> None:
     sub_id = await _subscription(pool)
     for _ in range(12):

@@ -19,9 +19,14 @@ from relay.delivery import (
     retry_failed,
     send_test_event,
 )
-from relay.delivery.store import claim, release_unanswered
+from relay.delivery.store import (
+    claim,
+    insert_deliveries,
+    insert_replays,
+    release_unanswered,
+)
 from relay.delivery.subscriptions import get_subscription, rotate_secret, update_subscription
-from relay.events import insert_events, outbox
+from relay.events import claim_unfanned_events, insert_events, lock_event_for_replay, outbox
 from relay.settings import Settings
 from relay.vault import Vault
 from tests.support.delivery import (
@@ -301,6 +306,36 @@ async def test_fan_out_is_idempotent_under_concurrency(
     await pool.execute("INSERT INTO event_fanout_queue SELECT seq, id FROM events")
     assert await fan_out_events(pool) == 0
     assert await pool.fetchval("SELECT count(*) FROM event_fanout_queue") == 0
+
+
+async def test_the_fan_out_and_a_replay_of_one_event_take_turns(
+    pool: asyncpg.Pool, vault: Vault, dsettings: Settings, endpoint: Endpoint
+) -> None:
+    """A replay numbers its generation after the fan-out of the same event commits (it would
+    otherwise make a second generation 0 and fail on the unique key), and a fan-out leaves an
+    event a replay holds queued for later instead of waiting for it."""
+    sub, _ = await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
+    [first, second] = await store_events(pool, event_body(), event_body())
+    async with pool.acquire() as fan_out:
+        async with fan_out.transaction():
+            claimed = await claim_unfanned_events(fan_out, 1)
+            assert [e["id"] for e in claimed] == [first]
+            await insert_deliveries(fan_out, [first], [sub["id"]], [None])
+            replay = asyncio.create_task(replay_event(pool, first))
+            await asyncio.sleep(0.3)
+            assert not replay.done()  # waiting for the fan-out's lock
+        assert await replay == 1
+    generations = "SELECT generation FROM deliveries WHERE event_id = $1 ORDER BY 1"
+    assert [r[0] for r in await pool.fetch(generations, first)] == [0, 1]
+
+    async with pool.acquire() as replaying, replaying.transaction():
+        await lock_event_for_replay(replaying, second)
+        await insert_replays(replaying, second, [sub["id"]], [None])
+        assert await fan_out_events(pool) == 0  # skipped, not waited for
+        assert await pool.fetchval("SELECT event_id FROM event_fanout_queue") == second
+    assert await fan_out_events(pool) == 0  # the replay's generation 0 is the fan-out's
+    assert await pool.fetchval("SELECT count(*) FROM event_fanout_queue") == 0
+    assert [r[0] for r in await pool.fetch(generations, second)] == [0]
 
 
 async def test_replay_and_bulk_retry_and_test_event(
