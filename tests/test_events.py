@@ -15,9 +15,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from relay.db import connect, create_pool, migrate, schema_is_current
-from relay.delivery.store import CLAIM_SESSION
+from relay.delivery.store import CLAIM_SESSION, index_scans_only
 from relay.errors import InvalidInput, NotFound
 from relay.events import (
+    _CLAIM_UNFANNED,
     announce_events,
     build_event,
     claim_unfanned_events,
@@ -431,6 +432,41 @@ async def test_a_queued_event_a_replay_holds_is_skipped_and_one_gone_is_dropped(
     async with pool.acquire() as conn, conn.transaction():
         assert [r["id"] for r in await claim_unfanned_events(conn, 10)] == [held]
     assert await queued(pool) == []
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in plan_nodes(child))]
+
+
+async def test_the_claim_walks_the_queue_by_its_primary_key(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await insert_events(conn, bodies(50))
+    await pool.execute("ANALYZE events; ANALYZE event_fanout_queue")  # tiny: a seq scan's size
+    claimer = await connect(settings, setup=CLAIM_SESSION)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await index_scans_only(conn)
+            plans = [
+                await db.fetchval("EXPLAIN (FORMAT JSON) " + _CLAIM_UNFANNED, 10)
+                for db in (claimer, conn)
+            ]
+    finally:
+        await claimer.close()
+    for plan in plans:
+        nodes = plan_nodes(plan[0]["Plan"])  # json, decoded by the connection's codec
+        queue = [
+            n
+            for n in nodes
+            if n.get("Relation Name") == "event_fanout_queue" and n["Node Type"].endswith("Scan")
+        ]
+        assert len(queue) == 2  # `picked`, and the delete's
+        assert {(n["Node Type"], n["Index Name"]) for n in queue} == {
+            ("Index Scan", "event_fanout_queue_pkey")
+        }
+        # Nothing anywhere reads a whole table, or bitmaps one.
+        assert not [n for n in nodes if "Seq Scan" in n["Node Type"] or "Bitmap" in n["Node Type"]]
 
 
 # The shape before the queue: pending events carried fanned_out_at NULL, under a partial index.

@@ -15,15 +15,18 @@ Every function that makes work due sends `NOTIFY relay_wake` so dispatchers star
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from relay.db import Connection, Executor
 from relay.delivery.ordering import FAN_OUT_LOCK, event_order_key
 from relay.delivery.store import (
     get_delivery,
+    index_scans_only,
     insert_claimed_deliveries,
     insert_deliveries,
     insert_delivery,
@@ -164,8 +167,22 @@ class Handoff:
         return take, leave
 
 
+@asynccontextmanager
+async def _transaction(db: Executor) -> AsyncIterator[Connection]:
+    """One fan-out batch's transaction, planned with index scans only (`claim_unfanned_events`
+    says why): on a connection of the pool with `index_scans_only`, or on the caller's own
+    connection, whose session has `CLAIM_SESSION` already."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            await index_scans_only(conn)
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
+
+
 async def fan_out_events(
-    pool: asyncpg.Pool,
+    db: Executor,
     *,
     batch_size: int = FAN_OUT_BATCH,
     handoff: Handoff | None = None,
@@ -178,13 +195,17 @@ async def fan_out_events(
     `handoff` the deliveries it has room for are created claimed by its dispatcher (see
     `Handoff`); with a `matchers` cache the subscriptions are read again only when they
     changed.
+
+    `db` is a pool (each batch on a connection of its own), or a connection outside any
+    transaction whose session runs `CLAIM_SESSION` (the dispatcher's claim connection: no
+    acquire, no settings per batch), on which each batch is a transaction of its own.
     """
     created = 0
     while True:
         token = uuid.uuid4()
         taken: list[asyncpg.Record] = []
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with _transaction(db) as conn:
                 live = await (load_matchers(conn) if matchers is None else matchers.matchers(conn))
                 ordered = {m.id for m in live if m.ordering == "object"}
                 if ordered:

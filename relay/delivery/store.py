@@ -408,8 +408,15 @@ WHERE d.id = ANY($1::text[]) AND d.id = r.id AND d.lease_token = r.token
 # comparing every row with every claimed id (110 ms a claim instead of 10, every other run of
 # bench/delivery_shape.py); every step of the claim is meant to be an index lookup.
 CLAIM_SESSION = "SET enable_bitmapscan = off; SET enable_seqscan = off"
-# The same, for one transaction on a pool connection (and for fan-out's hand-off).
+# The same, for one transaction on a pool connection.
 _INDEX_SCANS_ONLY = CLAIM_SESSION.replace("SET ", "SET LOCAL ")
+
+
+async def index_scans_only(conn: Querier) -> None:
+    """Plan the rest of the caller's transaction as a `CLAIM_SESSION` connection is planned:
+    for a claim or a fan-out on a pool connection (one round trip the dispatcher's own
+    connection, set up once, does not pay)."""
+    await conn.execute(_INDEX_SCANS_ONLY)
 
 
 class ClaimArgs(TypedDict):
@@ -429,7 +436,7 @@ async def claim(pool: asyncpg.Pool, **args: Unpack[ClaimArgs]) -> list[asyncpg.R
     """Claim through a pool (`ClaimArgs` says what). Rows carry the event body and what
     sending needs of the subscription."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(_INDEX_SCANS_ONLY)  # CLAIM_SESSION, for this transaction only
+        await index_scans_only(conn)
         return await claim_on(conn, **args)
 
 
@@ -557,12 +564,12 @@ async def insert_claimed_deliveries(
 ) -> list[asyncpg.Record]:
     """Generation 0 of each (event, subscription) pair, claimed already for `lease` seconds
     under `token` (fan-out handing them to its own dispatcher); the new rows, in `claim`'s
-    shape. Only for unordered subscriptions: an ordered queue's head is chosen by `promote`."""
+    shape. Only for unordered subscriptions: an ordered queue's head is chosen by `promote`.
+    Run it where the claim's planner settings hold (`CLAIM_SESSION`, or `index_scans_only`
+    for the transaction), as fan-out's transactions all do."""
     # Each join must be a primary-key lookup. Planned from statistics that predate the events
     # just stored, Postgres hashed a sequential scan of all of `events` into every fan-out
-    # instead (the claim says the same of `deliveries`); it holds for the rest of the
-    # fan-out's transaction, whose other statements are key lookups too.
-    await conn.execute(_INDEX_SCANS_ONLY)
+    # instead (the claim says the same of `deliveries`).
     return await conn.fetch(_INSERT_CLAIMED, list(event_ids), list(subscription_ids), lease, token)
 
 

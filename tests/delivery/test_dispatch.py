@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from relay.db import connect
 from relay.delivery import (
     fan_out_events,
     get_delivery,
@@ -20,6 +21,7 @@ from relay.delivery import (
     send_test_event,
 )
 from relay.delivery.store import (
+    CLAIM_SESSION,
     claim,
     insert_deliveries,
     insert_replays,
@@ -297,7 +299,16 @@ async def test_fan_out_is_idempotent_under_concurrency(
     for _ in range(3):
         await subscribe(pool, vault, dsettings, endpoint.url("/ok"))
     await store_events(pool, *[event_body() for _ in range(300)])
-    created = await asyncio.gather(*[fan_out_events(pool, batch_size=40) for _ in range(6)])
+    # Through the pool, as the sweeper fans out, and on connections of their own with the
+    # claims' session, as dispatchers do.
+    own = [await connect(dsettings, setup=CLAIM_SESSION) for _ in range(3)]
+    try:
+        created = await asyncio.gather(
+            *[fan_out_events(db, batch_size=40) for db in [pool, *own, pool, pool]]
+        )
+    finally:
+        for conn in own:
+            await conn.close()
     assert sum(created) == 900
     assert await fan_out_events(pool) == 0
     assert await pool.fetchval("SELECT count(*) FROM deliveries") == 900
