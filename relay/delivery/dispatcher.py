@@ -157,7 +157,8 @@ class Dispatcher:
         self._listener: asyncpg.Connection | None = None
         # Claims run on a connection of their own, one statement each: through the pool a claim
         # was five round trips, and with the worker's loop busy sending, a claim of 256 took
-        # 30-90 ms, during which the lanes ran dry (bench/delivery_shape.py).
+        # 30-90 ms, during which the lanes ran dry (bench/delivery_shape.py). Fan-out runs its
+        # transactions there too (`_fan_out_on_claimer`).
         self._claimer: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
         # Postgres down: one line when it starts and one when it ends, not one per retry.
@@ -268,10 +269,10 @@ class Dispatcher:
         created and left for claims."""
         room = self._hold_capacity - self._held_total
         if room <= 0 or self._stopping:
-            return await fan_out_events(self._pool, matchers=self._matchers)
+            return await self._fan_out_on_claimer(None)
         handoff = Handoff(lease=self._lease, room=room, cap=self._hold_cap, held=self._held)
         try:
-            created = await fan_out_events(self._pool, handoff=handoff, matchers=self._matchers)
+            created = await self._fan_out_on_claimer(handoff)
             return created - sum(len(rows) for _, rows in handoff.taken)
         finally:
             self._unanswered.update(handoff.unanswered)
@@ -281,6 +282,19 @@ class Dispatcher:
                     for row in rows:
                         self._hold(self._job(row, token, now))
                 self._pump()
+
+    async def _fan_out_on_claimer(self, handoff: Handoff | None) -> int:
+        """`fan_out_events` on the claims' connection: its session already plans with index
+        scans only, so each batch is BEGIN, the statements and COMMIT, without a pool acquire
+        (and its reset) or a `SET LOCAL` round trip. Claims and fan-out take turns in `step`,
+        so they never share it at once. Dropped on any failure, as a claim drops it."""
+        try:
+            return await fan_out_events(
+                await self._claim_connection(), handoff=handoff, matchers=self._matchers
+            )
+        except BaseException:
+            self._drop_claimer()
+            raise
 
     async def _release_unanswered(self) -> None:
         for token in sorted(self._unanswered):
@@ -337,10 +351,8 @@ class Dispatcher:
         partial = [(s, cap - n) for s, n in self._held.items() if 0 < n < cap]
         token = uuid.uuid4()
         try:
-            if self._claimer is None or self._claimer.is_closed():
-                self._claimer = await connect(self._settings, setup=CLAIM_SESSION)
             rows = await claim_on(
-                self._claimer,
+                await self._claim_connection(),
                 room=room,
                 lease=self._lease,
                 saturated=saturated,
@@ -353,14 +365,22 @@ class Dispatcher:
             # rows back once Postgres answers again (`_release_unanswered`). The connection is
             # dropped: whatever broke it, the next claim starts on a fresh one.
             self._unanswered.add(token)
-            if self._claimer is not None:
-                self._claimer.terminate()
-                self._claimer = None
+            self._drop_claimer()
             raise
         now = datetime.now(UTC)
         if self._metrics is not None:
             self._metrics.recovered("lease_expired", sum(1 for row in rows if row["expired"]))
         return [self._job(row, token, now) for row in rows]
+
+    async def _claim_connection(self) -> asyncpg.Connection:
+        if self._claimer is None or self._claimer.is_closed():
+            self._claimer = await connect(self._settings, setup=CLAIM_SESSION)
+        return self._claimer
+
+    def _drop_claimer(self) -> None:
+        if self._claimer is not None:
+            self._claimer.terminate()
+            self._claimer = None
 
     def _job(self, row: asyncpg.Record, token: uuid.UUID, now: datetime) -> Job:
         keys: list[bytes] = []
