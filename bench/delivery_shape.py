@@ -144,21 +144,28 @@ async def main(args: argparse.Namespace) -> None:
                         "receiver": [receivers[kind][1].pid],
                     }
                     meter = CpuMeter(pool, name, parts)
-                    rates, raws, cpu_ratios = [], [], []
+                    rates, raws, cpu_ratios, whole_ratios = [], [], [], []
                     n_all = len(event_ids) * len(subs)
                     for run in range(args.runs):
-                        raw, raw_cpu = await raw_run(base, subs, bodies, args.concurrency)
+                        raw, raw_cpu, raw_served = await raw_run(
+                            base, subs, bodies, args.concurrency, receivers[kind][1].pid
+                        )
                         raws.append(raw)
                         rate, cpu, replayed = await throughput_run(
                             pool, api, api_base, base, event_ids, len(subs), meter
                         )
                         rates.append(rate)
                         cpu_ratios.append(raw_cpu / cpu["workers"])
+                        # Both fill the two cores: the rates' ratio follows what each costs the
+                        # whole machine per delivery, the receiver's share included.
+                        whole_ratios.append((raw_cpu + raw_served) / sum(cpu.values()))
                         print(
                             f"  {kind} receiver, {count} worker(s), run {run + 1}: "
                             f"relay {rate:,.0f}/s  raw {raw:,.0f}/s  ratio {rate / raw:.2f} "
                             f"(replays done after {replayed:.2f} s of {n_all / rate:.2f}); "
-                            f"CPU ms per delivery: {cpu_text(cpu)}, raw loop {raw_cpu:.3f}",
+                            f"CPU ms per delivery: {cpu_text(cpu)}; raw loop {raw_cpu:.3f}, "
+                            f"its receiver {raw_served:.3f}; whole-machine CPU ratio "
+                            f"{whole_ratios[-1]:.2f}",
                             flush=True,
                         )
                     await deployment.stop_workers()
@@ -169,7 +176,8 @@ async def main(args: argparse.Namespace) -> None:
                         f"median of {args.runs}): relay {statistics.median(rates):,.0f}/s, "
                         f"raw aiohttp loop {statistics.median(raws):,.0f}/s, "
                         f"median per-run ratio {ratio:.2f}; raw loop's CPU per request / "
-                        f"the workers' per delivery {statistics.median(cpu_ratios):.2f}",
+                        f"the workers' per delivery {statistics.median(cpu_ratios):.2f}, "
+                        f"the whole baseline's / relay's {statistics.median(whole_ratios):.2f}",
                         flush=True,
                     )
             base = receivers[kinds[0]][0]

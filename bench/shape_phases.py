@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from shape_processes import CpuMeter, check_recorded, stats, wait_arrivals
+from shape_processes import CpuMeter, check_recorded, cpu_seconds, stats, wait_arrivals
 
 from relay.delivery.signing import secret_key, webhook_headers
 from relay.delivery.subscriptions import create_subscription
@@ -58,11 +58,13 @@ async def raw_run(
     subs: list[tuple[str, bytes]],
     bodies: list[tuple[str, bytes]],
     concurrency: int,
-) -> tuple[float, float]:
+    receiver_pid: int,
+) -> tuple[float, float, float]:
     """The baseline: every (event, subscription) body, signed with that subscription's key,
-    posted to its path by a plain aiohttp loop. Returns its rate and its CPU milliseconds per
+    posted to its path by a plain aiohttp loop. Returns its rate, its CPU milliseconds per
     request (this process runs nothing else meanwhile), the figure to set against a worker's
-    CPU per delivery: a loaded machine skews it far less than rates."""
+    CPU per delivery (a loaded machine skews it far less than rates), and the receiver's CPU
+    per request meanwhile: with the loop's, what the whole baseline costs the machine."""
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         await stats(session, receiver, reset=True)
@@ -77,13 +79,15 @@ async def raw_run(
 
         started = time.perf_counter()
         cpu = time.process_time()
+        served = cpu_seconds([receiver_pid])
         await asyncio.gather(*[lane() for _ in range(concurrency)])
         cpu = time.process_time() - cpu
+        served = cpu_seconds([receiver_pid]) - served
         elapsed = time.perf_counter() - started
         n = len(bodies) * len(subs)
         seen = await stats(session, receiver)
         assert seen["count"] == n
-        return n / elapsed, cpu * 1000 / n
+        return n / elapsed, cpu * 1000 / n, served * 1000 / n
 
 
 async def store_events(pool: asyncpg.Pool, n: int, fanned_out: bool) -> list[dict[str, Any]]:

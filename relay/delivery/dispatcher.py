@@ -46,6 +46,7 @@ from relay.delivery.store import (
     CLAIM_SESSION,
     WAKE_CHANNEL,
     claim_on,
+    event_texts,
     promote,
     record,
     release,
@@ -279,8 +280,9 @@ class Dispatcher:
             if handoff.taken:
                 now = datetime.now(UTC)
                 for token, rows in handoff.taken:
+                    texts = event_texts(rows)
                     for row in rows:
-                        self._hold(self._job(row, token, now))
+                        self._hold(self._job(row, token, now, texts))
                 self._pump()
 
     async def _fan_out_on_claimer(self, handoff: Handoff | None) -> int:
@@ -370,7 +372,8 @@ class Dispatcher:
         now = datetime.now(UTC)
         if self._metrics is not None:
             self._metrics.recovered("lease_expired", sum(1 for row in rows if row["expired"]))
-        return [self._job(row, token, now) for row in rows]
+        texts = event_texts(rows)
+        return [self._job(row, token, now, texts) for row in rows]
 
     async def _claim_connection(self) -> asyncpg.Connection:
         if self._claimer is None or self._claimer.is_closed():
@@ -382,7 +385,13 @@ class Dispatcher:
             self._claimer.terminate()
             self._claimer = None
 
-    def _job(self, row: asyncpg.Record, token: uuid.UUID, now: datetime) -> Job:
+    def _job(
+        self,
+        row: asyncpg.Record,
+        token: uuid.UUID,
+        now: datetime,
+        texts: dict[str, tuple[str, bytes | None]],
+    ) -> Job:
         keys: list[bytes] = []
         if row["live"] and row["kind"] == "webhook":
             older = row["older_secrets"]
@@ -418,22 +427,23 @@ class Dispatcher:
             token=token,
             url=row["url"],
             kind=row["kind"],
-            body=self._body(row) if row["live"] else b"",
+            body=self._body(row, texts) if row["live"] else b"",
             keys=keys,
             live=row["live"],
             disabled_reason=row["disabled_reason"],
             order_key=row["order_key"],
         )
 
-    def _body(self, row: asyncpg.Record) -> bytes:
+    def _body(self, row: asyncpg.Record, texts: dict[str, tuple[str, bytes | None]]) -> bytes:
         """The request body of a claimed row, rendered once per event (and Slack client
         name): a replay or a fan-out sends one event to every subscription, and a claim's
-        rows share a few events. Events never change once stored."""
+        rows share a few events. Events never change once stored. `texts`: the event's
+        stored text and payload, which the statement sends once per event."""
         key = (row["event_id"], row["kind"], row["client_name"])
         body = self._bodies.get(key)
         if body is None:
-            event = orjson.loads(row["body_text"])
-            body = request_body(row["kind"], event, row["client_name"], row["payload"])
+            text, payload = texts[row["event_id"]]
+            body = request_body(row["kind"], orjson.loads(text), row["client_name"], payload)
             if len(self._bodies) >= _BODY_CACHE:
                 self._bodies.clear()
             self._bodies[key] = body
