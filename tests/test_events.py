@@ -35,7 +35,7 @@ from relay.events import (
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from tests.support.snapshots import CLIENT, cost
-from tests.support.stores import make_account
+from tests.support.stores import drop_database, make_account
 
 
 async def add(
@@ -485,11 +485,7 @@ async def scratch_settings(database_url: str) -> AsyncIterator[Settings]:
     name = "relay_test_queue_" + os.urandom(3).hex()
     server = database_url.rsplit("/", 1)[0]
     yield Settings(database_url=f"{server}/{name}")
-    conn = await asyncpg.connect(f"{server}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(name)
 
 
 async def test_migrating_a_database_from_before_the_queue_queues_the_pending_events_once(

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-import asyncpg
 import pytest
 
 from relay.db import create_pool, migrate, schema_is_current
@@ -16,6 +15,7 @@ from relay.http import parse_retry_after
 from relay.paging import MAX_LIMIT, check_limit, decode_cursor, encode_cursor
 from relay.settings import DEFAULT_RETRY_SCHEDULE, Settings, redact_url
 from relay.vault import Vault, generate_key
+from tests.support.stores import drop_database
 
 
 def test_settings_defaults_follow_the_contract() -> None:
@@ -95,9 +95,7 @@ async def test_migrate_creates_a_missing_database_and_is_idempotent(database_url
         finally:
             await pool.close()
     finally:
-        conn = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(name)
 
 
 async def test_unreachable_postgres_names_the_url() -> None:

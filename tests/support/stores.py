@@ -47,6 +47,15 @@ AUTH = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
 _CLAIM_TTL = 3600
 
 
+async def drop_database(name: str) -> None:
+    """Drop a test's own database (sessions still on it are cut off)."""
+    conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh database for this test run, migrated once, dropped at the end."""
@@ -54,15 +63,7 @@ def database_url() -> Iterator[str]:
     url = f"{PG_SERVER}/{name}"
     asyncio.run(migrate(Settings(database_url=url)))
     yield url
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(f"{PG_SERVER}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    asyncio.run(drop_database(name))
 
 
 @pytest.fixture(scope="session")
