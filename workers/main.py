@@ -13,6 +13,7 @@ dispatcher keeps delivering from Postgres; jobs catch their own store failures (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -136,12 +137,16 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    await stop_delivery(ctx)  # first: its sends in flight are recorded through the pool
-    for key in ("upstream_http", "pool"):
-        if key in ctx:
-            await ctx[key].close()
-    if "redis_client" in ctx:
-        await ctx["redis_client"].aclose()
+    """Stop the dispatcher, then close what `startup` opened. Each close runs whether or not
+    the step before it failed, was cancelled or never happened (a startup cut short), so a
+    worker stopped mid-outage leaves no connection open; closed resources leave `ctx`."""
+    async with contextlib.AsyncExitStack() as closing:  # closes in the reverse order
+        if (redis_client := ctx.pop("redis_client", None)) is not None:
+            closing.push_async_callback(redis_client.aclose)
+        for key in ("pool", "upstream_http"):
+            if (resource := ctx.pop(key, None)) is not None:
+                closing.push_async_callback(resource.close)
+        await stop_delivery(ctx)  # first: its sends in flight are recorded through the pool
     log.info("worker_stopped")
 
 
