@@ -131,9 +131,13 @@ async def create_redis(settings: Settings) -> aioredis.Redis:
     )
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+    except BaseException as exc:
+        # Cancelled too (a startup cut short): the connection may already be back in the
+        # client's pool, and nothing else would ever close it.
         await client.aclose()
-        raise ServiceUnavailable("Redis", redact_url(settings.redis_url), _reason(exc)) from exc
+        if isinstance(exc, (RedisError, OSError)):
+            raise ServiceUnavailable("Redis", redact_url(settings.redis_url), _reason(exc)) from exc
+        raise
     return client
 
 

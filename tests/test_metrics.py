@@ -219,8 +219,6 @@ async def test_a_blocked_postgres_query_still_answers_200_and_counts_the_error(
 # ---- worker counters in Redis -------------------------------------------------------------------
 
 
-# arq's Worker.close() calls redis-py's deprecated close(); that is arq's to fix, not ours.
-@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
 async def test_a_real_worker_moves_attempts_latency_and_recoveries(
     api: TestClient[Any, Any],
     pool: asyncpg.Pool,

@@ -191,8 +191,6 @@ async def test_prune_stops_at_its_budget_and_the_next_run_finishes(pool: asyncpg
     assert first.events + rest.events == 12
 
 
-# arq's Worker.close() calls redis-py's deprecated close(); that is arq's to fix, not ours.
-@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
 async def test_the_worker_prunes_at_startup_unless_retention_is_off(
     pool: asyncpg.Pool, settings: Settings, redis_client: Any
 ) -> None:

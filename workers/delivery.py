@@ -28,11 +28,11 @@ SWEEP_SECONDS = {0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55}
 async def start_delivery(ctx: dict[str, Any]) -> None:
     """Open the delivery session and start this process's dispatcher (called at startup)."""
     settings: Settings = ctx["settings"]
-    session = create_session(settings)
+    # In ctx at once: `stop_delivery` closes it even if the rest of startup fails.
+    session = ctx["delivery_session"] = create_session(settings)
     # One buffer per worker process: the dispatcher, the sweeper and poll jobs flush into Redis.
     metrics = ctx["metrics"] = WorkerMetrics(ctx["redis_client"])
     dispatcher = Dispatcher(ctx["pool"], settings, session, Vault(settings.secret_keys), metrics)
-    ctx["delivery_session"] = session
     ctx["dispatcher"] = dispatcher
     ctx["dispatcher_task"] = asyncio.create_task(dispatcher.run(), name="delivery-dispatcher")
 
@@ -41,17 +41,19 @@ async def stop_delivery(ctx: dict[str, Any]) -> None:
     """Stop the dispatcher, wait for its sends in flight to be recorded, close the session."""
     dispatcher: Dispatcher | None = ctx.pop("dispatcher", None)
     task: asyncio.Task[None] | None = ctx.pop("dispatcher_task", None)
-    if dispatcher is not None and task is not None:
-        dispatcher.stop()
-        settings: Settings = ctx["settings"]
-        try:
-            await asyncio.wait_for(asyncio.shield(task), settings.delivery_timeout + 10.0)
-        except TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
     session = ctx.pop("delivery_session", None)
-    if session is not None:
-        await close_session(session)
+    try:
+        if dispatcher is not None and task is not None:
+            dispatcher.stop()
+            settings: Settings = ctx["settings"]
+            try:
+                await asyncio.wait_for(asyncio.shield(task), settings.delivery_timeout + 10.0)
+            except TimeoutError:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        if session is not None:
+            await close_session(session)
     metrics: WorkerMetrics | None = ctx.get("metrics")
     if metrics is not None:
         await metrics.flush()

@@ -13,6 +13,9 @@ dispatcher keeps delivering from Postgres; jobs catch their own store failures (
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -65,6 +68,8 @@ class RelayWorker(Worker):
         self._redis_backoff = Backoff(first=0.1, cap=2.0)
         # Jobs whose end arq could not record in Redis; their records are cleared on recovery.
         self._unrecorded: set[str] = set()
+        # arq's record of a job's end, shielded from the job's cancellation (see `close`).
+        self._bookkeeping: set[asyncio.Task[Any]] = set()
 
     async def _poll_iteration(self) -> None:
         try:
@@ -121,6 +126,54 @@ class RelayWorker(Worker):
             self._redis_outage.failed(exc)
             self._unrecorded.add(job_id)
 
+    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+        with self._in_bookkeeping():
+            await super().finish_job(*args, **kwargs)
+
+    async def finish_failed_job(self, *args: Any, **kwargs: Any) -> None:
+        with self._in_bookkeeping():
+            await super().finish_failed_job(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _in_bookkeeping(self) -> Iterator[None]:
+        # arq runs these under asyncio.shield: a cancelled job leaves them running on the pool.
+        task = asyncio.current_task()
+        assert task is not None
+        self._bookkeeping.add(task)
+        try:
+            yield
+        finally:
+            self._bookkeeping.discard(task)
+
+    async def close(self) -> None:
+        """Stop the loop and the jobs, wait until nothing uses Redis, shut down, close the pool.
+
+        arq's own `close()` leaks connections. It closes the pool while tasks still use it
+        (with signal handling on, the whole poll loop; always, the bookkeeping of a cancelled
+        job, which arq shields from the cancellation), and their next command opens a
+        connection nobody closes. And the CancelledError of a job cancelled mid-bookkeeping,
+        or a Redis error on its health-key delete, ends it before `on_shutdown`: the
+        dispatcher, the Postgres pool and the Redis client were then never closed either.
+        """
+        if self.main_task is not None and not self.main_task.done():
+            self.handle_sig(signal.SIGUSR1)  # what SIGTERM does: cancel the loop and the jobs
+        if self._pool is None:
+            return
+        users = [
+            t for t in (self.main_task, *self.tasks.values(), *self._bookkeeping) if t is not None
+        ]
+        while users:
+            await asyncio.gather(*users, return_exceptions=True)
+            users = [t for t in self._bookkeeping if not t.done()]
+        try:
+            with contextlib.suppress(*REDIS_OUTAGE_ERRORS):  # the key expires by itself
+                await self.pool.delete(self.health_check_key)
+            if self.on_shutdown:
+                await self.on_shutdown(self.ctx)
+        finally:
+            await self.pool.aclose(close_connection_pool=True)
+            self._pool = None
+
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
@@ -136,12 +189,16 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    await stop_delivery(ctx)  # first: its sends in flight are recorded through the pool
-    for key in ("upstream_http", "pool"):
-        if key in ctx:
-            await ctx[key].close()
-    if "redis_client" in ctx:
-        await ctx["redis_client"].aclose()
+    """Stop the dispatcher, then close what `startup` opened. Each close runs whether or not
+    the step before it failed, was cancelled or never happened (a startup cut short), so a
+    worker stopped mid-outage leaves no connection open; closed resources leave `ctx`."""
+    async with contextlib.AsyncExitStack() as closing:  # closes in the reverse order
+        if (redis_client := ctx.pop("redis_client", None)) is not None:
+            closing.push_async_callback(redis_client.aclose)
+        for key in ("pool", "upstream_http"):
+            if (resource := ctx.pop(key, None)) is not None:
+                closing.push_async_callback(resource.close)
+        await stop_delivery(ctx)  # first: its sends in flight are recorded through the pool
     log.info("worker_stopped")
 
 

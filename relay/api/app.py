@@ -44,8 +44,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await redis.aclose()
-        await pool.close()
+        try:
+            await redis.aclose()
+        finally:
+            await pool.close()  # even if closing Redis timed out
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -258,8 +258,8 @@ async def test_poll_now_is_recorded_durably_and_wakes_the_scheduler(
 ) -> None:
     account = await create_account(client)
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(accounts.POLL_CHANNEL)
     try:
+        await pubsub.subscribe(accounts.POLL_CHANNEL)
         response = await client.post(f"/v1/accounts/{account['id']}/poll")
         assert response.status == 202
         assert await response.json() == {"queued": True}

@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from relay.settings import Settings
@@ -29,8 +28,6 @@ async def _received_ids(endpoint: Endpoint, path: str) -> set[str]:
     return {h.headers["webhook-id"] for h in endpoint.to(path)}
 
 
-# arq's Worker.close() calls redis-py's deprecated close(); that is arq's to fix, not ours.
-@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
 async def test_arq_worker_delivers_through_a_redis_flush(
     pool: asyncpg.Pool,
     vault: Vault,
@@ -41,9 +38,8 @@ async def test_arq_worker_delivers_through_a_redis_flush(
     settings = dsettings.with_changes(retry_schedule=(0.2, 0.2, 0.2))
     await subscribe(pool, vault, settings, endpoint.url("/fail/5"))
     await subscribe(pool, vault, settings, endpoint.url("/ok"))
-    # handle_signals off: arq's `close()` then cancels its loop before closing the pool. With
-    # them on (arq's default outside burst mode) `close()` leaves the loop running on a pool it
-    # is closing, and installs the worker's signal handlers in the test process.
+    # handle_signals off: the loop's SIGINT and SIGTERM stay pytest's (close() stops the
+    # worker's loop and jobs either way).
     worker = build_worker(settings, poll_delay=0.05, handle_signals=False)
     running = asyncio.create_task(worker.async_run())
     try:

@@ -48,9 +48,8 @@ async def osettings(stores: PrivateStores) -> Settings:
 
     url = f"{stores.postgres.server_url}/relay_outage_{secrets.token_hex(4)}"
     await migrate(Settings(database_url=url))
-    client = aioredis.Redis.from_url(stores.redis.url)
-    await client.flushdb()
-    await client.aclose()
+    async with aioredis.Redis.from_url(stores.redis.url) as client:
+        await client.flushdb()
     return make_settings(
         url,
         stores.redis.url,

@@ -1,16 +1,29 @@
-"""`RelayWorker`, in process: arq's loop and job slots survive Redis failing under them."""
+"""`RelayWorker`, in process: arq's loop and job slots survive Redis failing under them, and
+closing it leaves no connection open whatever the loop, its jobs or Redis were doing."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from arq.connections import RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix, result_key_prefix
+from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from relay.settings import Settings
+from tests.support.outages import wait_for
 from tests.support.stores import PrivateStores
 from workers.main import build_worker
+
+# What `startup` opens: all closed, and gone from ctx, once the worker is closed.
+RESOURCES = {"pool", "redis_client", "upstream_http", "delivery_session", "dispatcher"}
+
+
+async def _started(worker: Worker) -> bool:
+    return "dispatcher_task" in worker.ctx
 
 
 async def test_the_loop_and_its_job_slots_outlive_redis_failures(
@@ -33,3 +46,65 @@ async def test_the_loop_and_its_job_slots_outlive_redis_failures(
         assert await worker.pool.ping()
     finally:
         await worker.pool.aclose()
+
+
+async def test_closing_a_running_worker_in_a_redis_outage_still_shuts_it_down(
+    osettings: Settings, stores: PrivateStores
+) -> None:
+    # Signal handling on, as in `relay worker`: arq's close() then leaves the loop running.
+    worker = build_worker(osettings, poll_delay=0.05)
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await wait_for(lambda: _started(worker), 20, "the worker's startup")
+        await stores.redis.stop()
+        await asyncio.sleep(0.3)  # the loop is failing on Redis and backing off
+    finally:
+        await worker.close()  # arq's raised on the health key, before its on_shutdown
+        await asyncio.gather(running, return_exceptions=True)
+    assert worker.main_task is not None
+    assert worker.main_task.done()
+    assert RESOURCES.isdisjoint(worker.ctx)
+
+
+async def test_close_waits_for_the_record_of_a_job_it_cancels(
+    osettings: Settings, stores: PrivateStores
+) -> None:
+    started, release, ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held(ctx: dict[str, Any]) -> None:
+        started.set()
+        await release.wait()
+
+    async def on_job_end(ctx: dict[str, Any]) -> None:
+        ended.set()  # arq records the job's end next, shielded from a cancellation
+
+    worker = build_worker(
+        osettings,
+        functions=[func(held, name="held")],
+        cron_jobs=[],
+        poll_delay=0.05,
+        handle_signals=False,
+        on_job_end=on_job_end,
+    )
+    admin = aioredis.Redis.from_url(osettings.redis_url)
+    running = asyncio.create_task(worker.async_run())
+    try:
+        await wait_for(lambda: _started(worker), 20, "the worker's startup")
+        job = await worker.pool.enqueue_job("held")
+        assert job is not None
+        await asyncio.wait_for(started.wait(), 10)
+        # Writes wait for a second, so the job's record is still being written when close()
+        # cancels the job: arq's close() let that CancelledError out and closed nothing.
+        await admin.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+        release.set()
+        await asyncio.wait_for(ended.wait(), 5)
+        await asyncio.sleep(0.1)
+    finally:
+        await worker.close()
+        await asyncio.gather(running, return_exceptions=True)
+    try:
+        assert RESOURCES.isdisjoint(worker.ctx)
+        assert not await admin.exists(in_progress_key_prefix + job.job_id)
+        assert await admin.exists(result_key_prefix + job.job_id)
+    finally:
+        await admin.aclose()

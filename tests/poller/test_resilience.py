@@ -21,7 +21,7 @@ from relay.sources import accounts
 from relay.vault import Vault
 from tests.support.polling import TEST_POLICY, check_round, events_after, last_seq, settle
 from tests.support.sandbox import SandboxFactory, SandboxHandle
-from workers.main import build_worker, shutdown
+from workers.main import build_worker
 
 
 async def change_seq(sandbox: SandboxHandle) -> int:
@@ -136,22 +136,19 @@ async def running_worker(settings: Settings) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # A cancellation lands wherever the worker is, some of the time inside a redis-py
-        # pipeline (the cron's enqueue, a job's bookkeeping, the limiter) that is then left
-        # holding its connection; its __del__ warns "Unclosed client session", which
-        # `filterwarnings = error` turns into a failure of whatever test is running when it
-        # is collected (more often the busier the machine). A killed process leaves no such
-        # warning: it is ignored while this worker dies, and its garbage collected here.
+        # close() cancels the loop and the jobs wherever they are, then waits for them (and
+        # for arq's shielded bookkeeping) before it shuts down and closes the pool. A
+        # cancellation that lands inside a redis-py pipeline's own cleanup (the UNWATCH of
+        # arq's enqueue, when the job is already queued) leaves that pipeline holding a
+        # connection redis-py has already disconnected; its __del__ still warns "Unclosed
+        # client session", which `filterwarnings = error` turns into a failure. No socket is
+        # open and a killed process leaves no such warning: it is ignored while this worker
+        # dies, and its garbage collected here.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Unclosed client session", ResourceWarning)
-            jobs = list(worker.tasks.values())
-            for job in jobs:
-                job.cancel()
-            task.cancel()
-            await asyncio.gather(task, *jobs, return_exceptions=True)
-            await shutdown(worker.ctx)
-            await worker.pool.aclose()
-            del worker, task, jobs
+            await worker.close()
+            await asyncio.gather(task, return_exceptions=True)
+            del worker, task
             gc.collect()
 
 

@@ -126,10 +126,12 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     """A client on this run's Redis db, flushed before and after the test."""
     client = await create_redis(settings)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
+    try:
+        await client.flushdb()
+        yield client
+        await client.flushdb()
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -181,8 +181,6 @@ def shots(tmp_path: Path) -> Path:
     return tmp_path
 
 
-# arq's Worker.close() calls redis-py's deprecated close(); that is arq's to fix, not ours.
-@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
 async def test_an_operator_fixes_a_failing_endpoint_from_the_console(
     chromium: Any, stack: Stack, sandbox: SandboxHandle, shots: Path
 ) -> None:
