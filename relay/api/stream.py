@@ -156,10 +156,19 @@ class StreamHub:
             return
         try:
             conn = await asyncpg.connect(self.settings.database_url, timeout=5)
-            await conn.add_listener(WAKE_CHANNEL, self._on_notify)
         except _DB_ERRORS as exc:
             log.warning("event_stream_listen_failed", error=f"{type(exc).__name__}: {exc}")
             return
+        try:
+            await conn.add_listener(WAKE_CHANNEL, self._on_notify)
+        except BaseException as exc:
+            # Failed or cancelled (the app closing) between connecting and listening: this
+            # connection is nobody's yet, so it is closed here or never.
+            conn.terminate()
+            if isinstance(exc, _DB_ERRORS):
+                log.warning("event_stream_listen_failed", error=f"{type(exc).__name__}: {exc}")
+                return
+            raise
         self._conn = conn
 
     async def _run(self) -> None:

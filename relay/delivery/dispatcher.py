@@ -331,10 +331,16 @@ class Dispatcher:
             return
         if time.monotonic() < self._listener_retry_at:
             return
+        conn: asyncpg.Connection | None = None
         try:
             conn = await asyncpg.connect(self._settings.database_url, timeout=5)
             await conn.add_listener(WAKE_CHANNEL, self._on_notify)
-        except _DB_ERRORS as exc:
+        except BaseException as exc:
+            # A connection made but not listening is nobody's: close it, cancelled or not.
+            if conn is not None:
+                conn.terminate()
+            if not isinstance(exc, _DB_ERRORS):
+                raise
             # Soon after an outage, not 5 s later: NOTIFY is what makes delivery immediate.
             self._listener_retry_at = time.monotonic() + 1.0
             self._db_failed("dispatcher_listen_failed", exc)
