@@ -124,6 +124,21 @@ async def connect(settings: Settings, *, setup: str | None = None) -> asyncpg.Co
     return conn
 
 
+async def listen(
+    settings: Settings, channel: str, callback: Callable[..., Any]
+) -> asyncpg.Connection:
+    """A connection of its own that LISTENs on `channel` (the dispatchers' and the streams'
+    wake-ups). One that connected but failed, or was cancelled, before it listened is
+    nobody's yet: it is closed here, never left to the garbage collector."""
+    conn = await asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT)
+    try:
+        await conn.add_listener(channel, callback)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
 async def create_redis(settings: Settings) -> aioredis.Redis:
     """A Redis client that has answered a PING, or ServiceUnavailable naming the URL."""
     client: aioredis.Redis = aioredis.from_url(  # type: ignore[no-untyped-call]

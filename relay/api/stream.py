@@ -32,6 +32,7 @@ from relay.api.keys import POOL, SETTINGS
 from relay.api.middleware import error_response
 from relay.api.routing import Input, Route
 from relay.api.validation import DateTime, Query, String
+from relay.db import listen
 from relay.delivery.store import WAKE_CHANNEL
 from relay.delivery.subscriptions import type_matches
 from relay.errors import InvalidInput
@@ -155,20 +156,10 @@ class StreamHub:
         if self._conn is not None and not self._conn.is_closed():
             return
         try:
-            conn = await asyncpg.connect(self.settings.database_url, timeout=5)
+            conn = await listen(self.settings, WAKE_CHANNEL, self._on_notify)
         except _DB_ERRORS as exc:
             log.warning("event_stream_listen_failed", error=f"{type(exc).__name__}: {exc}")
             return
-        try:
-            await conn.add_listener(WAKE_CHANNEL, self._on_notify)
-        except BaseException as exc:
-            # Failed or cancelled (the app closing) between connecting and listening: this
-            # connection is nobody's yet, so it is closed here or never.
-            conn.terminate()
-            if isinstance(exc, _DB_ERRORS):
-                log.warning("event_stream_listen_failed", error=f"{type(exc).__name__}: {exc}")
-                return
-            raise
         self._conn = conn
 
     async def _run(self) -> None:

@@ -36,7 +36,7 @@ import asyncpg
 import orjson
 import structlog
 
-from relay.db import Outage, connect, store_outage
+from relay.db import Outage, connect, listen, store_outage
 from relay.delivery.endpoints import disable_endpoint, lock_streaks, record_streaks, streaks
 from relay.delivery.fanout import Handoff, fan_out_events
 from relay.delivery.policy import retry_delay
@@ -331,16 +331,9 @@ class Dispatcher:
             return
         if time.monotonic() < self._listener_retry_at:
             return
-        conn: asyncpg.Connection | None = None
         try:
-            conn = await asyncpg.connect(self._settings.database_url, timeout=5)
-            await conn.add_listener(WAKE_CHANNEL, self._on_notify)
-        except BaseException as exc:
-            # A connection made but not listening is nobody's: close it, cancelled or not.
-            if conn is not None:
-                conn.terminate()
-            if not isinstance(exc, _DB_ERRORS):
-                raise
+            conn = await listen(self._settings, WAKE_CHANNEL, self._on_notify)
+        except _DB_ERRORS as exc:
             # Soon after an outage, not 5 s later: NOTIFY is what makes delivery immediate.
             self._listener_retry_at = time.monotonic() + 1.0
             self._db_failed("dispatcher_listen_failed", exc)
