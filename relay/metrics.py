@@ -2,9 +2,9 @@
 
 `GET /metrics` is served by `relay api`, but the work happens in any number of `relay worker`
 processes on any number of machines, so nothing a worker counts can live in its own memory.
-Workers count into a `WorkerMetrics` buffer (synchronous, in memory) and `flush()` it once per
-dispatcher recording batch, per poll run and per sweep: one MULTI/EXEC of HINCRBY /
-HINCRBYFLOAT on the fixed hash keys below. A flush that fails keeps its deltas for the next one
+Workers count into a `WorkerMetrics` buffer (synchronous, in memory) and `flush()` it per poll
+run, per sweep, and from the dispatcher's recorder at most twice a second (and as it stops): one
+MULTI/EXEC of HINCRBY / HINCRBYFLOAT on the fixed hash keys below. A flush that fails keeps its deltas for the next one
 (so a counted attempt is added at least once, rarely twice if Redis applied a flush whose reply
 was lost). The scrape side, which reads these hashes and the Postgres gauges and renders them,
 is relay/api/metrics.py.

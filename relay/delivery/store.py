@@ -396,7 +396,8 @@ ON CONFLICT DO NOTHING
 # loops over the whole batch for every delivery (a 952-row record took 340 ms instead of about
 # 20, and a long-lived dispatcher slowed from about 5,000 to 3,000 a second). The claim's
 # generic plan is the custom one, so the claim keeps it and saves ~1 ms of planning a claim.
-_CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
+# The dispatcher records on a connection of its own whose session runs this once.
+RECORD_SESSION = "SET plan_cache_mode = force_custom_plan"
 
 _RELEASE = """
 UPDATE deliveries AS d SET lease_token = NULL, leased_until = NULL
@@ -474,10 +475,10 @@ async def claim_on(conn: Querier, **args: Unpack[ClaimArgs]) -> list[asyncpg.Rec
 
 
 async def record(conn: Querier, columns: Sequence[list[Any]]) -> None:
-    """Record a batch of outcomes inside the caller's transaction. `columns`: delivery ids,
-    claim tokens, attempted, at, status codes, latencies, errors, excerpts, new statuses,
-    next attempt times, each a list in the same order."""
-    await conn.execute(_CUSTOM_PLAN)
+    """Record a batch of outcomes inside the caller's transaction, on a connection whose
+    session runs `RECORD_SESSION`. `columns`: delivery ids, claim tokens, attempted, at, status
+    codes, latencies, errors, excerpts, new statuses, next attempt times, each a list in the
+    same order."""
     await conn.execute(_RECORD, *columns)
 
 
