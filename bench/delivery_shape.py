@@ -18,7 +18,8 @@ before the clock, one `Dispatcher` object), so one run prints both shapes. Here:
    seconds, 10 to a transaction (a diff page's changes) and then each alone; p50/p99 from
    each event's commit (Postgres' clock, read by the storing transaction's last statement)
    to its delivery's first attempt (goal: p99 under 50 ms), after a discarded warm-up, with
-   each part's CPU per event.
+   each part's CPU per event. `--latency-subscriptions 10000` runs it over 10,000
+   subscriptions and as many clients (still one delivery an event).
 3. Fan-out: one event stored (as the diff stores them) matching 10,000 subscriptions; seconds
    from its commit to the last of its 10,000 arrivals (goal: under 5 s).
 4. Storing single events with the NOTIFY inside each transaction and after it, alternated.
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shape_phases import (  # noqa: E402
+    add_many_subscriptions,
     add_subscriptions,
     fan_out,
     latency,
@@ -185,13 +187,19 @@ async def main(args: argparse.Namespace) -> None:
                 await deployment.start_workers(1)
             if args.latency_seconds > 0:
                 await retire_subscriptions(pool)
-                await add_subscriptions(
-                    api, api_base, base, 200, "lat", client_ids=lambda i: [f"cli_{i}"]
-                )
+                clients = args.latency_subscriptions
+                if clients <= 200:
+                    await add_subscriptions(
+                        api, api_base, base, clients, "lat", client_ids=lambda i: [f"cli_{i}"]
+                    )
+                else:
+                    await add_many_subscriptions(
+                        pool, settings, base, clients, "lat", client_ids=lambda i: [f"cli_{i}"]
+                    )
                 # Warm-up, not reported: the bench's 48 storing connections each look up the
                 # types of their statements once (asyncpg's introspection, ~10 ms of Postgres
                 # CPU apiece), which made the first measured second a backlog of its own.
-                await latency(pool, args.rate, 1.0, args.store, 10)
+                await latency(pool, args.rate, 1.0, args.store, 10, clients)
                 parts = {
                     "workers": [w.pid for w in deployment.workers],
                     "receiver": [receivers[kinds[0]][1].pid],
@@ -201,7 +209,7 @@ async def main(args: argparse.Namespace) -> None:
                     meter = CpuMeter(pool, name, parts)
                     await meter.start()
                     stored, lat = await latency(
-                        pool, args.rate, args.latency_seconds, args.store, per_tx
+                        pool, args.rate, args.latency_seconds, args.store, per_tx, clients
                     )
                     cpu = meter.stop(len(lat))
                     lat.sort()
@@ -209,7 +217,8 @@ async def main(args: argparse.Namespace) -> None:
                     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
                     print(
                         f"latency ({args.rate:,} events/s asked for {args.latency_seconds:g} s "
-                        f"over 200 subscriptions, {per_tx} event(s) per transaction, 1 worker, "
+                        f"over {clients:,} subscriptions, {per_tx} event(s) per transaction, "
+                        "1 worker, "
                         f"{kinds[0]} receiver): commit->first attempt p50 {p50:.1f} ms, "
                         f"p99 {p99:.1f} ms, max {lat[-1]:.1f} ms ({stored:,.0f} events/s "
                         f"stored, {args.store} transactions); CPU ms per event: {cpu_text(cpu)}",
@@ -273,6 +282,12 @@ if __name__ == "__main__":
         "commit) or a plain transaction (the trigger's NOTIFY inside it)",
     )
     parser.add_argument("--latency-seconds", type=float, default=3.0, help="0 skips it")
+    parser.add_argument(
+        "--latency-subscriptions",
+        type=int,
+        default=200,
+        help="subscriptions of the latency phase, each filtered to one client of as many",
+    )
     parser.add_argument(
         "--per-transaction",
         default="10,1",

@@ -4,10 +4,10 @@
 processes on any number of machines, so nothing a worker counts can live in its own memory.
 Workers count into a `WorkerMetrics` buffer (synchronous, in memory) and `flush()` it per poll
 run, per sweep, and from the dispatcher's recorder at most twice a second (and as it stops): one
-MULTI/EXEC of HINCRBY / HINCRBYFLOAT on the fixed hash keys below. A flush that fails keeps its deltas for the next one
-(so a counted attempt is added at least once, rarely twice if Redis applied a flush whose reply
-was lost). The scrape side, which reads these hashes and the Postgres gauges and renders them,
-is relay/api/metrics.py.
+MULTI/EXEC of HINCRBY / HINCRBYFLOAT on the fixed hash keys below. A flush that fails keeps its
+deltas for the next one (so a counted attempt is added at least once, rarely twice if Redis
+applied a flush whose reply was lost). The scrape side, which reads these hashes and the
+Postgres gauges and renders them, is relay/api/metrics.py.
 
 Redis key layout (hash fields are JSON arrays of label values, in the order shown):
 

@@ -177,6 +177,52 @@ class Matcher:
             return False
 
 
+class MatcherIndex:
+    """Matchers grouped by the client and the event type they can match, so fan-out asks only
+    the subscriptions that could want an event instead of every one for every event.
+
+    Profiled at 2,000 events/s over 200 subscriptions filtered to a client each, fan-out
+    matching was 39% of the worker's CPU (every event checked against all 200). Each
+    candidate still runs its full `Matcher.matches`, so what matches is unchanged: the index
+    only leaves out subscriptions whose client list or event types cannot contain the event's.
+
+    `MatcherCache` keeps one per load of the matchers, with the candidates it has worked out:
+    built for every fan-out pass, it cost 11 ms of a worker's CPU per ten-event pass with
+    10,000 subscriptions (0.15 ms with 200), more than a core at a hundred passes a second.
+    """
+
+    # Distinct (event type, client) pairs remembered; beyond it the memo starts again, so a
+    # practice with endless clients cannot grow a worker's memory without bound.
+    MEMO = 4096
+
+    def __init__(self, matchers: Sequence[Matcher]) -> None:
+        self.matchers = matchers
+        self.ordered = frozenset(m.id for m in matchers if m.ordering == "object")
+        self._any_client: list[tuple[int, Matcher]] = []
+        self._by_client: dict[str, list[tuple[int, Matcher]]] = {}
+        for position, matcher in enumerate(matchers):
+            if matcher.client_ids is None:
+                self._any_client.append((position, matcher))
+            else:
+                for client_id in matcher.client_ids:
+                    self._by_client.setdefault(client_id, []).append((position, matcher))
+        self._candidates: dict[tuple[str, str | None], list[Matcher]] = {}
+
+    def candidates(self, event_type: str, client_id: str | None) -> list[Matcher]:
+        """The matchers (in their original order) whose types and clients admit the event."""
+        key = (event_type, client_id)
+        found = self._candidates.get(key)
+        if found is None:
+            pairs = self._any_client
+            if client_id is not None and client_id in self._by_client:
+                pairs = sorted(pairs + self._by_client[client_id], key=lambda p: p[0])
+            found = [m for _, m in pairs if type_matches(m.event_types, event_type)]
+            if len(self._candidates) >= self.MEMO:
+                self._candidates.clear()
+            self._candidates[key] = found
+        return found
+
+
 def _matcher(r: asyncpg.Record) -> Matcher:
     return Matcher(
         id=r["id"],
@@ -217,6 +263,7 @@ class MatcherCache:
     def __init__(self) -> None:
         self._stamp: tuple[int, Any] | None = None
         self._matchers: list[Matcher] = []
+        self._index: MatcherIndex | None = None
         self.loads = 0
 
     async def matchers(self, conn: Querier) -> list[Matcher]:
@@ -228,6 +275,12 @@ class MatcherCache:
             self._stamp = (rows[0]["n"], rows[0]["h"]) if rows else (0, 0)
             self.loads += 1
         return self._matchers
+
+    def index(self) -> MatcherIndex:
+        """The index of the matchers the last `matchers()` returned, built once per load."""
+        if self._index is None or self._index.matchers is not self._matchers:
+            self._index = MatcherIndex(self._matchers)
+        return self._index
 
 
 async def load_matchers(
