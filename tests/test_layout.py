@@ -164,6 +164,7 @@ OWNERS: dict[str, str] = {
     "object_sequences": "relay/events.py",
     "event_fanout_queue": "relay/events.py",
     "subscriptions": "relay/delivery/subscriptions.py",
+    "subscription_matching": "relay/delivery/subscriptions.py",
     "deliveries": "relay/delivery/store.py",
     "delivery_attempts": "relay/delivery/store.py",
     "delivery_jobs": "relay/delivery/recovery.py",
