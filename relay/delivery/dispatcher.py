@@ -68,6 +68,11 @@ _RECORD_WAIT = 0.05
 _JOBS_INTERVAL = 0.1
 _SHORT_CLAIM_RECHECK = 0.05
 _BODY_CACHE = 256  # rendered bodies kept, by event (a claim of 256 spans a few)
+# Decrypted signing keys kept, by secret. Above the subscriptions a practice has: at 10,000 it
+# was cleared every few seconds by 10,200 subscriptions (bench/delivery_shape.py
+# --latency-subscriptions 10000), and every delivery paid a Fernet decryption (3% of a worker).
+# An entry is a few hundred bytes.
+_KEY_CACHE = 100_000
 # Attempt counters reach Redis at most this often (and at shutdown): a flush per recorded batch
 # was a Redis transaction every few milliseconds, 3% of a worker at 1,000 events/s
 # (bench/delivery_shape.py). Scrapes come every 15 s or so; a crash loses at most this much.
@@ -184,6 +189,12 @@ class Dispatcher:
             self._db_outage.failed(exc)
         else:
             log.warning(event, error=f"{type(exc).__name__}: {exc}")
+
+    @property
+    def matchers(self) -> MatcherCache:
+        """The live subscriptions' matchers this dispatcher's fan-out keeps (the sweeper's
+        fan-out in the same process uses them too)."""
+        return self._matchers
 
     # ---- control ----------------------------------------------------------------------------
 
@@ -425,8 +436,8 @@ class Dispatcher:
                     ),
                     signing_keys_change_at(expires, older, now),
                 )
-                if len(self._keys) > 10_000:
-                    self._keys.clear()
+                if len(self._keys) >= _KEY_CACHE:
+                    del self._keys[next(iter(self._keys))]  # the oldest, not all of them
                 self._keys[cache_key] = cached
             keys = cached[0]
         return Job(
