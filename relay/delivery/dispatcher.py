@@ -170,11 +170,11 @@ class Dispatcher:
         # was five round trips, and with the worker's loop busy sending, a claim of 256 took
         # 30-90 ms, during which the lanes ran dry (bench/delivery_shape.py). Fan-out runs its
         # transactions there too (`_fan_out_on_claimer`).
-        self._claimer: asyncpg.Connection | None = None
+        self._claimer = _OwnConnection(settings, CLAIM_SESSION)
         # Records run on one too, for the same reason: through the pool each batch paid the
         # acquire, the release's reset and a `SET LOCAL` on top of its BEGIN, statements and
         # COMMIT (a batch is ten deliveries or fewer when events trickle in).
-        self._recorder: asyncpg.Connection | None = None
+        self._recorder = _OwnConnection(settings, RECORD_SESSION)
         self._metrics_due = 0.0
         self._metrics_armed = False
         self._listener_retry_at = 0.0
@@ -314,10 +314,10 @@ class Dispatcher:
         so they never share it at once. Dropped on any failure, as a claim drops it."""
         try:
             return await fan_out_events(
-                await self._claim_connection(), handoff=handoff, matchers=self._matchers
+                await self._claimer.get(), handoff=handoff, matchers=self._matchers
             )
         except BaseException:
-            self._drop_claimer()
+            self._claimer.drop()
             raise
 
     async def _release_unanswered(self) -> None:
@@ -375,7 +375,7 @@ class Dispatcher:
         token = uuid.uuid4()
         try:
             rows = await claim_on(
-                await self._claim_connection(),
+                await self._claimer.get(),
                 room=room,
                 lease=self._lease,
                 saturated=saturated,
@@ -388,23 +388,13 @@ class Dispatcher:
             # rows back once Postgres answers again (`_release_unanswered`). The connection is
             # dropped: whatever broke it, the next claim starts on a fresh one.
             self._unanswered.add(token)
-            self._drop_claimer()
+            self._claimer.drop()
             raise
         now = datetime.now(UTC)
         if self._metrics is not None:
             self._metrics.recovered("lease_expired", sum(1 for row in rows if row["expired"]))
         texts = event_texts(rows)
         return [self._job(row, token, now, texts) for row in rows]
-
-    async def _claim_connection(self) -> asyncpg.Connection:
-        if self._claimer is None or self._claimer.is_closed():
-            self._claimer = await connect(self._settings, setup=CLAIM_SESSION)
-        return self._claimer
-
-    def _drop_claimer(self) -> None:
-        if self._claimer is not None:
-            self._claimer.terminate()
-            self._claimer = None
 
     def _job(
         self,
@@ -656,13 +646,13 @@ class Dispatcher:
             for o in batch
             if o.job.order_key is not None and o.status != "pending"
         ]
-        conn = await self._record_connection()
+        conn = await self._recorder.get()
         try:
             promoted = await self._record_on(conn, batch, columns, gone, settled)
         except BaseException:
             # Whatever broke the batch (it is kept for the next try), the next one starts on a
             # fresh connection.
-            self._drop_recorder()
+            self._recorder.drop()
             raise
         if promoted:
             self._claim_due = True
@@ -706,16 +696,6 @@ class Dispatcher:
             if settled:
                 promoted = await promote(conn, settled)
         return promoted
-
-    async def _record_connection(self) -> asyncpg.Connection:
-        if self._recorder is None or self._recorder.is_closed():
-            self._recorder = await connect(self._settings, setup=RECORD_SESSION)
-        return self._recorder
-
-    def _drop_recorder(self) -> None:
-        if self._recorder is not None:
-            self._recorder.terminate()
-            self._recorder = None
 
     def _log(self, batch: list[Outcome]) -> None:
         """One info line per recorded batch; each success only at debug (thousands a second
@@ -788,19 +768,43 @@ class Dispatcher:
             await recorder  # it catches everything but its cancellation
         if self._metrics is not None:
             await self._metrics.flush()  # never raises; what the last batches counted
-        for conn in (self._claimer, self._recorder):
-            if conn is not None:
-                try:
-                    await conn.close(timeout=2)
-                except _DB_ERRORS:
-                    conn.terminate()
-        self._claimer = self._recorder = None
+        await self._claimer.close()
+        await self._recorder.close()
         if self._listener is not None:
             try:
                 await self._listener.close(timeout=2)
             except _DB_ERRORS:
                 self._listener.terminate()
             self._listener = None
+
+
+class _OwnConnection:
+    """A connection of the dispatcher's own for one kind of statement (claims and fan-out, or
+    records), opened on first use with its session `setup`, and dropped on any failure of the
+    caller's: whatever broke it, the next use starts on a fresh one."""
+
+    def __init__(self, settings: Settings, setup: str) -> None:
+        self._settings = settings
+        self._setup = setup
+        self._conn: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect(self._settings, setup=self._setup)
+        return self._conn
+
+    def drop(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            try:
+                await self._conn.close(timeout=2)
+            except _DB_ERRORS:
+                self._conn.terminate()
+            self._conn = None
 
 
 def _metric_outcome(o: Outcome) -> str:
