@@ -7,6 +7,7 @@ import uuid
 
 import asyncpg
 import orjson
+import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
@@ -672,3 +673,32 @@ async def test_an_endpoint_that_compresses_its_answers_is_not_asked_to(
 
 async def _attempted(pool: asyncpg.Pool) -> bool:
     return bool(await pool.fetchval("SELECT count(*) FROM delivery_attempts"))
+
+
+async def test_a_full_key_cache_drops_its_oldest_keys_and_signs_right(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The decrypted-key cache is bounded (more subscriptions than it holds evict its oldest
+    entries, not all of them), and whatever it evicted, every delivery is signed with its own
+    subscription's secret."""
+    from relay.delivery import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "_KEY_CACHE", 2)
+    secrets = {}
+    for name in ("a", "b", "c"):
+        _, secrets[name] = await subscribe(pool, vault, dsettings, endpoint.url(f"/{name}"))
+    dispatcher = await start_dispatcher()
+    for n in range(2):
+        await store_events(pool, event_body(object_id=f"doc_{n}"))
+        await wait_until(lambda n=n: all_settled(pool, 3 * (n + 1)), what="deliveries")
+        assert len(dispatcher._keys) <= 2
+    for name, secret in secrets.items():
+        hits = endpoint.to(f"/{name}")
+        assert len(hits) == 2
+        for hit in hits:
+            Webhook(secret).verify(hit.body, hit.headers)
