@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +34,7 @@ from relay.events import (
 from relay.settings import Settings
 from relay.snapshots import diff_objects
 from tests.support.snapshots import CLIENT, cost
-from tests.support.stores import drop_database, make_account
+from tests.support.stores import make_account
 
 
 async def add(
@@ -477,15 +476,6 @@ DROP TABLE event_fanout_queue;
 CREATE INDEX events_fan_out_pending ON events (seq) WHERE fanned_out_at IS NULL;
 UPDATE relay_schema SET digest = 'before the queue';
 """
-
-
-@pytest.fixture
-async def scratch_settings(database_url: str) -> AsyncIterator[Settings]:
-    """A database of its own (its schema is changed), dropped at the end."""
-    name = "relay_test_queue_" + os.urandom(3).hex()
-    server = database_url.rsplit("/", 1)[0]
-    yield Settings(database_url=f"{server}/{name}")
-    await drop_database(name)
 
 
 async def test_migrating_a_database_from_before_the_queue_queues_the_pending_events_once(

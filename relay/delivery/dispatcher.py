@@ -622,6 +622,24 @@ class Dispatcher:
         await self._metrics.flush()
 
     async def _record(self, batch: list[Outcome]) -> None:
+        conn = await self._recorder.get()
+        try:
+            promoted = await self._record_on(conn, batch)
+        except BaseException:
+            # Whatever broke the batch (it is kept for the next try), the next one starts on a
+            # fresh connection.
+            self._recorder.drop()
+            raise
+        if promoted:
+            self._claim_due = True
+            self._wake.set()
+        self._log(batch)
+        if self._metrics is not None:
+            for o in batch:
+                self._metrics.delivery_attempt(_metric_outcome(o), _sent_seconds(o.result))
+
+    async def _record_on(self, conn: asyncpg.Connection, batch: list[Outcome]) -> int:
+        """One batch's transaction; returns how many ordered deliveries it made due."""
         columns: list[list[Any]] = [[] for _ in range(10)]
         for o in batch:
             r = o.result
@@ -646,31 +664,6 @@ class Dispatcher:
             for o in batch
             if o.job.order_key is not None and o.status != "pending"
         ]
-        conn = await self._recorder.get()
-        try:
-            promoted = await self._record_on(conn, batch, columns, gone, settled)
-        except BaseException:
-            # Whatever broke the batch (it is kept for the next try), the next one starts on a
-            # fresh connection.
-            self._recorder.drop()
-            raise
-        if promoted:
-            self._claim_due = True
-            self._wake.set()
-        self._log(batch)
-        if self._metrics is not None:
-            for o in batch:
-                self._metrics.delivery_attempt(_metric_outcome(o), _sent_seconds(o.result))
-
-    async def _record_on(
-        self,
-        conn: asyncpg.Connection,
-        batch: list[Outcome],
-        columns: list[list[Any]],
-        gone: list[str],
-        settled: list[tuple[str, str]],
-    ) -> int:
-        """One batch's transaction; returns how many ordered deliveries it made due."""
         batch_streaks = streaks(
             (o.job.subscription_id, o.result.attempted, o.result.ok, o.result.at) for o in batch
         )
@@ -771,10 +764,7 @@ class Dispatcher:
         await self._claimer.close()
         await self._recorder.close()
         if self._listener is not None:
-            try:
-                await self._listener.close(timeout=2)
-            except _DB_ERRORS:
-                self._listener.terminate()
+            await _close(self._listener)
             self._listener = None
 
 
@@ -800,11 +790,16 @@ class _OwnConnection:
 
     async def close(self) -> None:
         if self._conn is not None:
-            try:
-                await self._conn.close(timeout=2)
-            except _DB_ERRORS:
-                self._conn.terminate()
+            await _close(self._conn)
             self._conn = None
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    """Close politely, or cut it off if Postgres does not answer."""
+    try:
+        await conn.close(timeout=2)
+    except _DB_ERRORS:
+        conn.terminate()
 
 
 def _metric_outcome(o: Outcome) -> str:

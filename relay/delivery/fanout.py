@@ -172,8 +172,7 @@ async def fan_out_events(
                 if matchers is None:
                     index = MatcherIndex(await load_matchers(conn))
                 else:
-                    await matchers.matchers(conn)
-                    index = matchers.index()
+                    index = await matchers.index(conn)
                 ordered = index.ordered
                 if ordered:
                     # One fan-out at a time, so each object's events queue in `seq` order.

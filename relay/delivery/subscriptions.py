@@ -196,7 +196,6 @@ class MatcherIndex:
     MEMO = 4096
 
     def __init__(self, matchers: Sequence[Matcher]) -> None:
-        self.matchers = matchers
         self.ordered = frozenset(m.id for m in matchers if m.ordering == "object")
         self._any_client: list[tuple[int, Matcher]] = []
         self._by_client: dict[str, list[tuple[int, Matcher]]] = {}
@@ -273,13 +272,15 @@ class MatcherCache:
             rows = await conn.fetch(_MATCHERS_VERSIONED)
             self._matchers = [_matcher(r) for r in rows if r["id"] is not None]
             self._version = rows[0]["version"]
+            self._index = None
             self.loads += 1
         return self._matchers
 
-    def index(self) -> MatcherIndex:
-        """The index of the matchers the last `matchers()` returned, built once per load."""
-        if self._index is None or self._index.matchers is not self._matchers:
-            self._index = MatcherIndex(self._matchers)
+    async def index(self, conn: Querier) -> MatcherIndex:
+        """`matchers` as fan-out asks them, indexed (`MatcherIndex`): built once per load."""
+        matchers = await self.matchers(conn)
+        if self._index is None:
+            self._index = MatcherIndex(matchers)
         return self._index
 
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest
 
 from relay.db import connect, create_pool, migrate, schema_is_current
 from relay.delivery.endpoints import Streak, disable_endpoint, lock_streaks, record_streaks
@@ -23,6 +20,7 @@ from relay.delivery.fanout import fan_out_events
 from relay.delivery.subscriptions import (
     Matcher,
     MatcherCache,
+    MatcherIndex,
     delete_subscription,
     get_subscription,
     load_matchers,
@@ -41,7 +39,6 @@ from tests.support.delivery import (
     subscribe,
     wait_until,
 )
-from tests.support.stores import drop_database
 
 
 async def _ids(cache: MatcherCache, pool: asyncpg.Pool) -> list[str]:
@@ -112,17 +109,19 @@ async def test_the_cache_keeps_one_index_per_load(
     """Fan-out's index of the matchers is built once per load, not once per pass (it cost
     11 ms a pass with 10,000 subscriptions), and a new load gets a new one."""
     cache = MatcherCache()
+
+    async def index_of() -> MatcherIndex:
+        async with pool.acquire() as conn:
+            return await cache.index(conn)
+
     a, _ = await subscribe(pool, vault, dsettings, endpoint.url("/a"), client_ids=["cli_1"])
-    await _ids(cache, pool)
-    index = cache.index()
+    index = await index_of()
     assert [m.id for m in index.candidates("document.created", "cli_1")] == [a["id"]]
     for _ in range(3):
-        await _ids(cache, pool)
-        assert cache.index() is index
+        assert await index_of() is index
     b, _ = await subscribe(pool, vault, dsettings, endpoint.url("/b"), client_ids=["cli_1"])
-    await _ids(cache, pool)
-    assert cache.index() is not index
-    found = {m.id for m in cache.index().candidates("document.created", "cli_1")}
+    assert await index_of() is not index
+    found = {m.id for m in (await index_of()).candidates("document.created", "cli_1")}
     assert found == {a["id"], b["id"]}
 
 
@@ -458,15 +457,6 @@ DROP TABLE subscription_matching;
 DROP SEQUENCE subscription_matching_versions;
 UPDATE relay_schema SET digest = 'before the version';
 """
-
-
-@pytest.fixture
-async def scratch_settings(database_url: str) -> AsyncIterator[Settings]:
-    """A database of its own (its schema is changed), dropped at the end."""
-    name = "relay_test_matching_" + os.urandom(3).hex()
-    server = database_url.rsplit("/", 1)[0]
-    yield Settings(database_url=f"{server}/{name}")
-    await drop_database(name)
 
 
 async def test_a_database_from_before_the_version_migrates_and_starts_are_no_change(

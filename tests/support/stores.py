@@ -102,6 +102,16 @@ def make_settings(database_url: str, redis_url: str, **changes: Any) -> Settings
 
 
 @pytest.fixture
+async def scratch_settings(database_url: str) -> AsyncIterator[Settings]:
+    """Settings for a database of the test's own (for a test that changes its schema), made by
+    the test's `migrate` and dropped at the end."""
+    name = "relay_test_scratch_" + os.urandom(3).hex()
+    server = database_url.rsplit("/", 1)[0]
+    yield Settings(database_url=f"{server}/{name}")
+    await drop_database(name)
+
+
+@pytest.fixture
 def settings(database_url: str, redis_db: int) -> Settings:
     """Settings for this run's database and Redis db, with short retries and loopback allowed."""
     return make_settings(database_url, f"{REDIS_SERVER}/{redis_db}")
