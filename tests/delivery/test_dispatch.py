@@ -702,3 +702,35 @@ async def test_a_full_key_cache_drops_its_oldest_keys_and_signs_right(
         assert len(hits) == 2
         for hit in hits:
             Webhook(secret).verify(hit.body, hit.headers)
+
+
+async def test_a_claim_that_fills_one_endpoints_share_is_followed_by_the_next(
+    pool: asyncpg.Pool,
+    vault: Vault,
+    dsettings: Settings,
+    endpoint: Endpoint,
+    start_dispatcher: DispatcherFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backlog for one endpoint drains claim after claim as its sends free room. A claim
+    made with nothing held comes back with the endpoint's share only, short of the claim's
+    room: that is the cap, not the end of the backlog. The dispatcher took it for the end and
+    waited for its short-claim look, once per share; here that look and the safety-net poll
+    are 30 s away, so only the next claims can deliver the rest in time."""
+    from relay.delivery import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "_SHORT_CLAIM_RECHECK", 30.0)
+    settings = dsettings.with_changes(
+        delivery_concurrency=4, delivery_endpoint_concurrency=2, delivery_poll_interval=30.0
+    )
+    await subscribe(pool, vault, settings, endpoint.url("/ok"))
+    await store_events(pool, *[event_body(object_id=f"doc_{n}") for n in range(40)])
+    assert await fan_out_events(pool) == 40  # all due before the dispatcher starts
+    dispatcher = await start_dispatcher(settings)
+    assert dispatcher._hold_cap < min(dispatcher._batch, dispatcher._hold_capacity)
+    await wait_until(lambda: all_settled(pool, 40), seconds=10, what="the whole backlog")
+    rows = await delivery_rows(pool)
+    assert all(r["status"] == "succeeded" and r["attempt_count"] == 1 for r in rows)
+    assert sorted(hit.headers["webhook-id"] for hit in endpoint.to("/ok")) == sorted(
+        r["event_id"] for r in rows
+    )
