@@ -31,11 +31,12 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -284,7 +285,8 @@ async def measure(
     await asyncio.gather(watcher, stats)
     changes = env.sandbox.practice.log.since(seq0)[: seq1 - seq0]
     events = await env.pool.fetch(
-        "SELECT id, type, object_id, body->'data'->'object' AS object FROM events ORDER BY seq"
+        "SELECT id, type, object_id, body->'data'->'object' AS object, "
+        "body->'data'->'previous' AS previous FROM events ORDER BY seq"
     )
     summary = env.sandbox.access.summary()["tokens"]
     throttled = sum(t["rate_limited"] for t in summary.values())
@@ -310,11 +312,11 @@ def score(
         after.setdefault((change["object_id"], at), {}).update({k: v[1] for k, v in fields.items()})
         for event_type in expected_types(change["object_type"], change["kind"], fields):
             wanted[(change["object_id"], event_type)].append(at)
-    got: dict[tuple[str, str], list[float]] = defaultdict(list)
+    got: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = defaultdict(list)
     created: dict[str, tuple[float, dict[str, Any]]] = {}
     for event in events:
         seen = env.seen_at.get(event["id"], env.sandbox.clock.now())
-        got[(event["object_id"], event["type"])].append(seen)
+        got[(event["object_id"], event["type"])].append((seen, _object(event)))
         if event["type"].endswith(".created"):
             created.setdefault(event["object_id"], (seen, event["object"]))
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -340,8 +342,8 @@ def score(
             ]
             latencies[key[1]].extend((born - at) / 60.0 for at in absorbed)
             pending = [at for at in pending if at not in absorbed]
-        for seen in sorted(got.get(key, [])):
-            covered = [at for at in pending if at <= seen]
+        for seen, showing in sorted(got.get(key, []), key=lambda pair: pair[0]):
+            covered = _shown_by(key, [at for at in pending if at <= seen], showing, after)
             if not covered:
                 false[key[1]] += 1
                 falses.append(key)
@@ -353,6 +355,7 @@ def score(
             misses.append(key)
     return {
         "name": name,
+        "explained": [_explain(key, changes, events, env) for key in falses[:3]],
         "latencies": latencies,
         "missed": dict(missed),
         "false": dict(false),
@@ -361,6 +364,59 @@ def score(
         "throttled": throttled,
         "max_window": max_window,
     }
+
+
+def _object(event: asyncpg.Record) -> dict[str, Any]:
+    obj = event["object"] or {}
+    if isinstance(obj, str):  # jsonb, where the pool has no codec for it
+        obj = orjson.loads(obj)
+    return obj if isinstance(obj, dict) else {}
+
+
+def _shown_by(
+    key: tuple[str, str],
+    candidates: list[float],
+    shown: dict[str, Any],
+    after: dict[tuple[str, float], dict[str, Any]],
+) -> list[float]:
+    """The changes (times, oldest first) an event covers: those before it was seen, up to the
+    last one whose new values it shows. An event is seen some time after the read it was made
+    from, so a change made between that read and the event's storing is not in it: it is the
+    next event's (counting it covered here made that next, true, event look false). When the
+    event shows none of them (a drifted answer nulls fields), it covers them all, as before."""
+    about = _ABOUT.get(key[1])
+    if about is None:
+        return candidates
+    for i in range(len(candidates) - 1, -1, -1):
+        fields = after.get((key[0], candidates[i]), {})
+        relevant = {k: v for k, v in fields.items() if k in about}
+        if relevant and all(same_meaning(shown.get(k), v) for k, v in relevant.items()):
+            return candidates[: i + 1]
+    return candidates
+
+
+def _explain(
+    key: tuple[str, str], changes: list[dict[str, Any]], events: list[asyncpg.Record], env: Env
+) -> list[str]:
+    """What the upstream did to a falsely reported object, and every event relay stored on it
+    (simulated times), so a false event can be told from a bench artefact."""
+    object_id, event_type = key
+    about = _ABOUT.get(event_type)
+    lines = [f"{object_id}, {event_type}: upstream changes"]
+    for change in changes:
+        if change["object_id"] == object_id:
+            fields = change.get("changes") or {}
+            lines.append(f"  {change['at']} {change['kind']} {orjson.dumps(fields).decode()}")
+    lines.append("relay's events")
+    for event in events:
+        if event["object_id"] != object_id:
+            continue
+        seen = env.seen_at.get(event["id"])
+        at = datetime.fromtimestamp(seen, UTC).isoformat() if seen is not None else "?"
+        obj = _object(event)
+        shown = {k: obj.get(k) for k in (about or obj)}
+        lines.append(f"  {at} {event['type']} previous={event['previous']} object={shown}")
+    return lines
 
 
 # The fields each document event type is about: a created object absorbs a change of that type
@@ -390,6 +446,8 @@ def report(results: list[dict[str, Any]]) -> None:
         )
         if r["false_keys"]:
             print(f"    false events (object, type): {r['false_keys']}")
+            for lines in r["explained"]:
+                print("\n".join(f"      {line}" for line in lines))
         if r["missed_keys"]:
             print(f"    missed (object, type): {r['missed_keys']}")
     if len(results) == 2:
