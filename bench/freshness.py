@@ -316,9 +316,10 @@ def score(
     created: dict[str, tuple[float, dict[str, Any]]] = {}
     for event in events:
         seen = env.seen_at.get(event["id"], env.sandbox.clock.now())
-        got[(event["object_id"], event["type"])].append((seen, _object(event)))
+        shown = _object(event)
+        got[(event["object_id"], event["type"])].append((seen, shown))
         if event["type"].endswith(".created"):
-            created.setdefault(event["object_id"], (seen, event["object"]))
+            created.setdefault(event["object_id"], (seen, shown))
     latencies: dict[str, list[float]] = defaultdict(list)
     missed: dict[str, int] = defaultdict(int)
     false: dict[str, int] = defaultdict(int)
@@ -335,9 +336,7 @@ def score(
                 for at in pending
                 if at <= born
                 and all(
-                    same_meaning(shown.get(k), v)
-                    for k, v in after.get((key[0], at), {}).items()
-                    if k in _ABOUT.get(key[1], (k,))
+                    same_meaning(shown.get(k), v) for k, v in _new_values(key, at, after).items()
                 )
             ]
             latencies[key[1]].extend((born - at) / 60.0 for at in absorbed)
@@ -384,15 +383,23 @@ def _shown_by(
     from, so a change made between that read and the event's storing is not in it: it is the
     next event's (counting it covered here made that next, true, event look false). When the
     event shows none of them (a drifted answer nulls fields), it covers them all, as before."""
-    about = _ABOUT.get(key[1])
-    if about is None:
+    if key[1] not in _ABOUT:
         return candidates
     for i in range(len(candidates) - 1, -1, -1):
-        fields = after.get((key[0], candidates[i]), {})
-        relevant = {k: v for k, v in fields.items() if k in about}
-        if relevant and all(same_meaning(shown.get(k), v) for k, v in relevant.items()):
+        values = _new_values(key, candidates[i], after)
+        if values and all(same_meaning(shown.get(k), v) for k, v in values.items()):
             return candidates[: i + 1]
     return candidates
+
+
+def _new_values(
+    key: tuple[str, str], at: float, after: dict[tuple[str, float], dict[str, Any]]
+) -> dict[str, Any]:
+    """The new values the change at `at` gave the object's fields that `key`'s event type is
+    about (every field it changed, for a type `_ABOUT` does not list)."""
+    fields = after.get((key[0], at), {})
+    about = _ABOUT.get(key[1])
+    return fields if about is None else {k: v for k, v in fields.items() if k in about}
 
 
 def _explain(
